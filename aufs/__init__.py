@@ -1,0 +1,96 @@
+"""aufs: a union-filesystem layer store.
+
+Container image layers live on disk under one *home* directory; any chain of them mounts as a
+single root filesystem with a writable top (kernel AUFS, kernel overlayfs or fuse-overlayfs).
+
+Public names are imported lazily (PEP 562) so ``import aufs`` stays cheap for the CLI and never
+loads libarchive or the native module before they are needed.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+from .errors import (
+    AufsError,
+    ArchiveError,
+    BackendUnavailable,
+    DigestMismatch,
+    ImageError,
+    LayerExists,
+    LayerInUse,
+    LayerNotFound,
+    MaxDepthExceeded,
+    MountDataTooLong,
+    MountError,
+    NoSpace,
+    StoreFormatMismatch,
+    StoreLocked,
+    UnsafeArchive,
+)
+
+# public name -> module that defines it
+_LAZY = {
+    "mounted": "aufs.mounts",
+    "mount": "aufs.mounts",
+    "unmount": "aufs.mounts",
+    "mount_table": "aufs.mounts",
+    "submounts": "aufs.mounts",
+    "MountInfo": "aufs.mounts",
+    "kernel_features": "aufs.mounts",
+    "Driver": "aufs.store",
+    "Change": "aufs.changes",
+    "ChangeKind": "aufs.changes",
+    "import_image": "aufs.image",
+    "export_image": "aufs.image",
+}
+
+__all__ = [
+    "__version__",
+    "AufsError",
+    "ArchiveError",
+    "BackendUnavailable",
+    "DigestMismatch",
+    "ImageError",
+    "LayerExists",
+    "LayerInUse",
+    "LayerNotFound",
+    "MaxDepthExceeded",
+    "MountDataTooLong",
+    "MountError",
+    "NoSpace",
+    "StoreFormatMismatch",
+    "StoreLocked",
+    "UnsafeArchive",
+    *_LAZY,
+]
+
+
+def __getattr__(name: str) -> Any:
+    module_name = _LAZY.get(name)
+    if module_name is None:
+        raise AttributeError(f"module 'aufs' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module_name), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
+
+
+if TYPE_CHECKING:  # pragma: no cover - for type checkers only
+    from .changes import Change, ChangeKind
+    from .image import export_image, import_image
+    from .mounts import (
+        MountInfo,
+        kernel_features,
+        mount,
+        mount_table,
+        mounted,
+        submounts,
+        unmount,
+    )
+    from .store import Driver

@@ -1,0 +1,109 @@
+"""The exception hierarchy of aufs.
+
+Every error aufs raises on purpose derives from :class:`AufsError` and also from the builtin
+exception closest in meaning, so callers can catch either: ``LayerNotFound`` is a
+``LookupError``, ``LayerExists`` a ``FileExistsError``, ``ArchiveError`` a ``ValueError``.
+Each carries the layer id and/or path it is about (``.layer_id``, ``.path``) and is raised
+``from`` its cause when there is one.
+
+OS-level failures of the syscalls themselves are plain ``OSError`` subclasses with errno,
+strerror and path (see :mod:`aufs._syscalls`).
+"""
+from __future__ import annotations
+
+import os
+from typing import Optional, Union
+
+__all__ = [
+    "AufsError",
+    "BackendUnavailable",
+    "StoreFormatMismatch",
+    "StoreLocked",
+    "LayerNotFound",
+    "LayerExists",
+    "LayerInUse",
+    "MaxDepthExceeded",
+    "MountError",
+    "MountDataTooLong",
+    "ArchiveError",
+    "UnsafeArchive",
+    "NoSpace",
+    "ImageError",
+    "DigestMismatch",
+]
+
+_PathArg = Optional[Union[str, "os.PathLike[str]"]]
+
+
+class AufsError(Exception):
+    """Base class of every error aufs raises on purpose.
+
+    :param message: what went wrong and, where it helps, what to do about it.
+    :param layer_id: the layer concerned, if any.
+    :param path: the filesystem path concerned, if any.
+    """
+
+    def __init__(self, message: str, *, layer_id: Optional[str] = None, path: _PathArg = None):
+        super().__init__(message)
+        self.message = message
+        self.layer_id = layer_id
+        self.path = os.fspath(path) if path is not None else None
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class BackendUnavailable(AufsError, RuntimeError):
+    """No usable union backend, or the one asked for cannot run here (says what is missing)."""
+
+
+class StoreFormatMismatch(AufsError, ValueError):
+    """The store was created with an on-disk format the requested backend cannot read."""
+
+
+class StoreLocked(AufsError, RuntimeError):
+    """A store-wide operation could not take the store lock."""
+
+
+class LayerNotFound(AufsError, LookupError):
+    """The layer (or the named parent) does not exist in the store."""
+
+
+class LayerExists(AufsError, FileExistsError):
+    """A layer with that id already exists."""
+
+
+class LayerInUse(AufsError, RuntimeError):
+    """The layer is mounted or is the parent of other layers, so the operation is refused."""
+
+
+class MaxDepthExceeded(AufsError, ValueError):
+    """The layer chain would be deeper than the backend can mount."""
+
+
+class MountError(AufsError, OSError):
+    """A mount or unmount failed; ``__cause__`` holds the OSError with errno."""
+
+
+class MountDataTooLong(MountError, ValueError):
+    """Legacy mount(2) data would not fit in one page; the kernel would truncate it silently."""
+
+
+class ArchiveError(AufsError, ValueError):
+    """A layer archive is corrupt, truncated, of an unsupported format, or otherwise unusable."""
+
+
+class UnsafeArchive(ArchiveError):
+    """An archive entry would create, modify or delete something outside the layer."""
+
+
+class NoSpace(AufsError, OSError):
+    """The filesystem under the store ran out of space (ENOSPC) or quota (EDQUOT)."""
+
+
+class ImageError(AufsError, ValueError):
+    """An image (docker-save tarball or OCI layout) is malformed or unsupported."""
+
+
+class DigestMismatch(ImageError):
+    """A blob's sha256 or a layer's diffID does not match what the image declares."""
