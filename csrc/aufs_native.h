@@ -3,6 +3,10 @@
  * Conventions (all files): functions return 0 or a non-negative result on success and
  * -errno on failure; buffers are owned by the caller; no static or global mutable state
  * (cffi releases the GIL, so everything must be reentrant); no Python.h.
+ *
+ * The newer syscalls (statx, renameat2, openat2, the fsopen family) are called through
+ * syscall(2) with our own constants and structs, so the module builds against old glibc
+ * and kernel headers (manylinux) and still uses what the running kernel offers.
  */
 #ifndef AUFS_NATIVE_H
 #define AUFS_NATIVE_H
@@ -16,6 +20,120 @@
 #include <stdint.h>
 #include <sys/types.h>
 
+/* ---- core.c ---- */
 long aufs_page_size(void);
+int aufs_rename_exchange(const char *oldpath, const char *newpath);
+int aufs_rename_noreplace(const char *oldpath, const char *newpath);
+
+/* ---- mount.c: mount(2), umount2(2) ---- */
+int aufs_mount(const char *source, const char *target, const char *fstype,
+               unsigned long flags, const char *data);
+int aufs_umount(const char *target, int lazy);
+
+/* ---- overlay.c: overlayfs through the new mount API ---- */
+int aufs_overlay_mount(const char *target, const char *const *lowerdirs, size_t nlower,
+                       const char *upperdir, const char *workdir,
+                       const char *const *options, size_t noptions,
+                       char *errbuf, size_t errlen);
+
+/* ---- mountpoint.c: is this path the root of a mount? ---- */
+int aufs_mountpoint_statx(const char *path);
+int aufs_mountpoint_openat2(const char *path);
+
+/* ---- mountinfo.c: /proc/PID/mountinfo parser ---- */
+#define AUFS_MI_ROOT 0
+#define AUFS_MI_MOUNTPOINT 1
+#define AUFS_MI_OPTIONS 2
+#define AUFS_MI_OPTIONAL 3
+#define AUFS_MI_FSTYPE 4
+#define AUFS_MI_SOURCE 5
+#define AUFS_MI_SUPER_OPTIONS 6
+#define AUFS_MI_NFIELDS 7
+
+struct aufs_mountinfo {
+    int mount_id;
+    int parent_id;
+    unsigned int major;
+    unsigned int minor;
+    size_t off[AUFS_MI_NFIELDS];
+    size_t len[AUFS_MI_NFIELDS];
+};
+
+ssize_t aufs_mountinfo_next(const char *buf, size_t buflen, size_t pos,
+                            struct aufs_mountinfo *rec, char *out, size_t outlen);
+ssize_t aufs_unescape(const char *in, size_t inlen, char *out, size_t outlen);
+
+/* ---- probe.c: kernel features, probed once by the caller ---- */
+#define AUFS_FEAT_STATX_MOUNT_ROOT 0x01
+#define AUFS_FEAT_OPENAT2 0x02
+#define AUFS_FEAT_NEW_MOUNT_API 0x04
+#define AUFS_FEAT_OVERLAY 0x08
+#define AUFS_FEAT_OVERLAY_LOWERDIR_PLUS 0x10
+#define AUFS_FEAT_OVERLAY_LAYER_FD 0x20
+#define AUFS_FEAT_AUFS 0x40
+int aufs_probe_features(void);
+
+/* ---- extract.c: layer-tar entries from libarchive written under a root dir fd ---- */
+#define AUFS_X_PATH_MAX 4096
+#define AUFS_X_REPORT_ALL 1 /* flag: return AUFS_X_DONE after every entry written */
+#define AUFS_X_EOF 0        /* end of archive */
+#define AUFS_X_DIR 1        /* a directory was written (its mtime is the caller's to set last) */
+#define AUFS_X_SPECIAL 2    /* a reserved .wh. name: nothing written, the caller decides */
+#define AUFS_X_DONE 3       /* an entry was written (with AUFS_X_REPORT_ALL) */
+#define AUFS_X_ARCHIVE 4    /* libarchive failed or warned: ask it for the message */
+#define AUFS_X_UNSAFE 5     /* path or hard-link target climbs out of the root (raw in path/link) */
+#define AUFS_X_LIMIT 6      /* max_bytes would be exceeded */
+#define AUFS_X_CORRUPT 7    /* a header field or data block makes no sense */
+
+/* libarchive entry points, from the libarchive the caller loaded (no link-time dependency) */
+struct aufs_xapi {
+    void *read_next_header;
+    void *read_data_block;
+    void *entry_pathname;
+    void *entry_hardlink;
+    void *entry_symlink;
+    void *entry_mode;
+    void *entry_uid;
+    void *entry_gid;
+    void *entry_mtime;
+    void *entry_mtime_nsec;
+    void *entry_size;
+    void *entry_rdevmajor;
+    void *entry_rdevminor;
+    void *entry_xattr_reset;
+    void *entry_xattr_next;
+    void *entry_sparse_count;
+};
+
+/* One extraction: caller-owned, filled by the caller up to parent_fd (= -1) */
+struct aufs_xctx {
+    const struct aufs_xapi *api;
+    void *archive;     /* struct archive *, opened for reading */
+    int root_fd;       /* the target directory (a real fd, not O_PATH) */
+    int flags;
+    int64_t max_bytes; /* content bytes allowed, < 0 for no limit */
+    int64_t bytes;     /* content bytes written so far */
+    int64_t entries;   /* headers read so far */
+    int parent_fd;     /* cached O_PATH fd of parent_path, or -1 */
+    void *entry;       /* the current struct archive_entry * */
+    unsigned int mode; /* the current entry: type and permission bits */
+    int is_hardlink;
+    int64_t uid;
+    int64_t gid;
+    int64_t mtime_sec;
+    int64_t mtime_nsec;
+    int64_t size;
+    char path[AUFS_X_PATH_MAX];        /* normalised path, "" = the root */
+    char link[AUFS_X_PATH_MAX];        /* normalised hard-link target */
+    char parent_path[AUFS_X_PATH_MAX];
+};
+
+int aufs_x_normalize(const char *in, char *out, size_t outlen);
+int aufs_x_remove(int dir_fd, const char *name);
+int aufs_x_open_dir(int root_fd, const char *path, int create);
+void aufs_x_forget_parent(struct aufs_xctx *ctx);
+int aufs_x_write(struct aufs_xctx *ctx);
+int aufs_x_next(struct aufs_xctx *ctx);
+int aufs_x_dir_times(int root_fd, const char *path, int64_t sec, int64_t nsec);
 
 #endif

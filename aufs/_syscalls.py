@@ -1,0 +1,351 @@
+"""Typed wrappers of the C core: the only module that imports ``aufs._native``.
+
+It owns:
+
+* the one function that turns a C ``-errno`` into ``OSError(errno, strerror, path)`` (which
+  Python maps to the matching subclass: ``FileNotFoundError``, ``PermissionError``, ...);
+* thin wrappers of every C function, taking ``str``/``bytes``/``PathLike`` paths;
+* the raw kernel-feature probe (:func:`probe_features`; :func:`aufs.mounts.kernel_features`
+  caches it and gives it names);
+* ``renameat2`` exchange / no-replace, used by the store to swap and publish directories.
+
+The functions here give no meaning to results beyond errno: :mod:`aufs.mounts` decides what
+"not mounted" or "busy" mean. ``mountpoint_statx`` and ``mountpoint_openat2`` are hot paths and
+return the C result as is (1, 0 or ``-errno``) so callers can branch without an exception.
+"""
+from __future__ import annotations
+
+import os
+import struct
+from typing import Any, Callable, Iterator, Optional, Sequence, Tuple, Union
+
+from . import _native
+
+__all__ = [
+    "StrPath",
+    "oserror",
+    "fspath_bytes",
+    "page_size",
+    "mount",
+    "umount",
+    "overlay_mount",
+    "mountpoint_statx",
+    "mountpoint_openat2",
+    "MountInfoFields",
+    "iter_mountinfo",
+    "unescape",
+    "probe_features",
+    "FEATURE_BITS",
+    "rename_exchange",
+    "rename_noreplace",
+]
+
+# The compiled module has no type information: everything from it is Any until wrapped here.
+ffi: Any = _native.ffi  # type: ignore[attr-defined,unused-ignore]
+lib: Any = _native.lib  # type: ignore[attr-defined,unused-ignore]
+
+StrPath = Union[str, bytes, "os.PathLike[str]", "os.PathLike[bytes]"]
+
+
+def oserror(err: int, path: Optional[StrPath] = None, path2: Optional[StrPath] = None,
+            detail: str = "") -> OSError:
+    """Build the ``OSError`` subclass for a positive or negative errno, naming the path(s).
+
+    ``detail`` (e.g. the kernel's fs-context log) is appended to strerror.
+    """
+    err = abs(err)
+    message = os.strerror(err)
+    if detail:
+        message = f"{message} ({detail})"
+    filename = os.fsdecode(path) if path is not None else None
+    if path2 is not None:
+        return OSError(err, message, filename, None, os.fsdecode(path2))
+    return OSError(err, message, filename)
+
+
+def fspath_bytes(path: StrPath) -> bytes:
+    """The path as bytes, as the kernel sees it (``os.fsencode`` of ``os.fspath``)."""
+    return os.fsencode(path)
+
+
+def _opt_bytes(value: Optional[Union[str, bytes]]) -> object:
+    if value is None:
+        return ffi.NULL
+    return os.fsencode(value)
+
+
+def page_size() -> int:
+    """The page size: the most mount data mount(2) copies (terminating NUL included)."""
+    return int(lib.aufs_page_size())
+
+
+def mount(source: Optional[StrPath], target: StrPath, fstype: Optional[str], flags: int = 0,
+          data: Optional[Union[str, bytes]] = None) -> None:
+    """mount(2). Raises ``OSError`` (``E2BIG`` if data does not fit one page: never truncated)."""
+    rc = lib.aufs_mount(_opt_bytes(None if source is None else os.fsencode(source)),
+                        os.fsencode(target), _opt_bytes(fstype), flags, _opt_bytes(data))
+    if rc < 0:
+        raise oserror(rc, target)
+
+
+def umount(target: StrPath, lazy: bool = False) -> None:
+    """umount2(2) with ``UMOUNT_NOFOLLOW`` (and ``MNT_DETACH`` if lazy). Raises ``OSError``:
+    ``EINVAL`` when target is not a mount point, ``EBUSY`` when it is in use."""
+    rc = lib.aufs_umount(os.fsencode(target), 1 if lazy else 0)
+    if rc < 0:
+        raise oserror(rc, target)
+
+
+def overlay_mount(target: StrPath, lowerdirs: Sequence[StrPath], upperdir: Optional[StrPath],
+                  workdir: Optional[StrPath], options: Sequence[str] = ()) -> None:
+    """Mount overlayfs at target through fsopen/fsconfig/fsmount/move_mount.
+
+    One ``lowerdir+`` per entry of ``lowerdirs`` (top-most first); paths of 256 bytes or more
+    go by file descriptor. ``options`` are ``"name=value"`` strings or bare flag names.
+    Raises ``OSError`` whose strerror carries the kernel's own explanation when it gave one.
+    """
+    keep = [ffi.new("char[]", os.fsencode(p)) for p in lowerdirs]
+    lowers = ffi.new("const char *[]", keep) if keep else ffi.NULL
+    keep_opts = [ffi.new("char[]", o.encode()) for o in options]
+    opts = ffi.new("const char *[]", keep_opts) if keep_opts else ffi.NULL
+    errbuf = ffi.new("char[]", 2048)
+    rc = lib.aufs_overlay_mount(
+        os.fsencode(target), lowers, len(keep),
+        _opt_bytes(None if upperdir is None else os.fsencode(upperdir)),
+        _opt_bytes(None if workdir is None else os.fsencode(workdir)),
+        opts, len(keep_opts), errbuf, len(errbuf),
+    )
+    if rc < 0:
+        detail = ffi.string(errbuf).decode("utf-8", "replace")
+        raise oserror(rc, target, detail=detail)
+
+
+# Hot path of aufs.mounts.mounted(): bytes path -> 1 (mount point), 0 (not), -errno.
+mountpoint_statx: Callable[[bytes], int] = lib.aufs_mountpoint_statx
+mountpoint_openat2: Callable[[bytes], int] = lib.aufs_mountpoint_openat2
+
+# One parsed mountinfo line, before decoding: (mount_id, parent_id, major, minor,
+# root, mountpoint, options, optional, fstype, source, super_options) with bytes fields.
+MountInfoFields = Tuple[int, int, int, int, bytes, bytes, bytes, bytes, bytes, bytes, bytes]
+
+_REC = struct.Struct("@iiII%dN%dN" % (lib.AUFS_MI_NFIELDS, lib.AUFS_MI_NFIELDS))
+assert _REC.size == ffi.sizeof("struct aufs_mountinfo"), "struct aufs_mountinfo layout"
+
+
+def iter_mountinfo(data: bytes, origin: str = "mountinfo") -> Iterator[MountInfoFields]:
+    """Parse mountinfo text with the C parser, one line per item, fields unescaped.
+
+    Raises ``ValueError`` naming ``origin`` and the line number for a malformed line.
+    """
+    if not data:
+        return
+    src = ffi.from_buffer(data)
+    out = ffi.new("char[]", len(data) + 1)
+    outbuf = ffi.buffer(out)
+    rec = ffi.new("struct aufs_mountinfo *")
+    recbuf = ffi.buffer(rec)
+    n = lib.AUFS_MI_NFIELDS
+    pos = 0
+    lineno = 0
+    size = len(data)
+    while True:
+        nxt = lib.aufs_mountinfo_next(src, size, pos, rec, out, len(out))
+        if nxt == 0:
+            return
+        lineno += 1
+        if nxt < 0:
+            raise ValueError(f"{origin}: line {lineno} is not a mountinfo line "
+                             f"({os.strerror(-nxt)}): {data[pos:pos + 200]!r}")
+        v = _REC.unpack(recbuf[:])
+        offs = v[4:4 + n]
+        lens = v[4 + n:]
+        yield (v[0], v[1], v[2], v[3],
+               outbuf[offs[0]:offs[0] + lens[0]], outbuf[offs[1]:offs[1] + lens[1]],
+               outbuf[offs[2]:offs[2] + lens[2]], outbuf[offs[3]:offs[3] + lens[3]],
+               outbuf[offs[4]:offs[4] + lens[4]], outbuf[offs[5]:offs[5] + lens[5]],
+               outbuf[offs[6]:offs[6] + lens[6]])
+        pos = nxt
+
+
+def unescape(data: bytes) -> bytes:
+    """Turn every ``\\ooo`` octal escape (value <= 0o377) into its byte, with the C code."""
+    out = ffi.new("char[]", len(data) + 1)
+    n = lib.aufs_unescape(data, len(data), out, len(out))
+    if n < 0:  # pragma: no cover - out is always large enough
+        raise oserror(n)
+    return bytes(ffi.buffer(out, n))
+
+
+# Bit of probe_features() -> KernelFeatures field name.
+FEATURE_BITS = {
+    "statx_mount_root": lib.AUFS_FEAT_STATX_MOUNT_ROOT,
+    "openat2": lib.AUFS_FEAT_OPENAT2,
+    "new_mount_api": lib.AUFS_FEAT_NEW_MOUNT_API,
+    "overlay": lib.AUFS_FEAT_OVERLAY,
+    "overlay_lowerdir_plus": lib.AUFS_FEAT_OVERLAY_LOWERDIR_PLUS,
+    "overlay_layer_fd": lib.AUFS_FEAT_OVERLAY_LAYER_FD,
+    "aufs": lib.AUFS_FEAT_AUFS,
+}
+
+
+def probe_features() -> int:
+    """Ask the running kernel what it supports; a bit mask over :data:`FEATURE_BITS`."""
+    return int(lib.aufs_probe_features())
+
+
+def rename_exchange(old: StrPath, new: StrPath) -> None:
+    """Atomically swap ``old`` and ``new`` (renameat2 ``RENAME_EXCHANGE``); both must exist."""
+    rc = lib.aufs_rename_exchange(os.fsencode(old), os.fsencode(new))
+    if rc < 0:
+        raise oserror(rc, old, new)
+
+
+def rename_noreplace(old: StrPath, new: StrPath) -> None:
+    """Rename ``old`` to ``new`` unless ``new`` exists (``FileExistsError`` then)."""
+    rc = lib.aufs_rename_noreplace(os.fsencode(old), os.fsencode(new))
+    if rc < 0:
+        raise oserror(rc, old, new)
+
+
+# --- extraction ---
+# Owned by aufs.apply: the C writer of layer-tar entries (csrc/extract.c). The archive handle
+# and libarchive's entry points come from the caller as plain addresses, so neither this module
+# nor the C links against libarchive.
+
+X_EOF = int(lib.AUFS_X_EOF)
+X_DIR = int(lib.AUFS_X_DIR)
+X_SPECIAL = int(lib.AUFS_X_SPECIAL)
+X_DONE = int(lib.AUFS_X_DONE)
+X_ARCHIVE = int(lib.AUFS_X_ARCHIVE)
+X_UNSAFE = int(lib.AUFS_X_UNSAFE)
+X_LIMIT = int(lib.AUFS_X_LIMIT)
+X_CORRUPT = int(lib.AUFS_X_CORRUPT)
+
+EXTRACT_API_NAMES = (
+    "read_next_header", "read_data_block", "entry_pathname", "entry_hardlink", "entry_symlink",
+    "entry_mode", "entry_uid", "entry_gid", "entry_mtime", "entry_mtime_nsec", "entry_size",
+    "entry_rdevmajor", "entry_rdevminor", "entry_xattr_reset", "entry_xattr_next",
+    "entry_sparse_count",
+)
+"""The libarchive functions (without the ``archive_`` prefix) :class:`Extractor` needs."""
+
+
+class Extractor:
+    """Writes the entries of an open libarchive read handle below the directory ``root_fd``.
+
+    ``api`` maps each name of :data:`EXTRACT_API_NAMES` to the address of that libarchive
+    function; ``archive`` is the ``struct archive *`` address. :meth:`next` runs without the
+    GIL until something needs the caller (see the ``X_*`` codes). The root fd stays the
+    caller's; :meth:`close` releases the cached parent directory.
+    """
+
+    def __init__(self, archive: int, api: "dict[str, int]", root_fd: int, *,
+                 max_bytes: Optional[int] = None, report_all: bool = False) -> None:
+        self._api = ffi.new("struct aufs_xapi *")
+        for name in EXTRACT_API_NAMES:
+            setattr(self._api, name, ffi.cast("void *", api[name]))
+        ctx = ffi.new("struct aufs_xctx *")
+        ctx.api = self._api
+        ctx.archive = ffi.cast("void *", archive)
+        ctx.root_fd = root_fd
+        ctx.flags = lib.AUFS_X_REPORT_ALL if report_all else 0
+        ctx.max_bytes = -1 if max_bytes is None else max_bytes
+        ctx.parent_fd = -1
+        self._ctx = ctx
+
+    def next(self) -> int:
+        """Write entries until one needs the caller; the ``X_*`` code, or ``-errno``."""
+        return int(lib.aufs_x_next(self._ctx))
+
+    def write(self, path: Optional[bytes] = None, link: Optional[bytes] = None) -> int:
+        """Write the current entry (at ``path``/hard-linked to ``link`` if given): 0, ``X_*`` or ``-errno``."""
+        if path is not None:
+            self._ctx.path = path
+        if link is not None:
+            self._ctx.link = link
+        return int(lib.aufs_x_write(self._ctx))
+
+    def forget_parent(self) -> None:
+        """Drop the cached parent directory (call before changing the tree behind its back)."""
+        lib.aufs_x_forget_parent(self._ctx)
+
+    def close(self) -> None:
+        lib.aufs_x_forget_parent(self._ctx)
+
+    @property
+    def path(self) -> bytes:
+        """The current entry's normalised path (raw name after ``X_UNSAFE``)."""
+        return bytes(ffi.string(self._ctx.path))
+
+    @property
+    def link(self) -> bytes:
+        """The current entry's normalised hard-link target, ``b""`` if it is no hard link."""
+        return bytes(ffi.string(self._ctx.link)) if self._ctx.is_hardlink else b""
+
+    @property
+    def raw_link(self) -> bytes:
+        """The link buffer as is (a refused symlink's target after ``X_UNSAFE``)."""
+        return bytes(ffi.string(self._ctx.link))
+
+    @property
+    def mode(self) -> int:
+        return int(self._ctx.mode)
+
+    @property
+    def is_hardlink(self) -> bool:
+        return bool(self._ctx.is_hardlink)
+
+    @property
+    def mtime(self) -> Tuple[int, int]:
+        return int(self._ctx.mtime_sec), int(self._ctx.mtime_nsec)
+
+    @property
+    def size(self) -> int:
+        return int(self._ctx.size)
+
+    @property
+    def bytes_written(self) -> int:
+        return int(self._ctx.bytes)
+
+    @property
+    def entries(self) -> int:
+        return int(self._ctx.entries)
+
+
+def extract_normalize(name: bytes) -> Optional[bytes]:
+    """A tar member name made relative and free of ``.``/``..``; None if it climbs out."""
+    buf = ffi.new("char[]", 4096)
+    n = lib.aufs_x_normalize(name, buf, 4096)
+    if n == -18:  # EXDEV: ".." above the root
+        return None
+    if n < 0:
+        raise oserror(n, name)
+    return bytes(ffi.string(buf))
+
+
+def extract_open_dir(root_fd: int, path: bytes, create: bool = False) -> int:
+    """An ``O_PATH`` fd of ``path`` resolved inside ``root_fd``, creating missing dirs 0755 if asked."""
+    fd = int(lib.aufs_x_open_dir(root_fd, path, 1 if create else 0))
+    if fd < 0:
+        raise oserror(fd, path)
+    return fd
+
+
+def extract_remove(dir_fd: int, name: bytes) -> bool:
+    """Remove ``name`` in ``dir_fd`` (a whole tree for a directory), never following it.
+
+    False if there was nothing to remove.
+    """
+    r = int(lib.aufs_x_remove(dir_fd, name))
+    if r == -2:  # ENOENT
+        return False
+    if r < 0:
+        raise oserror(r, name)
+    return True
+
+
+def extract_dir_times(root_fd: int, path: bytes, sec: int, nsec: int) -> None:
+    """Set a directory's times below ``root_fd``; no-op if ``path`` is no longer a directory."""
+    r = int(lib.aufs_x_dir_times(root_fd, path, sec, nsec))
+    if r < 0 and r not in (-2, -20):  # ENOENT, ENOTDIR: replaced or removed since
+        raise oserror(r, path)

@@ -1,0 +1,488 @@
+"""Extract a layer tar into a directory, treating every archive as hostile.
+
+This module owns :func:`apply_tar`, the one way a layer tar enters the store. The division of
+labour:
+
+* :mod:`aufs.compression` detects the compression and decompresses, checking CRCs and lengths
+  (in a feeder thread that writes into a pipe, so decompression and extraction overlap);
+* libarchive parses the tar, and only the tar formats (ustar, pax, GNU, v7): never zip, rar, 7z,
+  and never one of its external-program filters. Its warnings are failures;
+* our C (``csrc/extract.c`` through :class:`aufs._syscalls.Extractor`) writes each entry below
+  a held directory fd, resolving every parent with ``openat2(RESOLVE_IN_ROOT)`` and never
+  following the last component, so no entry can reach outside the target directory: not with
+  ``..`` or absolute names, not through a symlink or hard link planted earlier, not from
+  another thread (there is no ``chdir``);
+* this module gives the reserved names their meaning (OCI layer.md and Docker's behaviour):
+  ``.wh.NAME`` deletes NAME and records a whiteout in the store's format, ``.wh..wh..opq``
+  marks its directory opaque (entries of the same layer survive it wherever they stand in the
+  tar), other ``.wh..wh.*`` names never become content, and hard links into AUFS's
+  ``.wh..wh.plnk/`` pseudo-link directory resolve to the real file. Directory mtimes are set
+  last, after all their content.
+
+Symlink targets are stored as they are, but, as Docker does, one whose target climbs above the
+layer root from the symlink's own directory (``../../etc`` at depth one) is refused: nothing
+here ever follows it, but a host process that later follows a layer's symlink by path must not
+land outside. Hard-link targets must name something inside the layer.
+
+Tar bombs: file data is written sparse (holes of sparse entries stay holes, so a "1 TB" sparse
+entry costs only its data), an entry whose declared size exceeds the free space of the target's
+filesystem is refused before a byte is written, and ``max_bytes`` caps the total content.
+
+Existing non-directory inodes are never modified in place: an entry that replaces one unlinks it
+and creates a new inode, so the store may stage an apply into a hard-linked clone of a layer.
+"""
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import stat
+import threading
+import uuid
+from typing import BinaryIO, Dict, Optional, Set, Tuple, Union
+
+from . import _syscalls
+from .compression import MAGIC_LEN, Compression, DecompressingReader, detect_compression
+from .errors import ArchiveError, NoSpace, UnsafeArchive
+from .whiteouts import (
+    META_PREFIX,
+    OPAQUE_NAME,
+    WHITEOUT_PREFIX,
+    WhiteoutFormat,
+    make_opaque,
+    make_whiteout,
+    whiteout_target,
+)
+
+__all__ = ["apply_tar", "LayerSource"]
+
+LayerSource = Union[str, "os.PathLike[str]", bytes, bytearray, memoryview, BinaryIO]
+"""A layer: a path, the bytes themselves, or a readable binary file object (a pipe too)."""
+
+_PLNK = b".wh..wh.plnk"
+_OPQ = OPAQUE_NAME.encode()
+_WH = WHITEOUT_PREFIX.encode()
+_META = META_PREFIX.encode()
+
+# libarchive reads the tar from an fd in blocks of this size
+_READ_BLOCK = 1 << 20
+# a pipe this large lets the feeder thread run ahead of the extractor
+_PIPE_SIZE = 1 << 20
+_F_SETPIPE_SZ = 1031
+
+# errors that say the archive's content cannot be laid out, not that the host failed
+_LAYOUT_ERRNOS = {
+    errno.ENOTDIR, errno.ENOENT, errno.EEXIST, errno.EISDIR, errno.ENAMETOOLONG, errno.EINVAL,
+    errno.EPERM, errno.EMLINK, errno.ELOOP, errno.ENOTEMPTY, errno.EFBIG, errno.ERANGE,
+    errno.E2BIG,
+}
+
+
+class _Libarchive:
+    """The few libarchive calls made from Python, bound privately (python-libarchive-c's own
+    bindings log warnings instead of failing, so its function objects are not reused)."""
+
+    def __init__(self) -> None:
+        import libarchive.ffi  # loads the shared library; heavy, so only on first apply
+
+        lib = libarchive.ffi.libarchive
+        self.lib = lib
+
+        def bind(name: str, restype: object, *argtypes: object) -> "ctypes._NamedFuncPointer":
+            func = lib["archive_" + name]  # item access: a fresh function object
+            func.restype = restype
+            func.argtypes = argtypes
+            return func
+
+        vp = ctypes.c_void_p
+        self.read_new = bind("read_new", vp)
+        self.support_tar = bind("read_support_format_tar", ctypes.c_int, vp)
+        self.open_fd = bind("read_open_fd", ctypes.c_int, vp, ctypes.c_int, ctypes.c_size_t)
+        self.free = bind("read_free", ctypes.c_int, vp)
+        self.error_string = bind("error_string", ctypes.c_char_p, vp)
+        self.api: Dict[str, int] = {
+            name: int(ctypes.cast(lib["archive_" + name], ctypes.c_void_p).value or 0)
+            for name in _syscalls.EXTRACT_API_NAMES
+        }
+
+    def message(self, archive: int) -> str:
+        raw = self.error_string(archive)
+        return os.fsdecode(raw) if raw else "unknown libarchive error"
+
+
+_LIBARCHIVE: Optional[_Libarchive] = None
+_LIBARCHIVE_LOCK = threading.Lock()
+
+
+def _libarchive() -> _Libarchive:
+    global _LIBARCHIVE
+    with _LIBARCHIVE_LOCK:
+        if _LIBARCHIVE is None:
+            _LIBARCHIVE = _Libarchive()
+        return _LIBARCHIVE
+
+
+class _Feeder:
+    """Decompresses in a thread into a pipe whose read end libarchive reads.
+
+    The pipe is drained to the end on success, so every checksum of the stream has been
+    verified before :func:`apply_tar` returns.
+    """
+
+    def __init__(self, reader: DecompressingReader) -> None:
+        self._reader = reader
+        self.read_fd, self._write_fd = os.pipe2(os.O_CLOEXEC)
+        try:
+            import fcntl
+
+            fcntl.fcntl(self._write_fd, _F_SETPIPE_SZ, _PIPE_SIZE)
+        except OSError:
+            pass  # a smaller pipe only costs context switches
+        self.error: Optional[BaseException] = None
+        self._thread = threading.Thread(target=self._run, name="aufs-apply-feeder", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            for chunk in self._reader.iter_chunks():
+                view = memoryview(chunk)
+                while view:
+                    view = view[os.write(self._write_fd, view):]
+        except BrokenPipeError:
+            pass  # the extractor stopped reading: it reports why
+        except BaseException as exc:  # noqa: B036 - handed to the extracting thread
+            self.error = exc
+        finally:
+            os.close(self._write_fd)
+
+    def finish(self) -> None:
+        """Read the stream to its end (so every checksum is verified), then raise its error."""
+        while os.read(self.read_fd, _PIPE_SIZE):
+            pass
+        error = self.stop()
+        if error is not None:
+            raise error
+
+    def stop(self) -> Optional[BaseException]:
+        """Stop early; the feeder's error, if it had one."""
+        if self.read_fd >= 0:
+            os.close(self.read_fd)  # a blocked writer gets EPIPE
+            self.read_fd = -1
+            # a source that blocks forever must not hang the caller: the thread is a daemon
+            self._thread.join(10.0)
+        return self.error
+
+
+def _open_source(source: LayerSource) -> Tuple[int, Optional[DecompressingReader], Optional[BinaryIO]]:
+    """A plain tar file's own fd (else -1), or a decompressing reader, and a file to close.
+
+    (-1, None, None) means an empty input: an empty layer.
+    """
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        import io
+
+        reader = DecompressingReader(io.BytesIO(bytes(source)))
+        return -1, (None if reader.empty else reader), None
+    if isinstance(source, (str, os.PathLike)):
+        fd = os.open(source, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            head = os.pread(fd, MAGIC_LEN, 0)
+        except OSError:
+            os.close(fd)
+            raise
+        if not head:
+            os.close(fd)
+            return -1, None, None
+        if detect_compression(head) is Compression.NONE:
+            return fd, None, None  # libarchive reads the file itself: no Python per block
+        f = os.fdopen(fd, "rb", buffering=0)
+        try:
+            return -1, DecompressingReader(f), f  # type: ignore[arg-type,return-value]
+        except BaseException:
+            f.close()
+            raise
+    if not hasattr(source, "read"):
+        raise TypeError(f"a layer is a path, bytes or a readable binary file, not {type(source).__name__}")
+    reader = DecompressingReader(source)
+    return -1, (None if reader.empty else reader), None
+
+
+class _Run:
+    """The policy half of one extraction: reserved names, directory times, error mapping."""
+
+    def __init__(self, ex: _syscalls.Extractor, root_fd: int, fmt: WhiteoutFormat, track: bool) -> None:
+        self.ex = ex
+        self.root_fd = root_fd
+        self.fmt = fmt
+        self.dir_times: Dict[bytes, Tuple[int, int]] = {}
+        # paths this apply wrote, kept only when the target had content before (opaque
+        # directories then remove what is not the layer's own)
+        self.unpacked: Optional[Set[bytes]] = set() if track else None
+        self.staging: Optional[bytes] = None
+
+    # -- bookkeeping ------------------------------------------------------------------------
+
+    def note(self, path: bytes) -> None:
+        if self.unpacked is None:
+            return
+        while path and path not in self.unpacked:
+            self.unpacked.add(path)
+            path = path.rpartition(b"/")[0]
+
+    def check(self, code: int, path: bytes) -> None:
+        """Raise for an error code of the C writer; directories get their time noted."""
+        if code == _syscalls.X_DIR:
+            self.dir_times[path] = self.ex.mtime
+            self.note(path)
+        elif code in (0, _syscalls.X_DONE):
+            self.note(path)
+        elif code < 0:
+            raise _os_error(-code, path)
+        elif code == _syscalls.X_UNSAFE:
+            raise _unsafe(self.ex)
+        elif code == _syscalls.X_LIMIT:
+            raise ArchiveError(f"layer content exceeds the limit of bytes allowed, at entry {_show(path)}",
+                               path=os.fsdecode(path))
+        elif code == _syscalls.X_CORRUPT:
+            raise ArchiveError(f"corrupt archive entry {_show(path)}: a header field or its data "
+                               "block is impossible", path=os.fsdecode(path))
+        else:
+            raise AssertionError(f"unexpected extractor code {code}")
+
+    # -- reserved names -----------------------------------------------------------------------
+
+    def special(self) -> None:
+        """Handle an entry with a ``.wh.`` component (nothing of it is written yet)."""
+        ex = self.ex
+        path, link = ex.path, ex.link
+        parts = path.split(b"/")
+        name = parts[-1]
+        if parts[0] == _PLNK and len(parts) > 1:
+            # AUFS pseudo-link: the real file, linked to by name elsewhere in the tar
+            if not any(p.startswith(_WH) for p in parts[1:]) and stat.S_ISREG(ex.mode) and not link:
+                self.check(ex.write(path=self._staged(b"/".join(parts[1:]), create=True)), path)
+            return
+        if any(p.startswith(_WH) for p in parts[:-1]):
+            return  # inside AUFS metadata or a whiteout-named directory: never content
+        is_file = stat.S_ISREG(ex.mode) or bool(link)
+        if name == _OPQ:
+            if is_file:
+                self._opaque(b"/".join(parts[:-1]))
+            return
+        if name.startswith(_WH):
+            target = whiteout_target(os.fsdecode(name))
+            if target is not None and is_file:
+                self._whiteout(b"/".join(parts[:-1]), os.fsencode(target))
+            return
+        # an ordinary name hard-linked to a reserved one
+        lparts = link.split(b"/")
+        if lparts[0] == _PLNK and len(lparts) > 1 and self.staging is not None:
+            self.check(ex.write(link=self._staged(b"/".join(lparts[1:]))), path)
+            return
+        raise ArchiveError(f"archive entry {_show(path)} is a hard link to the reserved name {_show(link)}",
+                           path=os.fsdecode(path))
+
+    def _staged(self, rest: bytes, create: bool = False) -> bytes:
+        if self.staging is None:
+            if not create:
+                raise AssertionError("no pseudo-link staging directory")
+            # a .wh..wh. name: never content, and no tar entry can write there
+            self.staging = _META + b"aufs-apply-" + uuid.uuid4().hex.encode()
+        return self.staging + b"/" + rest
+
+    def _parent_fd(self, parent: bytes) -> Optional[int]:
+        """An O_PATH fd of the directory ``parent`` (created if implied), None if it is no directory."""
+        self.ex.forget_parent()  # we are about to change the tree behind the C writer's cache
+        try:
+            return _syscalls.extract_open_dir(self.root_fd, parent, create=True)
+        except (NotADirectoryError, FileNotFoundError, FileExistsError):
+            # e.g. umoci 0.4.7 layers turn usr/share/man into a file and list usr/share/man/.wh.de
+            return None
+        except OSError as exc:
+            raise _os_error(exc.errno or errno.EIO, parent) from exc
+
+    def _whiteout(self, parent: bytes, target: bytes) -> None:
+        dir_fd = self._parent_fd(parent)
+        if dir_fd is None:
+            return
+        try:
+            _syscalls.extract_remove(dir_fd, target)
+            try:
+                make_whiteout(dir_fd, os.fsdecode(target), self.fmt)
+            except FileExistsError:
+                # an AUFS marker name occupied by something else: the whiteout wins
+                _syscalls.extract_remove(dir_fd, _WH + target)
+                make_whiteout(dir_fd, os.fsdecode(target), self.fmt)
+        except OSError as exc:
+            raise _os_error(exc.errno or errno.EIO, _join(parent, target)) from exc
+        finally:
+            os.close(dir_fd)
+        self.note(_join(parent, _WH + target if self.fmt is WhiteoutFormat.AUFS else target))
+
+    def _opaque(self, parent: bytes) -> None:
+        dir_fd = self._parent_fd(parent)
+        if dir_fd is None:
+            return
+        try:
+            if self.unpacked is not None:
+                self._remove_foreign(dir_fd, parent)
+            make_opaque(dir_fd, self.fmt)
+        except OSError as exc:
+            raise _os_error(exc.errno or errno.EIO, parent) from exc
+        finally:
+            os.close(dir_fd)
+        if self.fmt is WhiteoutFormat.AUFS:
+            self.note(_join(parent, _OPQ))
+
+    def _remove_foreign(self, dir_fd: int, parent: bytes) -> None:
+        """Remove what the directory held before this apply (the layer's own entries stay)."""
+        assert self.unpacked is not None
+        list_fd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=dir_fd)
+        try:
+            names = os.listdir(list_fd)
+        finally:
+            os.close(list_fd)
+        for name in map(os.fsencode, names):
+            if self.staging is not None and not parent and name == self.staging:
+                continue
+            if _join(parent, name) not in self.unpacked:
+                _syscalls.extract_remove(dir_fd, name)
+
+    # -- the end ------------------------------------------------------------------------------
+
+    def finish(self) -> None:
+        self.ex.forget_parent()
+        if self.staging is not None:
+            try:
+                _syscalls.extract_remove(self.root_fd, self.staging)
+            except OSError as exc:
+                raise _os_error(exc.errno or errno.EIO, self.staging) from exc
+        # last: creating and removing entries above changed these directories' times
+        for path, (sec, nsec) in self.dir_times.items():
+            try:
+                _syscalls.extract_dir_times(self.root_fd, path, sec, nsec)
+            except OSError as exc:
+                raise _os_error(exc.errno or errno.EIO, path) from exc
+
+
+def _join(parent: bytes, name: bytes) -> bytes:
+    return parent + b"/" + name if parent else name
+
+
+def _show(path: bytes) -> str:
+    return repr(os.fsdecode(path))
+
+
+def _unsafe(ex: _syscalls.Extractor) -> UnsafeArchive:
+    path = os.fsdecode(ex.path)
+    if stat.S_ISLNK(ex.mode) and not ex.is_hardlink:
+        return UnsafeArchive(f"archive entry {path!r} is a symlink to {os.fsdecode(ex.raw_link)!r}, "
+                             "which climbs out of the layer directory", path=path)
+    if ex.is_hardlink:
+        return UnsafeArchive(f"archive entry {path!r} is a hard link to {os.fsdecode(ex.link)!r}, "
+                             "outside the layer directory", path=path)
+    return UnsafeArchive(f"archive entry {path!r} would be written outside the layer directory",
+                         path=path)
+
+
+def _os_error(err: int, path: bytes) -> Exception:
+    where = os.fsdecode(path) or "."
+    cause = OSError(err, os.strerror(err), where)
+    if err in (errno.ENOSPC, errno.EDQUOT):
+        exc: Exception = NoSpace(f"no space left while extracting {where!r}: free space or raise "
+                                 "the quota of the store's filesystem", path=where)
+    elif err == errno.EXDEV:
+        exc = UnsafeArchive(f"archive entry {where!r} would be resolved outside the layer directory",
+                            path=where)
+    elif err in _LAYOUT_ERRNOS:
+        exc = ArchiveError(f"cannot extract archive entry {where!r}: {os.strerror(err)}", path=where)
+    else:
+        return cause
+    exc.__cause__ = cause
+    return exc
+
+
+def _extract(la: _Libarchive, archive: int, root_fd: int, fmt: WhiteoutFormat,
+             max_bytes: Optional[int], track: bool) -> None:
+    ex = _syscalls.Extractor(archive, la.api, root_fd, max_bytes=max_bytes, report_all=track)
+    run = _Run(ex, root_fd, fmt, track)
+    try:
+        while True:
+            code = ex.next()
+            if code == _syscalls.X_EOF:
+                break
+            if code == _syscalls.X_ARCHIVE:
+                raise ArchiveError(f"invalid layer tar: {la.message(archive)}")
+            if code == _syscalls.X_SPECIAL:
+                run.special()
+                continue
+            if code == _syscalls.X_LIMIT and max_bytes is None:
+                raise AssertionError("limit reported without a limit")
+            run.check(code, ex.path)
+        run.finish()
+    finally:
+        ex.close()
+
+
+def _read_archive(la: _Libarchive, in_fd: int, root_fd: int, fmt: WhiteoutFormat,
+                  max_bytes: Optional[int], track: bool) -> None:
+    archive = int(la.read_new() or 0)
+    if not archive:
+        raise MemoryError("archive_read_new failed")
+    try:
+        # tar only (ustar, pax, GNU, v7), no filter: the input is already decompressed
+        if la.support_tar(archive) != 0:
+            raise ArchiveError(f"libarchive cannot read tar: {la.message(archive)}")
+        if la.open_fd(archive, in_fd, _READ_BLOCK) != 0:
+            raise ArchiveError(f"not a layer tar: {la.message(archive)}")
+        _extract(la, archive, root_fd, fmt, max_bytes, track)
+    finally:
+        la.free(archive)
+
+
+def apply_tar(target_dir: Union[str, "os.PathLike[str]"], source: LayerSource, fmt: WhiteoutFormat,
+              *, max_bytes: Optional[int] = None) -> None:
+    """Extract the layer tar ``source`` into the directory ``target_dir``, whiteouts in ``fmt``.
+
+    ``source`` is a path, the bytes, or a readable binary file object (read as a stream, never
+    all into memory); plain, gzip, zstd, bzip2 or xz, detected from the content. ``max_bytes``
+    caps the total bytes of file content written.
+
+    Nothing outside ``target_dir`` is ever created, modified or deleted. On error
+    ``target_dir`` may be left half-extracted (the store extracts into a staging directory it
+    discards). Raises :class:`aufs.UnsafeArchive` for an entry that would escape (naming it),
+    :class:`aufs.ArchiveError` for a corrupt, truncated or non-tar input (from the cause), and
+    :class:`aufs.NoSpace` when the filesystem runs out of space or quota.
+    """
+    la = _libarchive()
+    root_fd = os.open(target_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    plain_fd, feeder, owned = -1, None, None
+    try:
+        track = bool(os.listdir(root_fd))  # onto existing content: opaque dirs must know ours
+        plain_fd, reader, owned = _open_source(source)
+        if plain_fd < 0 and reader is None:
+            return  # an empty input is an empty layer, as for Docker
+        if reader is not None:
+            feeder = _Feeder(reader)
+        try:
+            _read_archive(la, plain_fd if feeder is None else feeder.read_fd, root_fd, fmt,
+                          max_bytes, track)
+        except BaseException:
+            if feeder is not None:
+                # a decompression failure closes the pipe early, so libarchive sees a truncated
+                # tar: the decompressor's error is the real one
+                feed_error, feeder = feeder.stop(), None
+                if isinstance(feed_error, ArchiveError):
+                    raise feed_error
+            raise
+        if feeder is not None:
+            feeder, running = None, feeder
+            running.finish()
+    finally:
+        if feeder is not None:
+            feeder.stop()
+        if plain_fd >= 0:
+            os.close(plain_fd)
+        if owned is not None:
+            owned.close()
+        os.close(root_fd)

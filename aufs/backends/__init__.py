@@ -1,0 +1,21 @@
+"""Union backends the layer store can mount with, by name.
+
+``BACKENDS`` maps each name accepted by ``aufs.Driver(backend=...)`` to its class, in the
+order ``"auto"`` tries them: kernel AUFS, kernel overlayfs, fuse-overlayfs.
+"""
+from __future__ import annotations
+
+from typing import Dict, Type
+
+from .aufs import AufsBackend
+from .base import Backend, MountRequest
+from .fuse_overlayfs import FuseOverlayfsBackend
+from .overlay import OverlayBackend
+
+__all__ = ["BACKENDS", "Backend", "MountRequest", "AufsBackend", "OverlayBackend", "FuseOverlayfsBackend"]
+
+BACKENDS: Dict[str, Type[Backend]] = {
+    AufsBackend.name: AufsBackend,
+    OverlayBackend.name: OverlayBackend,
+    FuseOverlayfsBackend.name: FuseOverlayfsBackend,
+}

@@ -1,0 +1,143 @@
+"""What every union backend provides to the store, and the unmount discipline they share.
+
+A backend turns a *mount request* (a target directory, the lower directories top-most first,
+and for a writable mount an upper and a work directory) into a live union mount, and takes it
+down again. It knows nothing of layer ids, locks or reference counts: :class:`aufs.Driver`
+owns those. Each backend declares the whiteout formats it can read (the first is the one a new
+store gets), how deep a chain it can mount, and why it cannot run here, if it cannot.
+"""
+from __future__ import annotations
+
+import abc
+import errno
+import os
+import time
+from typing import ClassVar, NamedTuple, Optional, Tuple
+
+from .. import mounts
+from ..errors import MountError
+from ..layout import Layout
+from ..whiteouts import WhiteoutFormat
+
+__all__ = ["Backend", "MountRequest", "detach", "has_cap_sys_admin", "kernel_filesystems"]
+
+_CAP_SYS_ADMIN = 21
+
+
+class MountRequest(NamedTuple):
+    """One union mount. ``lowers`` is never empty; ``upper``/``work`` are None for a read-only view.
+
+    ``record`` names a file where the backend may note what a later unmount (possibly by another
+    process) will need, such as a daemon's pid; the store deletes it with the layer.
+    """
+
+    target: str
+    lowers: Tuple[str, ...]
+    upper: Optional[str] = None
+    work: Optional[str] = None
+    record: Optional[str] = None
+
+
+def kernel_filesystems(path: str = "/proc/filesystems") -> set[str]:
+    """Filesystem types the running kernel knows (``/proc/filesystems``)."""
+    try:
+        with open(path, encoding="ascii") as f:
+            return {line.split()[-1] for line in f if line.strip()}
+    except OSError:
+        return set()
+
+
+def has_cap_sys_admin(status: str = "/proc/self/status") -> bool:
+    """True if the calling process has CAP_SYS_ADMIN in its effective set (may mount)."""
+    try:
+        with open(status, encoding="ascii") as f:
+            for line in f:
+                if line.startswith("CapEff:"):
+                    return bool(int(line.split()[1], 16) >> _CAP_SYS_ADMIN & 1)
+    except OSError:
+        pass
+    return os.geteuid() == 0
+
+
+def detach(target: str, *, busy_retries: int = 5) -> bool:
+    """Unmount ``target``: bounded EBUSY retries, then a lazy detach. False if it was not mounted.
+
+    The lazy fallback makes the mount vanish from the namespace at once; the kernel frees it
+    when its last user lets go, which is the right outcome for a layer being put or removed.
+    """
+    try:
+        return mounts.unmount(target, busy_retries=busy_retries)
+    except (MountError, OSError) as exc:
+        cause = exc.__cause__ if isinstance(exc.__cause__, OSError) else exc
+        if getattr(cause, "errno", None) != errno.EBUSY:
+            raise
+    return mounts.unmount(target, lazy=True)
+
+
+def wait_unmounted(target: str, timeout: float) -> bool:
+    """Poll until ``target`` is no mount point; False on timeout."""
+    deadline = time.monotonic() + timeout
+    delay = 0.0005
+    while mounts.mounted(target):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(delay)
+        delay = min(delay * 2, 0.02)
+    return True
+
+
+class Backend(abc.ABC):
+    """A union filesystem implementation the store can mount layer chains with."""
+
+    name: ClassVar[str]
+    formats: ClassVar[Tuple[WhiteoutFormat, ...]]
+    """Whiteout formats this backend reads; ``formats[0]`` is what a new store is created with."""
+
+    def __init__(self, layout: Layout, fmt: WhiteoutFormat) -> None:
+        if fmt not in self.formats:
+            raise ValueError(f"backend {self.name} cannot read the {fmt.value} whiteout format")
+        self.layout = layout
+        self.format = fmt
+
+    @classmethod
+    @abc.abstractmethod
+    def unavailable_reason(cls) -> Optional[str]:
+        """None if the backend can run here, else what is missing (for BackendUnavailable)."""
+
+    @property
+    @abc.abstractmethod
+    def max_depth(self) -> int:
+        """The longest layer chain (the layer and all its ancestors) this backend mounts."""
+
+    def lower_path(self, layer_id: str) -> str:
+        """The path naming the layer's diff dir in a lower list (backends may shorten it)."""
+        return str(self.layout.diff_dir(layer_id))
+
+    @abc.abstractmethod
+    def mount(self, request: MountRequest) -> None:
+        """Mount the union ``request`` describes on ``request.target`` (an existing empty dir).
+
+        Raises :class:`aufs.MountError` (with the OSError as ``__cause__``) and leaves nothing
+        mounted when it fails.
+        """
+
+    def unmount(self, target: str, *, record: Optional[str] = None, upper: Optional[str] = None) -> bool:
+        """Take the mount at ``target`` down (see :func:`detach`); False if nothing was mounted.
+
+        ``record`` and ``upper`` are those of the mount request, so the backend can finish its
+        own bookkeeping (wait for a daemon, tidy what it wrote into ``upper``).
+        """
+        return detach(target)
+
+    def tidy(self, upper: str) -> None:
+        """Make ``upper`` (possibly in use by a mount) hold only the store's whiteout format.
+
+        Called under the layer lock before a layer is exported or compared. Default: nothing.
+        """
+
+    def settle(self, record: str, upper: str) -> None:
+        """Finish the bookkeeping of an earlier mount of ``upper`` that is no longer mounted.
+
+        Called by the store, under the layer lock, before it mounts, exports or changes a layer
+        whose ``record`` file exists (left by a crash or a lazy unmount). Default: nothing.
+        """

@@ -1,0 +1,258 @@
+"""The fuse-overlayfs backend: the real ``fuse-overlayfs`` binary, one daemon per mount.
+
+fuse-overlayfs reads both whiteout formats in lower and upper dirs, so it serves stores in the
+AUFS format (the one it gives new stores, readable by kernel AUFS too) and in the OVERLAY
+format. As root it writes overlay-style markers itself (0/0 character-device whiteouts, an
+``trusted.overlay.opaque`` xattr plus a ``.wh..wh..opq`` file, and a stray ``.wh..opq``
+device); after the daemon exits, :func:`normalise_upper` rewrites what it wrote into the
+store's own format, so nothing of the daemon's leaks into a layer's content or its tar.
+
+The daemon runs in the foreground (``-f``) as our child in its own session: we know its pid,
+a Ctrl-C aimed at the caller does not kill it, and we wait for it after the unmount, so it
+never outlives its mount. Its pid is also written to the mount's record file, so another
+process (or a later ``cleanup``) can wait for it too.
+
+Depth limit: the lower list travels as one ``-o`` argument, bounded by the kernel's
+MAX_ARG_STRLEN (32 pages = 128 KiB). Lower dirs are named by fixed-length short links
+(``HOME/l/<20 chars>``), so 500 layers need about 500 * (len(HOME) + 24) bytes, which fits for
+any home shorter than 230 characters; 500 also matches kernel overlayfs, so a chain that
+mounts on one backend mounts on the other. It is tested with a 500-layer chain.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import subprocess
+import tempfile
+import threading
+import time
+from typing import Dict, Optional
+
+from ..errors import MountError
+from ..owners import ProcessToken, process_alive, process_start_time
+from ..whiteouts import WhiteoutFormat, make_whiteout
+from . import base
+from .base import Backend, MountRequest, kernel_filesystems
+
+__all__ = ["FuseOverlayfsBackend", "FUSE_MAX_DEPTH", "normalise_upper", "wait_recorded_daemon"]
+
+FUSE_MAX_DEPTH = 500
+_MAX_ARG_STRLEN = 32 * 4096
+_MOUNT_TIMEOUT = 15.0
+_EXIT_TIMEOUT = 15.0
+_STRAY_OPAQUE = ".wh..opq"  # fuse-overlayfs's own marker device; never content
+
+
+def _binary() -> Optional[str]:
+    return shutil.which("fuse-overlayfs")
+
+
+def normalise_upper(upper: str, fmt: WhiteoutFormat) -> None:
+    """Rewrite fuse-overlayfs's markers in the dir tree ``upper`` into the whiteout format ``fmt``.
+
+    Removes its stray ``.wh..opq`` devices everywhere; for the AUFS format, turns every 0/0
+    character-device whiteout NAME into the file ``.wh.NAME``. Must only run while no daemon
+    uses ``upper``.
+    """
+    stack = [upper]
+    while stack:
+        directory = stack.pop()
+        dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            with os.scandir(dir_fd) as it:
+                entries = list(it)
+            for entry in entries:
+                if entry.is_dir(follow_symlinks=False):
+                    stack.append(os.path.join(directory, entry.name))
+                    continue
+                if entry.is_file(follow_symlinks=False) or entry.is_symlink():
+                    continue
+                st = entry.stat(follow_symlinks=False)
+                if entry.name == _STRAY_OPAQUE:
+                    os.unlink(entry.name, dir_fd=dir_fd)
+                elif fmt is WhiteoutFormat.AUFS and stat.S_ISCHR(st.st_mode) and st.st_rdev == 0:
+                    os.unlink(entry.name, dir_fd=dir_fd)
+                    make_whiteout(dir_fd, entry.name, WhiteoutFormat.AUFS)
+        finally:
+            os.close(dir_fd)
+
+
+def _read_record(record: str) -> Optional[ProcessToken]:
+    try:
+        with open(record, encoding="ascii") as f:
+            pid_text, start_text = f.read().split()[:2]
+        return ProcessToken(int(pid_text), int(start_text))
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+def _wait_gone(token: ProcessToken, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    delay = 0.0005
+    while process_alive(token.pid, token.start):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(delay)
+        delay = min(delay * 2, 0.02)
+    return True
+
+
+class FuseOverlayfsBackend(Backend):
+    """fuse-overlayfs: a userspace overlay, no page-size limit on the lower list."""
+
+    name = "fuse-overlayfs"
+    formats = (WhiteoutFormat.AUFS, WhiteoutFormat.OVERLAY)
+
+    def __init__(self, layout: base.Layout, fmt: WhiteoutFormat) -> None:
+        super().__init__(layout, fmt)
+        # our daemons by mountpoint: waited for at unmount, reaped if someone else unmounted
+        self._children: Dict[str, "subprocess.Popen[bytes]"] = {}
+        self._children_lock = threading.Lock()
+
+    @classmethod
+    def unavailable_reason(cls) -> Optional[str]:
+        if _binary() is None:
+            return "fuse-overlayfs is not installed (apt-get install fuse-overlayfs)"
+        if not os.path.exists("/dev/fuse"):
+            return "/dev/fuse is missing (load the fuse module or pass the device in)"
+        if "fuse" not in kernel_filesystems():
+            return "the kernel has no FUSE support"
+        return None
+
+    @property
+    def max_depth(self) -> int:
+        return FUSE_MAX_DEPTH
+
+    def lower_path(self, layer_id: str) -> str:
+        link = self.layout.short_link(layer_id)
+        try:
+            os.symlink(self.layout.short_link_target(layer_id), link)
+        except FileExistsError:
+            pass
+        return str(link)
+
+    def _reap(self) -> None:
+        """Collect children whose mounts someone else took down (no zombies left around)."""
+        with self._children_lock:
+            for target, proc in list(self._children.items()):
+                if proc.poll() is not None:
+                    del self._children[target]
+
+    def mount(self, request: MountRequest) -> None:
+        self._reap()
+        binary = _binary()
+        if binary is None:
+            raise MountError("fuse-overlayfs is not installed", path=request.target)
+        paths = list(request.lowers) + [p for p in (request.upper, request.work) if p is not None]
+        for path in paths:
+            if any(c in path for c in ":,\\"):
+                raise MountError(
+                    f"fuse-overlayfs cannot take the path {path!r} (':', ',' or '\\' in it): "
+                    "move the store to a plainer path",
+                    path=path,
+                )
+        options = "lowerdir=" + ":".join(request.lowers)
+        if request.upper is not None:
+            options += f",upperdir={request.upper},workdir={request.work}"
+        if len(options) >= _MAX_ARG_STRLEN:
+            raise MountError(f"fuse-overlayfs options for {request.target} exceed 128 KiB", path=request.target)
+        with tempfile.TemporaryFile() as errors:
+            proc = subprocess.Popen(
+                [binary, "-f", "-o", options, request.target],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=errors,
+                start_new_session=True,
+                close_fds=True,
+            )
+            try:
+                self._wait_mounted(proc, request.target, errors)
+                if request.record is not None:
+                    start = process_start_time(proc.pid)
+                    with open(request.record, "w", encoding="ascii") as f:
+                        f.write(f"{proc.pid} {start}\n")
+            except BaseException:
+                self._stop(proc, request.target)
+                raise
+        with self._children_lock:
+            self._children[request.target] = proc
+
+    def _wait_mounted(self, proc: "subprocess.Popen[bytes]", target: str, errors: "tempfile._TemporaryFileWrapper[bytes]") -> None:
+        deadline = time.monotonic() + _MOUNT_TIMEOUT
+        delay = 0.0005
+        while not base.mounts.mounted(target):
+            if proc.poll() is not None:
+                errors.seek(0)
+                message = errors.read().decode("utf-8", "replace").strip()
+                raise MountError(
+                    f"fuse-overlayfs failed to mount {target} (exit {proc.returncode}): {message}",
+                    path=target,
+                )
+            if time.monotonic() >= deadline:
+                raise MountError(f"fuse-overlayfs did not mount {target} within {_MOUNT_TIMEOUT:.0f} s", path=target)
+            time.sleep(delay)
+            delay = min(delay * 2, 0.01)
+
+    def _stop(self, proc: "subprocess.Popen[bytes]", target: str) -> None:
+        """Undo a half-made mount: unmount if it appeared, then make sure the daemon is gone."""
+        try:
+            if base.mounts.mounted(target):
+                base.detach(target)
+        finally:
+            if proc.poll() is None:
+                proc.terminate()
+            try:
+                proc.wait(timeout=_EXIT_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+    def unmount(self, target: str, *, record: Optional[str] = None, upper: Optional[str] = None) -> bool:
+        token = _read_record(record) if record is not None else None
+        was_mounted = base.detach(target)
+        with self._children_lock:
+            proc = self._children.pop(target, None)
+        if proc is not None and (token is None or token.pid == proc.pid):
+            try:
+                proc.wait(timeout=_EXIT_TIMEOUT)
+                exited = True
+            except subprocess.TimeoutExpired:
+                exited = False  # still busy after a lazy detach: settle() finishes later
+                with self._children_lock:
+                    self._children.setdefault(target, proc)
+        elif token is not None:
+            exited = _wait_gone(token, _EXIT_TIMEOUT)
+        else:
+            exited = False
+        if exited and upper is not None and record is not None:
+            self._finish(record, upper)
+        self._reap()
+        return was_mounted
+
+    def _finish(self, record: str, upper: str) -> None:
+        if os.path.isdir(upper):
+            normalise_upper(upper, self.format)
+        try:
+            os.unlink(record)
+        except FileNotFoundError:
+            pass
+
+    def settle(self, record: str, upper: str) -> None:
+        token = _read_record(record)
+        if token is not None:
+            self._reap()
+            if process_alive(token.pid, token.start):
+                return  # its daemon still serves a lazily detached mount
+        self._finish(record, upper)
+
+    def tidy(self, upper: str) -> None:
+        # fuse-overlayfs honours both marker styles, so rewriting them under a live mount
+        # leaves its view unchanged while making the diff dir readable in the store's format
+        normalise_upper(upper, self.format)
+
+
+def wait_recorded_daemon(record: str, timeout: float = _EXIT_TIMEOUT) -> bool:
+    """Wait (bounded) until the daemon named in the mount record ``record`` has exited."""
+    token = _read_record(record)
+    return True if token is None else _wait_gone(token, timeout)

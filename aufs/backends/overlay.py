@@ -1,0 +1,73 @@
+"""The kernel overlayfs backend.
+
+Layers use the OVERLAY whiteout format (0/0 character devices, ``trusted.overlay.opaque``),
+which is what overlayfs reads. Mounts go through :func:`aufs.mounts.mount_overlay`, which uses
+the new mount API with one ``lowerdir+`` per layer, so the kernel's own limit of 500 lower
+layers is reachable no matter how long the paths are (mount(2) data is one page).
+
+Mount options pin the features that would write overlay-private state into a layer's diff dir
+(``redirect_dir`` xattrs on renamed directories, ``metacopy`` files whose data stays below,
+the inode index): with them off, a diff dir holds complete files and whiteouts only.
+"""
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+from .. import mounts
+from ..errors import MountError
+from ..whiteouts import WhiteoutFormat
+from .base import Backend, MountRequest, has_cap_sys_admin, kernel_filesystems
+
+__all__ = ["OverlayBackend", "OVERLAY_MAX_LOWERS", "MOUNT_OPTIONS"]
+
+OVERLAY_MAX_LOWERS = 500
+"""The kernel's limit on lower layers (OVL_MAX_STACK)."""
+
+MOUNT_OPTIONS = ("index=off", "redirect_dir=off", "metacopy=off")
+
+
+def _lowerdir_plus(longest_path: int) -> bool:
+    """True if every layer can be passed on its own (``lowerdir+``), paths of this length included."""
+    features = mounts.kernel_features()
+    return features.overlay_lowerdir_plus and (features.overlay_layer_fd or longest_path < 256)
+
+
+class OverlayBackend(Backend):
+    """Kernel overlayfs: the layer's diff dir is the upper dir, its ancestors the lower dirs."""
+
+    name = "overlay"
+    formats = (WhiteoutFormat.OVERLAY,)
+
+    @classmethod
+    def unavailable_reason(cls) -> Optional[str]:
+        if "overlay" not in kernel_filesystems():
+            return "the kernel has no overlayfs (try `modprobe overlay`)"
+        if not has_cap_sys_admin():
+            return "kernel overlayfs needs CAP_SYS_ADMIN (run as root) to mount"
+        return None
+
+    @property
+    def max_depth(self) -> int:
+        longest = len(str(self.layout.diff_dir("x" * 128)))
+        if _lowerdir_plus(longest):
+            return OVERLAY_MAX_LOWERS + 1
+        # legacy mount(2): every lower costs its path and a ':' out of one page of mount data
+        page = os.sysconf("SC_PAGE_SIZE")
+        per_layer = len(str(self.layout.layers_dir)) + 1 + 128 + len("/diff:")
+        fixed = 2 * per_layer + len(",upperdir=,workdir=,lowerdir=") + sum(len(o) + 1 for o in MOUNT_OPTIONS)
+        return max(1, min(OVERLAY_MAX_LOWERS, (page - fixed) // per_layer) + 1)
+
+    def mount(self, request: MountRequest) -> None:
+        lowers = list(request.lowers)
+        if request.upper is None and len(lowers) == 1:
+            # overlayfs refuses a single lower without an upper: the empty dir makes a second
+            lowers.append(str(self.layout.empty_dir))
+        try:
+            mounts.mount_overlay(
+                request.target, lowers, request.upper, request.work, options=MOUNT_OPTIONS
+            )
+        except MountError:
+            raise
+        except OSError as exc:
+            raise MountError(f"overlay mount on {request.target} failed: {exc}", path=request.target) from exc

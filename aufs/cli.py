@@ -1,0 +1,563 @@
+"""The ``aufs`` command: a thin shell over the public API.
+
+Owns argument parsing, output (human text on a terminal, ``--json`` for machines), progress
+bars (rich, only when stderr is a terminal) and the mapping of errors to exit codes. Every
+subcommand calls one or two public functions; no store logic lives here.
+
+Exit codes:
+
+====  ===========================================================
+0     success
+1     any other aufs error
+2     usage error (bad arguments, bad layer id)
+3     layer not found
+4     layer already exists
+5     busy: layer in use (mounted, or a parent), store locked
+6     bad image: malformed image, digest mismatch
+7     bad layer tar: corrupt, unsupported or unsafe archive
+8     cannot mount here: no usable backend, mount failure
+9     no space left on the store's filesystem
+10    operating-system error (permissions, missing files, ...)
+130   interrupted (Ctrl-C)
+====  ===========================================================
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+
+from . import __version__
+from .errors import (
+    ArchiveError,
+    AufsError,
+    BackendUnavailable,
+    ImageError,
+    LayerExists,
+    LayerInUse,
+    LayerNotFound,
+    MountError,
+    NoSpace,
+    StoreLocked,
+)
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .store import Driver
+
+__all__ = ["main", "console_main", "default_home", "EXIT_CODES"]
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+EXIT_CODES: Tuple[Tuple[type, int], ...] = (
+    # most specific first
+    (LayerNotFound, 3),
+    (LayerExists, 4),
+    (LayerInUse, 5),
+    (StoreLocked, 5),
+    (ImageError, 6),
+    (ArchiveError, 7),
+    (BackendUnavailable, 8),
+    (MountError, 8),
+    (NoSpace, 9),
+    (AufsError, EXIT_ERROR),
+    (ValueError, EXIT_USAGE),
+    (OSError, 10),
+)
+EXIT_INTERRUPTED = 130
+
+
+def default_home() -> Path:
+    """``$AUFS_HOME``, else ``/var/lib/aufs`` for root, else ``~/.local/share/aufs``."""
+    env = os.environ.get("AUFS_HOME")
+    if env:
+        return Path(env)
+    if os.geteuid() == 0:
+        return Path("/var/lib/aufs")
+    data = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    return Path(data) / "aufs"
+
+
+def exit_code_for(exc: BaseException) -> int:
+    """The documented exit code for an exception (see the module docstring)."""
+    for kind, code in EXIT_CODES:
+        if isinstance(exc, kind):
+            return code
+    return EXIT_ERROR
+
+
+class _UsageError(Exception):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that raises instead of exiting, so ``main`` can return the usage code."""
+
+    def error(self, message: str) -> "NoReturn":  # type: ignore[name-defined]  # noqa: F821
+        raise _UsageError(f"{self.prog}: {message}")
+
+
+# ---------------------------------------------------------------- output helpers
+
+
+class _Output:
+    """Where results and messages go; decides between text, JSON and progress bars."""
+
+    def __init__(self, as_json: bool, stdout: IO[str], stderr: IO[str]) -> None:
+        self.as_json = as_json
+        self.stdout = stdout
+        self.stderr = stderr
+        self.interactive = _isatty(stderr)
+
+    def result(self, text: str, data: Any) -> None:
+        if self.as_json:
+            self.stdout.write(json.dumps(data, indent=2, sort_keys=True) + "\n")
+        elif text:
+            self.stdout.write(text + ("" if text.endswith("\n") else "\n"))
+
+    @contextmanager
+    def progress(self, description: str) -> Iterator[Callable[[str, int, Optional[int]], None]]:
+        """Yields ``update(task_key, done, total)``; draws bars only on a terminal."""
+        if not self.interactive:
+            yield lambda key, done, total: None
+            return
+        from rich.console import Console
+        from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
+
+        console = Console(file=self.stderr)
+        columns = (
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            DownloadColumn(),
+            TransferSpeedColumn(),
+            TimeRemainingColumn(),
+        )
+        with Progress(*columns, console=console, transient=True) as bars:
+            tasks: Dict[str, Any] = {}
+
+            def update(key: str, done: int, total: Optional[int]) -> None:
+                if key not in tasks:
+                    label = f"{description} {key[:12]}" if key else description
+                    tasks[key] = bars.add_task(label, total=total)
+                bars.update(tasks[key], completed=done, total=total)
+
+            yield update
+
+
+def _isatty(stream: IO[str]) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+def _human(size: int) -> str:
+    value = float(size)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{size} B"  # pragma: no cover
+
+
+class _CountingReader:
+    """Reads through a binary file, reporting bytes read so far (for apply's progress)."""
+
+    def __init__(self, raw: IO[bytes], report: Callable[[int], None]) -> None:
+        self._raw = raw
+        self._report = report
+        self._done = 0
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._raw.read(size)
+        self._done += len(data)
+        self._report(self._done)
+        return data
+
+    def readinto(self, buffer: Any) -> int:
+        data = self.read(len(memoryview(buffer)))
+        memoryview(buffer)[: len(data)] = data
+        return len(data)
+
+    def readable(self) -> bool:
+        return True
+
+
+class _CountingWriter:
+    def __init__(self, raw: IO[bytes], report: Callable[[int], None]) -> None:
+        self._raw = raw
+        self._report = report
+        self._done = 0
+
+    def write(self, data: Any) -> int:
+        n = self._raw.write(data)
+        self._done += len(memoryview(data))
+        self._report(self._done)
+        return n if n is not None else len(memoryview(data))
+
+    def writable(self) -> bool:
+        return True
+
+    def flush(self) -> None:
+        self._raw.flush()
+
+
+# ---------------------------------------------------------------- commands
+
+
+def _open_driver(args: argparse.Namespace) -> "Driver":
+    from .store import Driver
+
+    return Driver(args.home, backend=args.backend)
+
+
+def _close(driver: "Driver") -> None:
+    close = getattr(driver, "close", None)
+    if callable(close):
+        close()
+
+
+def cmd_import(args: argparse.Namespace, out: _Output) -> int:
+    from .image import import_image
+
+    driver = _open_driver(args)
+    try:
+        with out.progress("layer") as update:
+            ids = import_image(
+                driver,
+                args.source,
+                platform=args.platform,
+                ref=args.ref,
+                progress=lambda layer_id, done, total: update(layer_id, done, total),
+            )
+    finally:
+        _close(driver)
+    out.result(ids[-1], {"layers": ids, "top": ids[-1]})
+    return EXIT_OK
+
+
+def cmd_export(args: argparse.Namespace, out: _Output) -> int:
+    from .image import export_image
+
+    driver = _open_driver(args)
+    try:
+        digest = export_image(
+            driver, args.layer, args.dest, compression="gzip" if args.gzip else "none", ref=args.ref
+        )
+    finally:
+        _close(driver)
+    out.result(digest, {"manifest_digest": digest, "dest": str(args.dest), "layer": args.layer})
+    return EXIT_OK
+
+
+def cmd_create(args: argparse.Namespace, out: _Output) -> int:
+    driver = _open_driver(args)
+    try:
+        driver.create(args.layer, args.parent)
+    finally:
+        _close(driver)
+    out.result(args.layer, {"id": args.layer, "parent": args.parent})
+    return EXIT_OK
+
+
+def cmd_apply(args: argparse.Namespace, out: _Output) -> int:
+    driver = _open_driver(args)
+    try:
+        if args.diff == "-":
+            source: IO[bytes] = sys.stdin.buffer
+            total: Optional[int] = None
+            own = False
+        else:
+            source = open(args.diff, "rb")
+            total = os.fstat(source.fileno()).st_size
+            own = True
+        try:
+            with out.progress("apply") as update:
+                reader = _CountingReader(source, lambda done: update("", done, total))
+                size = driver.apply_diff(args.layer, reader)
+        finally:
+            if own:
+                source.close()
+    finally:
+        _close(driver)
+    out.result(f"{args.layer}: {_human(size)} of content", {"id": args.layer, "diff_size": size})
+    return EXIT_OK
+
+
+def cmd_ls(args: argparse.Namespace, out: _Output) -> int:
+    driver = _open_driver(args)
+    try:
+        rows = []
+        for layer_id in sorted(driver.layers()):
+            rows.append(
+                {
+                    "id": layer_id,
+                    "parent": driver.parent(layer_id),
+                    "diff_size": driver.diff_size(layer_id),
+                    "mounted": driver.is_mounted(layer_id),
+                }
+            )
+    finally:
+        _close(driver)
+    out.result(_render_tree(rows), rows)
+    return EXIT_OK
+
+
+def _render_tree(rows: List[Dict[str, Any]]) -> str:
+    children: Dict[Optional[str], List[Dict[str, Any]]] = {}
+    for row in rows:
+        children.setdefault(row["parent"], []).append(row)
+    lines: List[str] = []
+
+    def label(row: Dict[str, Any]) -> str:
+        mark = "  [mounted]" if row["mounted"] else ""
+        return f"{row['id']}  {_human(row['diff_size'])}{mark}"
+
+    def walk(parent: str, prefix: str) -> None:
+        kids = children.get(parent, [])
+        for i, row in enumerate(kids):
+            last = i == len(kids) - 1
+            lines.append(prefix + ("└── " if last else "├── ") + label(row))
+            walk(row["id"], prefix + ("    " if last else "│   "))
+
+    for root in children.get(None, []):
+        lines.append(label(root))
+        walk(root["id"], "")
+    return "\n".join(lines) if lines else "(no layers)"
+
+
+def cmd_mount(args: argparse.Namespace, out: _Output) -> int:
+    driver = _open_driver(args)
+    try:
+        # No put(): the reference stays recorded in the store after this process exits, and
+        # `aufs umount` releases it.
+        path = driver.get(args.layer)
+    finally:
+        _close(driver)
+    out.result(path, {"id": args.layer, "path": path})
+    return EXIT_OK
+
+
+def cmd_umount(args: argparse.Namespace, out: _Output) -> int:
+    driver = _open_driver(args)
+    try:
+        # The `aufs mount` that made this mount has exited, so its reference is gone and a put()
+        # from this new holder alone would be a no-op. get() adopts the mount, and the matching
+        # put() takes it down unless a live process still holds a reference of its own.
+        driver.get(args.layer)
+        driver.put(args.layer)
+        still = driver.is_mounted(args.layer)
+    finally:
+        _close(driver)
+    text = f"{args.layer}: still mounted (a running process holds it)" if still else ""
+    out.result(text, {"id": args.layer, "mounted": still})
+    return EXIT_OK
+
+
+def cmd_diff(args: argparse.Namespace, out: _Output) -> int:
+    if args.output in (None, "-") and _isatty(out.stdout):
+        raise _UsageError("aufs diff: refusing to write a tar to a terminal; use -o FILE or a pipe")
+    driver = _open_driver(args)
+    try:
+        if args.output in (None, "-"):
+            target: IO[bytes] = sys.stdout.buffer
+            own = False
+        else:
+            target = open(args.output, "wb")
+            own = True
+        try:
+            with out.progress("diff") as update:
+                written = driver.diff(args.layer, _CountingWriter(target, lambda done: update("", done, None)))
+            target.flush()
+        finally:
+            if own:
+                target.close()
+    finally:
+        _close(driver)
+    if own:
+        out.result(f"{args.output}: {_human(written)}", {"id": args.layer, "bytes": written, "output": args.output})
+    elif out.as_json:
+        out.stderr.write(json.dumps({"id": args.layer, "bytes": written}) + "\n")
+    return EXIT_OK
+
+
+_KIND_LETTER = {"ADD": "A", "MODIFY": "C", "DELETE": "D"}
+
+
+def cmd_changes(args: argparse.Namespace, out: _Output) -> int:
+    driver = _open_driver(args)
+    try:
+        changes = driver.changes(args.layer)
+    finally:
+        _close(driver)
+    rows = [{"path": c.path, "kind": c.kind.name} for c in changes]
+    text = "\n".join(f"{_KIND_LETTER.get(r['kind'], '?')} {r['path']}" for r in rows)
+    out.result(text, rows)
+    return EXIT_OK
+
+
+def cmd_rm(args: argparse.Namespace, out: _Output) -> int:
+    driver = _open_driver(args)
+    try:
+        for layer_id in args.layers:
+            driver.remove(layer_id)
+    finally:
+        _close(driver)
+    out.result("", {"removed": args.layers})
+    return EXIT_OK
+
+
+def cmd_status(args: argparse.Namespace, out: _Output) -> int:
+    driver = _open_driver(args)
+    try:
+        status = {str(k): str(v) for k, v in driver.status().items()}
+    finally:
+        _close(driver)
+    width = max((len(k) for k in status), default=0)
+    out.result("\n".join(f"{k.ljust(width)}  {v}" for k, v in status.items()), status)
+    return EXIT_OK
+
+
+def cmd_cleanup(args: argparse.Namespace, out: _Output) -> int:
+    driver = _open_driver(args)
+    try:
+        driver.cleanup()
+    finally:
+        _close(driver)
+    out.result("", {"home": str(args.home), "cleaned": True})
+    return EXIT_OK
+
+
+def cmd_demo(args: argparse.Namespace, out: _Output) -> int:
+    from .demo import run_demo
+
+    return run_demo(backend=args.backend, stdout=out.stdout, keep=args.keep)
+
+
+# ---------------------------------------------------------------- parser
+
+
+def _common(parser: argparse.ArgumentParser, defaults: bool) -> None:
+    # Accepted before or after the subcommand; values given after it win.
+    suppress = None if defaults else argparse.SUPPRESS
+    parser.add_argument(
+        "--home",
+        type=Path,
+        default=default_home() if defaults else argparse.SUPPRESS,
+        help="store directory (default: $AUFS_HOME, else /var/lib/aufs as root, else ~/.local/share/aufs)",
+    )
+    parser.add_argument(
+        "--backend",
+        choices=("auto", "aufs", "overlay", "fuse-overlayfs"),
+        default="auto" if defaults else argparse.SUPPRESS,
+        help="union backend (default: auto)",
+    )
+    parser.add_argument("--json", action="store_true", default=False if defaults else suppress, help="machine-readable output")
+    parser.add_argument("--debug", action="store_true", default=False if defaults else suppress, help="show tracebacks")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full argument parser (exposed for documentation and tests)."""
+    parser = _Parser(prog="aufs", description="Container image layers on disk, mounted as one root filesystem.")
+    parser.add_argument("--version", action="version", version=f"aufs {__version__}")
+    _common(parser, defaults=True)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+
+    def add(name: str, func: Callable[[argparse.Namespace, _Output], int], help_text: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        _common(p, defaults=False)
+        p.set_defaults(func=func)
+        return p
+
+    p = add("import", cmd_import, "import a docker-save tarball or an OCI layout (dir or tar); prints the top layer id")
+    p.add_argument("source", help="image tarball or OCI layout directory")
+    p.add_argument("--platform", help="os/arch[/variant] to pick from a multi-platform image (e.g. linux/arm64)")
+    p.add_argument("--ref", help="image name to pick when the source holds several (e.g. latest, debian:12)")
+
+    p = add("export", cmd_export, "write a layer chain as an OCI image layout; prints the manifest digest")
+    p.add_argument("layer")
+    p.add_argument("dest", type=Path, help="new directory (must not exist, or be empty)")
+    p.add_argument("--gzip", action="store_true", help="gzip-compress the layer blobs")
+    p.add_argument("--ref", default="latest", help="name recorded in index.json (default: latest)")
+
+    p = add("create", cmd_create, "create an empty layer")
+    p.add_argument("layer")
+    p.add_argument("--parent", "-p", help="parent layer")
+
+    p = add("apply", cmd_apply, "apply a layer tar (plain, gzip, zstd, bzip2, xz; '-' for stdin); prints the diff size")
+    p.add_argument("layer")
+    p.add_argument("diff", help="layer tar file, or - for standard input")
+
+    add("ls", cmd_ls, "list layers as a tree, with their sizes")
+
+    p = add("mount", cmd_mount, "mount a layer with its ancestors; prints the path (stays mounted until umount)")
+    p.add_argument("layer")
+
+    p = add("umount", cmd_umount, "unmount a layer mounted by `aufs mount` (unless a running process still uses it)")
+    p.add_argument("layer")
+
+    p = add("diff", cmd_diff, "write a layer's own changes as a tar (to stdout or -o FILE)")
+    p.add_argument("layer")
+    p.add_argument("-o", "--output", help="output file (default: standard output)")
+
+    p = add("changes", cmd_changes, "list a layer's changes against its parent (A added, C changed, D deleted)")
+    p.add_argument("layer")
+
+    p = add("rm", cmd_rm, "remove layers (children before parents)")
+    p.add_argument("layers", nargs="+", metavar="layer")
+
+    add("status", cmd_status, "show the store's backend, home and counts")
+    add("cleanup", cmd_cleanup, "unmount everything under the store's home")
+
+    p = add("demo", cmd_demo, "build, import, mount and explore a small embedded image in a temporary store")
+    p.add_argument("--keep", action="store_true", help=argparse.SUPPRESS)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None, *, stdout: Optional[IO[str]] = None, stderr: Optional[IO[str]] = None) -> int:
+    """Run the ``aufs`` command with ``argv`` (default ``sys.argv[1:]``); return the exit code."""
+    stdout = stdout if stdout is not None else sys.stdout
+    stderr = stderr if stderr is not None else sys.stderr
+    parser = build_parser()
+    try:
+        args = parser.parse_args(list(argv) if argv is not None else None)
+    except _UsageError as exc:
+        stderr.write(parser.format_usage() + str(exc) + "\n")
+        return EXIT_USAGE
+    except SystemExit as exc:  # --help / --version
+        return int(exc.code or 0)
+    out = _Output(args.json, stdout, stderr)
+    try:
+        return int(args.func(args, out))
+    except _UsageError as exc:
+        stderr.write(f"{exc}\n")
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        stderr.write("aufs: interrupted\n")
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        return EXIT_OK if not args.debug else EXIT_ERROR
+    except (AufsError, OSError, ValueError) as exc:
+        if args.debug:
+            import traceback
+
+            traceback.print_exc(file=stderr)
+        stderr.write(f"aufs {args.command}: {_one_line(exc)}\n")
+        return exit_code_for(exc)
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    if isinstance(exc, OSError) and not isinstance(exc, AufsError) and exc.filename is not None and str(exc.filename) not in text:
+        text = f"{text}: {exc.filename}"
+    return " ".join(text.split())
+
+
+def console_main() -> None:
+    """Console-script entry point (``aufs``)."""
+    sys.exit(main())

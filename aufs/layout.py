@@ -1,0 +1,128 @@
+"""The on-disk layout of a layer store: every path the store uses is built here, nowhere else.
+
+::
+
+    HOME/
+      aufs-store.json        store metadata: layout version and whiteout format (written once)
+      .lock                  the store lock (create, remove, cleanup, sweep)
+      layers/ID/             one committed layer (appears by rename, disappears by rename)
+        layer.json           {"parent": ID or null, "depth": N}
+        diff/                the layer's own content: what users see as the layer
+        work/                overlayfs work dir (same filesystem as diff/, never inside it)
+      mnt/ID/                the mountpoint of ID while it is mounted
+      state/ID.lock          the per-layer lock file
+      state/ID.refs          who holds a reference to ID's mount (see aufs.refcount)
+      state/ID.backend       what the backend needs to finish an unmount (fuse daemon pid)
+      l/SHORT -> ../layers/ID/diff   short links, keeping long lower lists short (fuse-overlayfs)
+      empty/                 an empty directory: the lowest lower of every mount
+      tmp/KIND.OWNER.RAND    work in progress (staged creates, removes, applies, lower views)
+
+Layer ids are 1 to 128 characters of ``[A-Za-z0-9_.-]`` starting with a letter or digit, so an
+id is always a single, non-hidden path component and can never name a temporary entry.
+Temporary names carry their owner (pid and start time) so that opening a store can tell the
+debris of a dead process from the work of a live one.
+"""
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import pathlib
+import re
+import uuid
+from typing import Optional, Union
+
+from .owners import ProcessToken
+
+__all__ = ["Layout", "validate_layer_id", "is_valid_layer_id", "MAX_ID_LENGTH", "STORE_META_NAME"]
+
+MAX_ID_LENGTH = 128
+STORE_META_NAME = "aufs-store.json"
+
+_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}\Z")
+
+PathArg = Union[str, "os.PathLike[str]"]
+
+
+def is_valid_layer_id(layer_id: object) -> bool:
+    """True if ``layer_id`` is a str of 1 to 128 ``[A-Za-z0-9_.-]`` characters, first alphanumeric."""
+    return isinstance(layer_id, str) and _ID_RE.match(layer_id) is not None
+
+
+def validate_layer_id(layer_id: object) -> str:
+    """Return ``layer_id`` if it is valid (see :func:`is_valid_layer_id`), else raise ValueError."""
+    if not is_valid_layer_id(layer_id):
+        raise ValueError(
+            f"invalid layer id {layer_id!r}: use 1 to {MAX_ID_LENGTH} characters of "
+            "[A-Za-z0-9_.-], the first one a letter or digit"
+        )
+    assert isinstance(layer_id, str)
+    return layer_id
+
+
+class Layout:
+    """Paths of one store under ``home``. Pure: builds paths, touches nothing on disk."""
+
+    def __init__(self, home: PathArg) -> None:
+        self.home = pathlib.Path(os.path.abspath(os.fspath(home)))
+        self.meta_file = self.home / STORE_META_NAME
+        self.store_lock = self.home / ".lock"
+        self.layers_dir = self.home / "layers"
+        self.mnt_dir = self.home / "mnt"
+        self.state_dir = self.home / "state"
+        self.links_dir = self.home / "l"
+        self.empty_dir = self.home / "empty"
+        self.tmp_dir = self.home / "tmp"
+
+    def directories(self) -> list[pathlib.Path]:
+        """The directories a store needs, parents first."""
+        return [self.home, self.layers_dir, self.mnt_dir, self.state_dir, self.links_dir, self.empty_dir, self.tmp_dir]
+
+    def layer_dir(self, layer_id: str) -> pathlib.Path:
+        return self.layers_dir / layer_id
+
+    def layer_meta(self, layer_id: str) -> pathlib.Path:
+        return self.layers_dir / layer_id / "layer.json"
+
+    def diff_dir(self, layer_id: str) -> pathlib.Path:
+        return self.layers_dir / layer_id / "diff"
+
+    def work_dir(self, layer_id: str) -> pathlib.Path:
+        return self.layers_dir / layer_id / "work"
+
+    def mountpoint(self, layer_id: str) -> pathlib.Path:
+        return self.mnt_dir / layer_id
+
+    def lock_file(self, layer_id: str) -> pathlib.Path:
+        return self.state_dir / f"{layer_id}.lock"
+
+    def refs_file(self, layer_id: str) -> pathlib.Path:
+        return self.state_dir / f"{layer_id}.refs"
+
+    def backend_record(self, layer_id: str) -> pathlib.Path:
+        return self.state_dir / f"{layer_id}.backend"
+
+    def short_link(self, layer_id: str) -> pathlib.Path:
+        """A fixed-length alias of the layer's diff dir (a hash, so it needs no bookkeeping)."""
+        digest = hashlib.sha256(layer_id.encode("ascii")).digest()
+        short = base64.b32encode(digest)[:20].decode("ascii")
+        return self.links_dir / short
+
+    def short_link_target(self, layer_id: str) -> str:
+        """What :meth:`short_link` points to, relative so the store can be moved."""
+        return f"../layers/{layer_id}/diff"
+
+    def temp_path(self, kind: str, owner: ProcessToken, layer_id: Optional[str] = None) -> pathlib.Path:
+        """A fresh temporary name ``tmp/KIND.OWNER.RAND[.ID]`` (never a valid layer id's spot)."""
+        name = f"{kind}.{owner}.{uuid.uuid4().hex[:12]}"
+        if layer_id is not None:
+            name += f".{layer_id}"
+        return self.tmp_dir / name
+
+    @staticmethod
+    def temp_owner(name: str) -> Optional[ProcessToken]:
+        """The owner recorded in a temporary name, or None if the name is not one of ours."""
+        parts = name.split(".", 3)
+        if len(parts) < 3:
+            return None
+        return ProcessToken.parse(parts[1])

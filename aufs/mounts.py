@@ -1,0 +1,461 @@
+"""Mount primitives: is it mounted, mount, unmount, the mount table, overlay mounts.
+
+This module owns what mounts *mean* for aufs, on top of the raw syscalls in
+:mod:`aufs._syscalls`:
+
+* :func:`mounted` answers from the kernel (``statx`` ``STATX_ATTR_MOUNT_ROOT``, then
+  ``openat2`` ``RESOLVE_NO_XDEV``, then the mount table), right where ``os.path.ismount`` is
+  wrong (a directory bind-mounted onto itself, a bind of a subdirectory, a bind-mounted file).
+* :func:`mount` never lets the kernel truncate mount data; :func:`unmount` never follows a
+  symlink, tells "not mounted" apart from failure and retries a busy mount point.
+* :func:`mount_overlay` mounts overlayfs with one ``lowerdir+`` per layer through the new
+  mount API, so a layer chain is not limited by the one-page data limit of mount(2).
+* :func:`mount_table` / :func:`submounts` read ``/proc/self/mountinfo`` (or any recorded file)
+  with the C parser. :func:`parse_mountinfo` is its pure-Python twin, used as a test oracle.
+* :func:`kernel_features` says, once per process, what the running kernel supports.
+
+Paths may be ``str``, ``bytes`` or path-like; text fields of :class:`MountInfo` are ``str``
+decoded with ``os.fsdecode`` (undecodable bytes survive as surrogates).
+"""
+from __future__ import annotations
+
+import dataclasses
+import errno
+import functools
+import os
+import stat
+import sys
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from typing import NamedTuple
+
+from . import _syscalls
+from ._syscalls import StrPath
+from .errors import MountDataTooLong, MountError
+
+__all__ = [
+    "MOUNTINFO",
+    "MOUNT_CHECK_METHODS",
+    "KernelFeatures",
+    "MountInfo",
+    "escape_octal",
+    "kernel_features",
+    "mount",
+    "mount_overlay",
+    "mount_table",
+    "mounted",
+    "mounted_via",
+    "parse_mountinfo",
+    "submounts",
+    "unescape_octal",
+    "unmount",
+]
+
+MOUNTINFO = "/proc/self/mountinfo"
+
+# The ways mounted_via() can answer, in the order mounted() tries them.
+MOUNT_CHECK_METHODS = ("statx", "openat2", "mountinfo")
+
+
+class MountInfo(NamedTuple):
+    """One line of ``/proc/PID/mountinfo`` (see proc(5)), text fields unescaped."""
+
+    mount_id: int
+    parent_id: int
+    major: int
+    minor: int
+    root: str
+    """The directory of the filesystem that is mounted here ("/" unless a bind of a subdir)."""
+    mountpoint: str
+    options: str
+    """Per-mount options, comma-separated ("rw,relatime")."""
+    optional_fields: tuple[str, ...]
+    """Tags such as "shared:1" or "master:2"; empty when there are none."""
+    fstype: str
+    source: str
+    super_options: str
+    """Per-superblock options, comma-separated (for overlay: lowerdir=..., upperdir=...)."""
+
+    @property
+    def dev(self) -> int:
+        """``st_dev`` of the mounted filesystem (``os.makedev(major, minor)``)."""
+        return os.makedev(self.major, self.minor)
+
+
+@dataclasses.dataclass(frozen=True)
+class KernelFeatures:
+    """What the running kernel supports, as aufs uses it (see :func:`kernel_features`)."""
+
+    statx_mount_root: bool
+    """statx() reports STATX_ATTR_MOUNT_ROOT (Linux 5.8+)."""
+    openat2: bool
+    """openat2() with RESOLVE_NO_XDEV (Linux 5.6+)."""
+    new_mount_api: bool
+    """fsopen/fsconfig/fsmount/move_mount (Linux 5.2+)."""
+    overlay: bool
+    """overlayfs is available (built in or loaded)."""
+    overlay_lowerdir_plus: bool
+    """overlayfs takes one lower layer per ``lowerdir+`` parameter (Linux 6.8+)."""
+    overlay_layer_fd: bool
+    """overlayfs takes layers as directory file descriptors (Linux 6.13+)."""
+    aufs: bool
+    """the AUFS filesystem is available."""
+
+
+@functools.cache
+def kernel_features() -> KernelFeatures:
+    """Probe the running kernel once (per process) and return what it supports."""
+    bits = _syscalls.probe_features()
+    return KernelFeatures(**{name: bool(bits & bit) for name, bit in _syscalls.FEATURE_BITS.items()})
+
+
+# --------------------------------------------------------------------------- mounted()
+
+# errno values that mean "there is nothing at this path", so it is not a mount point.
+_ABSENT = frozenset((errno.ENOENT, errno.ENOTDIR, errno.ELOOP, errno.ENAMETOOLONG))
+# errno values that mean "this method cannot answer on this kernel".
+_UNSUPPORTED = frozenset((errno.EOPNOTSUPP, errno.ENOSYS))
+
+
+def mounted(path: StrPath) -> bool:
+    """True iff ``path`` is a mount point (the root of a mount).
+
+    The last component is not followed: a symlink is never a mount point, even one pointing
+    at a mount point. A path that does not exist gives False; ``"/"`` gives True. A trailing
+    slash names the directory the path resolves to. Raises ``OSError`` only for real errors
+    (e.g. ``PermissionError`` on a parent directory).
+    """
+    # Hot path (the store asks this for every mount): one statx() and as little Python as
+    # possible around it.
+    if type(path) is str and _FS_IS_UTF8:
+        try:
+            raw = path.encode()
+        except UnicodeEncodeError:  # lone surrogates: undecodable bytes from os.fsdecode
+            raw = os.fsencode(path)
+    elif type(path) is bytes:
+        raw = path
+    else:
+        raw = os.fsencode(path)
+    rc = _statx(raw)
+    if rc >= 0:
+        return rc == 1
+    return _mounted_fallback(raw, rc)
+
+
+_statx = _syscalls.mountpoint_statx
+# With a UTF-8 filesystem encoding, str.encode() (strict) equals os.fsencode() whenever it
+# succeeds, and is three times faster.
+_FS_IS_UTF8 = sys.getfilesystemencoding().lower().replace("-", "") == "utf8" \
+    and sys.getfilesystemencodeerrors() == "surrogateescape"
+
+
+def _mounted_fallback(raw: bytes, rc: int) -> bool:
+    if -rc in _ABSENT:
+        return False
+    if -rc not in _UNSUPPORTED:
+        raise _syscalls.oserror(rc, raw)
+    rc = _syscalls.mountpoint_openat2(raw)
+    if rc >= 0:
+        return rc == 1
+    if -rc in _ABSENT:
+        return False
+    if -rc not in _UNSUPPORTED:
+        raise _syscalls.oserror(rc, raw)
+    return _mounted_in_table(raw, MOUNTINFO)
+
+
+def mounted_via(path: StrPath, method: str, *, mountinfo: StrPath = MOUNTINFO) -> bool:
+    """:func:`mounted` by one given method (one of :data:`MOUNT_CHECK_METHODS`).
+
+    For tests and diagnostics: each method must give the same answer. Raises ``OSError``
+    with ``EOPNOTSUPP``/``ENOSYS`` if the kernel cannot answer by that method.
+    """
+    raw = path if isinstance(path, bytes) else os.fsencode(path)
+    if method == "mountinfo":
+        return _mounted_in_table(raw, mountinfo)
+    if method == "statx":
+        rc = _syscalls.mountpoint_statx(raw)
+    elif method == "openat2":
+        rc = _syscalls.mountpoint_openat2(raw)
+    else:
+        raise ValueError(f"unknown mount check method {method!r}; use one of {MOUNT_CHECK_METHODS}")
+    if rc >= 0:
+        return rc == 1
+    if -rc in _ABSENT:
+        return False
+    raise _syscalls.oserror(rc, raw)
+
+
+def _mounted_in_table(raw: bytes, mountinfo: StrPath) -> bool:
+    """Last resort: is the path, parent resolved but last component not, a mount point listed
+    in the mount table? (Cannot see through a mount that hides an older one's mount point.)"""
+    try:
+        st = os.lstat(raw)
+    except OSError as err:
+        if err.errno in _ABSENT:
+            return False
+        raise
+    head, tail = os.path.split(raw)
+    if tail in (b"", b".", b".."):
+        target = os.path.realpath(raw)
+    elif stat.S_ISLNK(st.st_mode):
+        return False
+    else:
+        target = os.path.join(os.path.realpath(head or b"."), tail)
+    wanted = os.fsdecode(target)
+    return any(info.mountpoint == wanted for info in mount_table(mountinfo))
+
+
+# --------------------------------------------------------------------------- mount/unmount
+
+
+def _mount_error(message: str, path: StrPath, cause: OSError) -> MountError:
+    """A MountError that also carries the cause's errno and strerror."""
+    err = MountError(message, path=os.fsdecode(path))
+    err.errno = cause.errno
+    err.strerror = cause.strerror
+    return err
+
+
+def mount(source: StrPath | None, target: StrPath, fstype: str | None, flags: int = 0,
+          data: str = "") -> None:
+    """mount(2) ``source`` on ``target``: a filesystem of type ``fstype``, or a bind/remount/
+    propagation change given by ``flags`` (``MS_*`` values as in ``<sys/mount.h>``).
+
+    Raises :class:`MountDataTooLong` (a ``ValueError``) if ``data`` would not fit in one page
+    (the kernel would silently drop the rest), and :class:`MountError` (``errno`` set,
+    ``__cause__`` the ``OSError``) if the kernel refuses.
+    """
+    data_bytes = data.encode() if isinstance(data, str) else bytes(data)
+    limit = _syscalls.page_size()
+    if len(data_bytes) >= limit:
+        raise MountDataTooLong(
+            f"mount data for {os.fsdecode(target)!r} is {len(data_bytes)} bytes; mount(2) takes "
+            f"at most {limit - 1} and would silently truncate the rest (use mount_overlay, "
+            f"which passes each layer separately)",
+            path=os.fsdecode(target),
+        )
+    try:
+        _syscalls.mount(source, target, fstype, flags, data_bytes or None)
+    except OSError as err:
+        raise _mount_error(
+            f"cannot mount {fstype or 'bind'} {os.fsdecode(source) if source else ''!r} on "
+            f"{os.fsdecode(target)!r}: {err.strerror}", target, err) from err
+
+
+_BUSY_FIRST_DELAY = 0.01
+_BUSY_MAX_DELAY = 0.5
+
+
+def unmount(target: StrPath, *, lazy: bool = False, busy_retries: int = 5) -> bool:
+    """Unmount ``target`` (umount2 with ``UMOUNT_NOFOLLOW``: a symlink there is not followed).
+
+    Returns True if something was unmounted, False if ``target`` was not a mount point (or does
+    not exist). ``lazy`` detaches now and lets the kernel finish when the last user goes
+    (``MNT_DETACH``). A busy mount point (``EBUSY``) is retried ``busy_retries`` times with
+    exponential backoff (10 ms doubling, at most 0.5 s), then :class:`MountError` is raised
+    with ``errno`` EBUSY; other failures raise :class:`MountError` at once.
+    """
+    delay = _BUSY_FIRST_DELAY
+    attempt = 0
+    while True:
+        try:
+            _syscalls.umount(target, lazy)
+            return True
+        except OSError as err:
+            if err.errno in (errno.EINVAL, errno.ENOENT):
+                return False
+            if err.errno == errno.EBUSY and attempt < busy_retries:
+                attempt += 1
+                time.sleep(delay)
+                delay = min(delay * 2, _BUSY_MAX_DELAY)
+                continue
+            hint = " (still in use: close files and processes under it, or use lazy=True)" \
+                if err.errno == errno.EBUSY else ""
+            raise _mount_error(f"cannot unmount {os.fsdecode(target)!r}: {err.strerror}{hint}",
+                               target, err) from err
+
+
+# --------------------------------------------------------------------------- mount table
+
+
+def mount_table(mountinfo: StrPath = MOUNTINFO) -> Iterator[MountInfo]:
+    """The mounts listed in a mountinfo file, in its order (parents before children).
+
+    ``mountinfo`` defaults to this process's ``/proc/self/mountinfo``; any recorded file works.
+    The file is read at once, so the table is a consistent snapshot. Raises ``ValueError`` for
+    a malformed line.
+    """
+    with open(mountinfo, "rb") as f:
+        data = f.read()
+    origin = os.fsdecode(mountinfo)
+    for fields in _syscalls.iter_mountinfo(data, origin):
+        yield _record(fields)
+
+
+def _record(fields: _syscalls.MountInfoFields) -> MountInfo:
+    dec = os.fsdecode
+    optional = fields[7]
+    return MountInfo(
+        fields[0], fields[1], fields[2], fields[3], dec(fields[4]), dec(fields[5]),
+        dec(fields[6]), tuple(dec(optional).split(" ")) if optional else (), dec(fields[8]),
+        dec(fields[9]), dec(fields[10]),
+    )
+
+
+def submounts(path: StrPath, mountinfo: StrPath = MOUNTINFO) -> list[MountInfo]:
+    """Mounts at ``path`` or below it, deepest first (the order to unmount them in).
+
+    Matching is by whole path component: ``/foo`` covers ``/foo`` and ``/foo/bar`` but not
+    ``/foobar``. ``path`` is made absolute and its symlinks resolved first. Among mounts
+    stacked on one mount point, the most recent comes first.
+    """
+    base = os.path.realpath(os.fsdecode(path))
+    prefix = base if base.endswith("/") else base + "/"
+    found = [
+        (index, info) for index, info in enumerate(mount_table(mountinfo))
+        if info.mountpoint == base or info.mountpoint.startswith(prefix)
+    ]
+    found.sort(key=lambda item: (item[1].mountpoint.count("/"), item[0]), reverse=True)
+    return [info for _, info in found]
+
+
+# --------------------------------------------------------------------------- overlay
+
+
+def _legacy_overlay_data(lowerdirs: Sequence[str], upperdir: str | None,
+                         workdir: str | None, options: Sequence[str]) -> str:
+    for p in (*lowerdirs, upperdir or "", workdir or ""):
+        bad = [c for c in (",", ":", "\\") if c in p]
+        if bad:
+            raise MountError(f"overlay layer path {p!r} contains {bad[0]!r}, which legacy "
+                             f"mount(2) data cannot carry; this kernel lacks the new mount API "
+                             f"with lowerdir+ (Linux 6.8+)", path=p)
+    parts = ["lowerdir=" + ":".join(lowerdirs)]
+    if upperdir is not None:
+        parts += ["upperdir=" + upperdir, "workdir=" + (workdir or "")]
+    parts += list(options)
+    return ",".join(parts)
+
+
+def mount_overlay(target: StrPath, lowerdirs: Sequence[StrPath],
+                  upperdir: StrPath | None = None, workdir: StrPath | None = None, *,
+                  options: Iterable[str] = ()) -> None:
+    """Mount overlayfs on ``target``: ``lowerdirs`` top-most first, then an optional writable
+    ``upperdir`` with its ``workdir`` (both or neither; without them the mount is read-only).
+
+    ``options`` are extra overlay options, ``"name=value"`` or a bare flag: e.g. ``"userxattr"``,
+    ``"redirect_dir=on"``, ``"index=off"``, ``"xino=off"``, ``"volatile"``.
+
+    Uses the new mount API with one ``lowerdir+`` per layer (long paths by file descriptor)
+    when the kernel has it; otherwise legacy mount(2), but only if the data fits one page.
+    Raises :class:`MountDataTooLong` when neither way can carry the chain, and
+    :class:`MountError` (with the kernel's explanation) when the kernel refuses the mount.
+    """
+    if not lowerdirs:
+        raise ValueError("mount_overlay needs at least one lower directory")
+    if (upperdir is None) != (workdir is None):
+        raise ValueError("mount_overlay needs upperdir and workdir together, or neither")
+    opts = [str(o) for o in options]
+    for o in opts:
+        if not o or "," in o:
+            raise ValueError(f"overlay option {o!r} must be one non-empty option without commas")
+    lowers = [os.fsdecode(p) for p in lowerdirs]
+    upper = None if upperdir is None else os.fsdecode(upperdir)
+    work = None if workdir is None else os.fsdecode(workdir)
+
+    features = kernel_features()
+    long_paths = any(len(os.fsencode(p)) >= 256 for p in (*lowers, upper or "", work or ""))
+    if features.overlay_lowerdir_plus and (features.overlay_layer_fd or not long_paths):
+        try:
+            _syscalls.overlay_mount(target, lowers, upper, work, opts)
+        except OSError as err:
+            raise _mount_error(
+                f"cannot mount overlay ({len(lowers)} lower layers) on "
+                f"{os.fsdecode(target)!r}: {err.strerror}", target, err) from err
+        return
+
+    data = _legacy_overlay_data(lowers, upper, work, opts)
+    if len(data.encode()) >= _syscalls.page_size():
+        raise MountDataTooLong(
+            f"overlay with {len(lowers)} lower layers on {os.fsdecode(target)!r} needs "
+            f"{len(data.encode())} bytes of mount data, more than one page; this kernel lacks "
+            f"the new mount API with lowerdir+ (Linux 6.8+) that would avoid the limit",
+            path=os.fsdecode(target),
+        )
+    mount("overlay", target, "overlay", 0, data)
+
+
+# --------------------------------------------------------------------------- Python twin
+
+
+def _is_octal_escape(data: bytes, i: int) -> bool:
+    return (i + 3 < len(data) and 48 <= data[i + 1] <= 51
+            and 48 <= data[i + 2] <= 55 and 48 <= data[i + 3] <= 55)
+
+
+def unescape_octal(data: bytes) -> bytes:
+    """Pure-Python twin of the C unescape: every ``\\ooo`` (<= 0o377) becomes its byte."""
+    if b"\\" not in data:
+        return data
+    out = bytearray()
+    i = 0
+    n = len(data)
+    while i < n:
+        c = data[i]
+        if c == 0x5C and _is_octal_escape(data, i):
+            out.append(int(data[i + 1:i + 4], 8))
+            i += 4
+        else:
+            out.append(c)
+            i += 1
+    return bytes(out)
+
+
+def escape_octal(data: bytes, special: bytes = b" \t\n\\") -> bytes:
+    """Escape as the kernel does in mountinfo: each byte of ``special`` becomes ``\\ooo``."""
+    return b"".join(b"\\%03o" % c if c in special else bytes((c,)) for c in data)
+
+
+def _uint(token: bytes, limit: int, line: bytes) -> int:
+    if not token.isdigit():
+        raise ValueError(f"not a mountinfo line: {line[:200]!r}")
+    value = int(token)
+    if value > limit:
+        raise ValueError(f"not a mountinfo line (number too large): {line[:200]!r}")
+    return value
+
+
+def parse_mountinfo_line(line: bytes) -> MountInfo:
+    """Parse one mountinfo line (no trailing newline) in pure Python; the C parser's twin."""
+    parts = line.split(b" ")
+    if len(parts) < 10:
+        raise ValueError(f"not a mountinfo line: {line[:200]!r}")
+    mount_id = _uint(parts[0], 0x7FFFFFFF, line)
+    parent_id = _uint(parts[1], 0x7FFFFFFF, line)
+    majmin = parts[2].split(b":", 1)
+    if len(majmin) != 2:
+        raise ValueError(f"not a mountinfo line: {line[:200]!r}")
+    major = _uint(majmin[0], 0xFFFFFFFF, line)
+    minor = _uint(majmin[1], 0xFFFFFFFF, line)
+    try:
+        dash = parts.index(b"-", 6)
+    except ValueError:
+        raise ValueError(f"not a mountinfo line (no '-' separator): {line[:200]!r}") from None
+    if len(parts) < dash + 4:
+        raise ValueError(f"not a mountinfo line: {line[:200]!r}")
+    u = unescape_octal
+    fields = (
+        mount_id, parent_id, major, minor, u(parts[3]), u(parts[4]), u(parts[5]),
+        b" ".join(u(p) for p in parts[6:dash]), u(parts[dash + 1]), u(parts[dash + 2]),
+        u(b" ".join(parts[dash + 3:])),
+    )
+    return _record(fields)
+
+
+def parse_mountinfo(data: bytes) -> list[MountInfo]:
+    """Parse a whole mountinfo file's bytes in pure Python (the C parser's test oracle)."""
+    lines = data.split(b"\n")
+    if lines and lines[-1] == b"":
+        lines.pop()
+    return [parse_mountinfo_line(line) for line in lines]

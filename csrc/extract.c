@@ -1,0 +1,688 @@
+/* extract.c: write the entries of a layer tar, read by libarchive, under a held root directory fd.
+ *
+ * Why our own writer: libarchive's write-to-disk works relative to the process's current
+ * directory and re-walks every path component per entry. Here every path is resolved with
+ * openat2(RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS) below the caller's root fd, the last
+ * component is never followed, and file data moves from libarchive's buffer straight into the
+ * new file: about the syscalls per file that GNU tar makes, with no way out of the root.
+ *
+ * libarchive is reached only through the function pointers the caller puts in struct
+ * aufs_xapi (taken from the libarchive the Python side already loaded), so this file has no
+ * link-time dependency on it. The loop runs without the GIL and returns to the caller only for
+ * what needs policy: directories (their mtimes are set last), reserved `.wh.` names (whiteouts,
+ * opaque markers, AUFS metadata), errors, and, when asked, every entry.
+ *
+ * State lives in the caller-owned struct aufs_xctx; nothing here is static.
+ */
+#include "aufs_native.h"
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/statvfs.h>
+#include <sys/syscall.h>
+#include <sys/sysmacros.h>
+#include <sys/time.h>
+#include <sys/xattr.h>
+#include <unistd.h>
+
+#ifndef SYS_openat2
+#define SYS_openat2 437
+#endif
+
+#define X_RESOLVE_NO_MAGICLINKS 0x02ULL
+#define X_RESOLVE_IN_ROOT 0x10ULL
+
+/* libarchive's status codes (archive.h, stable ABI) */
+#define X_ARCHIVE_EOF 1
+#define X_ARCHIVE_OK 0
+
+struct x_open_how {
+    uint64_t flags;
+    uint64_t mode;
+    uint64_t resolve;
+};
+
+/* libarchive signatures (archive.h / archive_entry.h of libarchive 3.x on Linux) */
+typedef int (*x_next_header_fn)(void *, void **);
+typedef int (*x_data_block_fn)(void *, const void **, size_t *, int64_t *);
+typedef const char *(*x_entry_str_fn)(void *);
+typedef mode_t (*x_entry_mode_fn)(void *);
+typedef int64_t (*x_entry_i64_fn)(void *);
+typedef time_t (*x_entry_time_fn)(void *);
+typedef long (*x_entry_long_fn)(void *);
+typedef dev_t (*x_entry_dev_fn)(void *);
+typedef int (*x_entry_int_fn)(void *);
+typedef int (*x_xattr_next_fn)(void *, const char **, const void **, size_t *);
+
+/* Resolve `path` below the root, following symlinks only inside it. */
+static int x_resolve(int root_fd, const char *path, uint64_t flags)
+{
+    struct x_open_how how = {flags | O_CLOEXEC, 0, X_RESOLVE_IN_ROOT | X_RESOLVE_NO_MAGICLINKS};
+    long fd;
+    do {
+        fd = syscall(SYS_openat2, root_fd, *path ? path : ".", &how, sizeof how);
+    } while (fd < 0 && (errno == EAGAIN || errno == EINTR));
+    return fd < 0 ? -errno : (int)fd;
+}
+
+
+/* Lexically normalise a tar member name: drop leading '/', "." and empty components, let ".."
+ * pop one component. Returns the length, -EXDEV if ".." would climb above the root, or
+ * -ENAMETOOLONG. */
+int aufs_x_normalize(const char *in, char *out, size_t outlen)
+{
+    size_t n = 0;
+    const char *p = in;
+    if (outlen == 0)
+        return -ENAMETOOLONG;
+    while (*p) {
+        const char *start;
+        size_t len;
+        while (*p == '/')
+            p++;
+        if (!*p)
+            break;
+        start = p;
+        while (*p && *p != '/')
+            p++;
+        len = (size_t)(p - start);
+        if (len == 1 && start[0] == '.')
+            continue;
+        if (len == 2 && start[0] == '.' && start[1] == '.') {
+            if (n == 0)
+                return -EXDEV;
+            while (n > 0 && out[n - 1] != '/')
+                n--;
+            if (n > 0)
+                n--;
+            continue;
+        }
+        if (n + (n ? 1 : 0) + len + 1 > outlen)
+            return -ENAMETOOLONG;
+        if (n)
+            out[n++] = '/';
+        memcpy(out + n, start, len);
+        n += len;
+    }
+    out[n] = '\0';
+    return (int)n;
+}
+
+/* True if some component of the normalised path starts with ".wh." (whiteouts and AUFS
+ * metadata: the caller decides what they mean). */
+static int x_is_reserved(const char *path)
+{
+    return strncmp(path, ".wh.", 4) == 0 || strstr(path, "/.wh.") != NULL;
+}
+
+/* Remove `name` in `dir_fd` without following it; directories with all their content. */
+int aufs_x_remove(int dir_fd, const char *name)
+{
+    struct stat st;
+    int fd;
+    DIR *dir;
+    struct dirent *de;
+    int ret = 0;
+
+    if (unlinkat(dir_fd, name, 0) == 0)
+        return 0;
+    if (errno != EISDIR && errno != EPERM)
+        return -errno;
+    if (fstatat(dir_fd, name, &st, AT_SYMLINK_NOFOLLOW) < 0)
+        return -errno;
+    if (!S_ISDIR(st.st_mode))
+        return -EPERM;
+    fd = openat(dir_fd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    if (fd < 0)
+        return -errno;
+    dir = fdopendir(fd);
+    if (!dir) {
+        ret = -errno;
+        close(fd);
+        return ret;
+    }
+    while ((errno = 0, de = readdir(dir)) != NULL) {
+        if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0)
+            continue;
+        ret = aufs_x_remove(fd, de->d_name);
+        if (ret < 0 && ret != -ENOENT)
+            break;
+        ret = 0;
+    }
+    if (ret == 0 && errno != 0)
+        ret = -errno;
+    closedir(dir);
+    if (ret < 0)
+        return ret;
+    return unlinkat(dir_fd, name, AT_REMOVEDIR) < 0 ? -errno : 0;
+}
+
+/* Create the missing directories of `path` (0755, owned by us) below the root; returns an
+ * O_PATH fd of the deepest one. A component that exists but resolves to nothing (a dangling
+ * symlink) gives -ENOENT, one that is not a directory -ENOTDIR. */
+static int x_make_dirs(int root_fd, const char *path)
+{
+    char buf[AUFS_X_PATH_MAX];
+    size_t len = strlen(path), i;
+    int cur = -1;
+
+    if (len >= sizeof buf)
+        return -ENAMETOOLONG;
+    memcpy(buf, path, len + 1);
+    cur = x_resolve(root_fd, "", O_PATH | O_DIRECTORY);
+    if (cur < 0)
+        return cur;
+    for (i = 0; i <= len; i++) {
+        size_t start;
+        int next;
+        if (buf[i] != '/' && buf[i] != '\0')
+            continue;
+        buf[i] = '\0';
+        next = x_resolve(root_fd, buf, O_PATH | O_DIRECTORY);
+        if (next == -ENOENT) {
+            start = i;
+            while (start > 0 && buf[start - 1] != '/')
+                start--;
+            if (mkdirat(cur, buf + start, 0755) < 0 && errno != EEXIST) {
+                next = -errno;
+            } else {
+                /* the umask must not decide the mode of implied directories */
+                if (fchmodat(cur, buf + start, 0755, 0) < 0 && errno != ENOENT && errno != ENOTDIR) {
+                    next = -errno;
+                } else {
+                    next = x_resolve(root_fd, buf, O_PATH | O_DIRECTORY);
+                }
+            }
+        }
+        if (next < 0) {
+            close(cur);
+            return next;
+        }
+        close(cur);
+        cur = next;
+        if (i < len)
+            buf[i] = '/';
+    }
+    return cur;
+}
+
+int aufs_x_open_dir(int root_fd, const char *path, int create)
+{
+    int fd = x_resolve(root_fd, path, O_PATH | O_DIRECTORY);
+    if (fd == -ENOENT && create)
+        fd = x_make_dirs(root_fd, path);
+    return fd;
+}
+
+void aufs_x_forget_parent(struct aufs_xctx *ctx)
+{
+    if (ctx->parent_fd >= 0)
+        close(ctx->parent_fd);
+    ctx->parent_fd = -1;
+    ctx->parent_path[0] = '\0';
+}
+
+/* The directory that holds `path` (created if implied), and the last component in *name.
+ * The fd is cached in ctx until an entry with another parent comes. */
+static int x_parent(struct aufs_xctx *ctx, const char *path, const char **name)
+{
+    const char *slash = strrchr(path, '/');
+    size_t plen;
+    int fd;
+
+    if (!slash) {
+        *name = path;
+        return ctx->root_fd;
+    }
+    *name = slash + 1;
+    plen = (size_t)(slash - path);
+    if (ctx->parent_fd >= 0 && strlen(ctx->parent_path) == plen &&
+        memcmp(ctx->parent_path, path, plen) == 0)
+        return ctx->parent_fd;
+    aufs_x_forget_parent(ctx);
+    memcpy(ctx->parent_path, path, plen);
+    ctx->parent_path[plen] = '\0';
+    fd = x_resolve(ctx->root_fd, ctx->parent_path, O_PATH | O_DIRECTORY);
+    if (fd == -ENOENT)
+        fd = x_make_dirs(ctx->root_fd, ctx->parent_path);
+    if (fd < 0) {
+        ctx->parent_path[0] = '\0';
+        return fd;
+    }
+    ctx->parent_fd = fd;
+    return fd;
+}
+
+/* xattrs that describe a layer's role in a union mount, never accepted from an archive
+ * (kept in step with aufs.whiteouts.is_private_xattr) */
+static int x_private_xattr(const char *name)
+{
+    return strncmp(name, "trusted.overlay.", 16) == 0 || strncmp(name, "user.overlay.", 13) == 0 ||
+           strncmp(name, "user.fuseoverlayfs.", 19) == 0;
+}
+
+/* Set the entry's xattrs on `fd`, or (fd < 0) on `name` in `dir_fd` without following it. */
+static int x_xattrs(struct aufs_xctx *ctx, int fd, int dir_fd, const char *name)
+{
+    const struct aufs_xapi *api = ctx->api;
+    const char *key;
+    const void *value;
+    size_t size;
+    char procpath[64 + AUFS_X_PATH_MAX];
+
+    if (((x_entry_int_fn)api->entry_xattr_reset)(ctx->entry) <= 0)
+        return 0;
+    if (fd < 0)
+        snprintf(procpath, sizeof procpath, "/proc/self/fd/%d/%s", dir_fd, name);
+    while (((x_xattr_next_fn)api->entry_xattr_next)(ctx->entry, &key, &value, &size) == X_ARCHIVE_OK) {
+        int r;
+        if (!key || !*key || x_private_xattr(key))
+            continue;
+        if (fd >= 0)
+            r = fsetxattr(fd, key, value, size, 0);
+        else
+            r = lsetxattr(procpath, key, value, size, 0);
+        if (r < 0)
+            return -errno;
+    }
+    return 0;
+}
+
+static void x_times(const struct aufs_xctx *ctx, struct timespec ts[2])
+{
+    ts[0].tv_sec = ts[1].tv_sec = (time_t)ctx->mtime_sec;
+    ts[0].tv_nsec = ts[1].tv_nsec = (long)ctx->mtime_nsec;
+}
+
+/* Owner before mode (chown clears setuid/setgid), xattrs after both (chown clears
+ * security.capability). */
+static int x_meta_fd(struct aufs_xctx *ctx, int fd, int set_times)
+{
+    struct timespec ts[2];
+    int r;
+    if (fchown(fd, (uid_t)ctx->uid, (gid_t)ctx->gid) < 0)
+        return -errno;
+    if (fchmod(fd, (mode_t)(ctx->mode & 07777)) < 0)
+        return -errno;
+    r = x_xattrs(ctx, fd, -1, NULL);
+    if (r < 0)
+        return r;
+    if (set_times) {
+        x_times(ctx, ts);
+        if (futimens(fd, ts) < 0)
+            return -errno;
+    }
+    return 0;
+}
+
+static int x_meta_at(struct aufs_xctx *ctx, int dir_fd, const char *name, int chmod_too)
+{
+    struct timespec ts[2];
+    int r;
+    if (fchownat(dir_fd, name, (uid_t)ctx->uid, (gid_t)ctx->gid, AT_SYMLINK_NOFOLLOW) < 0)
+        return -errno;
+    /* only for devices and fifos this call just created: nothing can have swapped them */
+    if (chmod_too && fchmodat(dir_fd, name, (mode_t)(ctx->mode & 07777), 0) < 0)
+        return -errno;
+    r = x_xattrs(ctx, -1, dir_fd, name);
+    if (r < 0)
+        return r;
+    x_times(ctx, ts);
+    if (utimensat(dir_fd, name, ts, AT_SYMLINK_NOFOLLOW) < 0)
+        return -errno;
+    return 0;
+}
+
+static int x_write_all(int fd, const char *buf, size_t len, int64_t off)
+{
+    while (len > 0) {
+        ssize_t n = pwrite(fd, buf, len, (off_t)off);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            return -errno;
+        }
+        buf += n;
+        len -= (size_t)n;
+        off += n;
+    }
+    return 0;
+}
+
+/* Move the entry's data into fd. Holes of sparse entries stay holes. */
+static int x_copy_data(struct aufs_xctx *ctx, int fd)
+{
+    x_data_block_fn data_block = (x_data_block_fn)ctx->api->read_data_block;
+    int64_t end = 0;
+    for (;;) {
+        const void *buf;
+        size_t len;
+        int64_t off;
+        int r = data_block(ctx->archive, &buf, &len, &off);
+        if (r == X_ARCHIVE_EOF)
+            break;
+        if (r != X_ARCHIVE_OK)
+            return AUFS_X_ARCHIVE;
+        if (len == 0)
+            continue;
+        if (off < 0 || (int64_t)len > ctx->size || off > ctx->size - (int64_t)len)
+            return AUFS_X_CORRUPT;
+        if (ctx->max_bytes >= 0 && (int64_t)len > ctx->max_bytes - ctx->bytes)
+            return AUFS_X_LIMIT;
+        r = x_write_all(fd, buf, len, off);
+        if (r < 0)
+            return r;
+        ctx->bytes += (int64_t)len;
+        if (off + (int64_t)len > end)
+            end = off + (int64_t)len;
+    }
+    if (end < ctx->size && ftruncate(fd, (off_t)ctx->size) < 0)
+        return -errno;
+    return 0;
+}
+
+/* Entries declaring more than this are checked against the free space before any write. */
+#define X_FREE_CHECK_SIZE ((int64_t)64 << 20)
+
+static int x_regular(struct aufs_xctx *ctx, int dir_fd, const char *name)
+{
+    const int flags = O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC;
+    int sparse = ((x_entry_int_fn)ctx->api->entry_sparse_count)(ctx->entry) > 0;
+    int fd, r;
+
+    if (!sparse && ctx->max_bytes >= 0 && ctx->size > ctx->max_bytes - ctx->bytes)
+        return AUFS_X_LIMIT;
+    if (!sparse && ctx->size > X_FREE_CHECK_SIZE) {
+        /* a tar bomb must not fill the disk before it is found out */
+        struct statvfs sv;
+        if (fstatvfs(dir_fd, &sv) == 0 && (int64_t)(sv.f_bavail * sv.f_frsize) < ctx->size)
+            return -ENOSPC;
+    }
+    fd = openat(dir_fd, name, flags, 0600);
+    if (fd < 0 && errno == EEXIST) {
+        /* never write into an existing inode: it may be shared with the layer being replaced */
+        r = aufs_x_remove(dir_fd, name);
+        if (r < 0)
+            return r;
+        fd = openat(dir_fd, name, flags, 0600);
+    }
+    if (fd < 0)
+        return -errno;
+    r = x_copy_data(ctx, fd);
+    if (r == 0)
+        r = x_meta_fd(ctx, fd, 1);
+    if (close(fd) < 0 && r == 0)
+        r = -errno;
+    return r;
+}
+
+static int x_directory(struct aufs_xctx *ctx, int dir_fd, const char *name)
+{
+    struct stat st;
+    int fd, r;
+
+    if (mkdirat(dir_fd, name, 0700) < 0) {
+        if (errno != EEXIST)
+            return -errno;
+        if (fstatat(dir_fd, name, &st, AT_SYMLINK_NOFOLLOW) < 0)
+            return -errno;
+        if (!S_ISDIR(st.st_mode)) {
+            r = aufs_x_remove(dir_fd, name);
+            if (r < 0)
+                return r;
+            if (mkdirat(dir_fd, name, 0700) < 0)
+                return -errno;
+        }
+    }
+    fd = openat(dir_fd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    if (fd < 0)
+        return -errno;
+    r = x_meta_fd(ctx, fd, 0);
+    close(fd);
+    return r < 0 ? r : AUFS_X_DIR;
+}
+
+/* Docker's rule, which every image in the wild already satisfies: a symlink's target, taken
+ * from the symlink's own directory (from the root if absolute), must not climb above the root.
+ * The kernel would keep us inside anyway (RESOLVE_IN_ROOT); this keeps the host safe from
+ * anyone who later follows a link of the layer directory by plain path. */
+static int x_symlink_stays_inside(struct aufs_xctx *ctx, const char *target)
+{
+    char joined[2 * AUFS_X_PATH_MAX + 2];
+    char scratch[AUFS_X_PATH_MAX];
+    const char *slash = strrchr(ctx->path, '/');
+    size_t plen = (target[0] == '/' || !slash) ? 0 : (size_t)(slash - ctx->path);
+    size_t tlen = strlen(target);
+    if (plen + tlen + 2 > sizeof joined)
+        return -ENAMETOOLONG;
+    memcpy(joined, ctx->path, plen);
+    joined[plen] = '/';
+    memcpy(joined + plen + 1, target, tlen + 1);
+    if (aufs_x_normalize(joined, scratch, sizeof scratch) == -EXDEV) {
+        snprintf(ctx->link, sizeof ctx->link, "%s", target);
+        return AUFS_X_UNSAFE;
+    }
+    return 0;
+}
+
+static int x_symlink(struct aufs_xctx *ctx, int dir_fd, const char *name)
+{
+    const char *target = ((x_entry_str_fn)ctx->api->entry_symlink)(ctx->entry);
+    int r;
+    if (!target || !*target)
+        return AUFS_X_CORRUPT;
+    r = x_symlink_stays_inside(ctx, target);
+    if (r != 0)
+        return r;
+    if (symlinkat(target, dir_fd, name) < 0) {
+        if (errno != EEXIST)
+            return -errno;
+        r = aufs_x_remove(dir_fd, name);
+        if (r < 0)
+            return r;
+        if (symlinkat(target, dir_fd, name) < 0)
+            return -errno;
+    }
+    return x_meta_at(ctx, dir_fd, name, 0);
+}
+
+static int x_node(struct aufs_xctx *ctx, int dir_fd, const char *name)
+{
+    x_entry_dev_fn major_fn = (x_entry_dev_fn)ctx->api->entry_rdevmajor;
+    x_entry_dev_fn minor_fn = (x_entry_dev_fn)ctx->api->entry_rdevminor;
+    dev_t dev = 0;
+    mode_t type = (mode_t)(ctx->mode & S_IFMT);
+    int r;
+    if (type != S_IFIFO)
+        dev = makedev(major_fn(ctx->entry), minor_fn(ctx->entry));
+    if (mknodat(dir_fd, name, type | 0600, dev) < 0) {
+        if (errno != EEXIST)
+            return -errno;
+        r = aufs_x_remove(dir_fd, name);
+        if (r < 0)
+            return r;
+        if (mknodat(dir_fd, name, type | 0600, dev) < 0)
+            return -errno;
+    }
+    return x_meta_at(ctx, dir_fd, name, 1);
+}
+
+static int x_hardlink(struct aufs_xctx *ctx, int dir_fd, const char *name)
+{
+    const char *target = ctx->link;
+    const char *slash = strrchr(target, '/');
+    const char *tname = slash ? slash + 1 : target;
+    struct stat a, b;
+    int tfd, r = 0;
+
+    if (!*target)
+        return -EPERM; /* a hard link to the root directory */
+    if (slash) {
+        char tparent[AUFS_X_PATH_MAX];
+        size_t plen = (size_t)(slash - target);
+        memcpy(tparent, target, plen);
+        tparent[plen] = '\0';
+        tfd = x_resolve(ctx->root_fd, tparent, O_PATH | O_DIRECTORY);
+        if (tfd < 0)
+            return tfd;
+    } else {
+        tfd = ctx->root_fd;
+    }
+    if (linkat(tfd, tname, dir_fd, name, 0) < 0) {
+        r = -errno;
+        if (r == -EEXIST) {
+            if (fstatat(tfd, tname, &a, AT_SYMLINK_NOFOLLOW) == 0 &&
+                fstatat(dir_fd, name, &b, AT_SYMLINK_NOFOLLOW) == 0 && a.st_dev == b.st_dev &&
+                a.st_ino == b.st_ino) {
+                r = 0; /* already that very inode */
+            } else {
+                r = aufs_x_remove(dir_fd, name);
+                if (r == 0 && linkat(tfd, tname, dir_fd, name, 0) < 0)
+                    r = -errno;
+            }
+        }
+    }
+    if (tfd != ctx->root_fd)
+        close(tfd);
+    return r;
+}
+
+/* The root entry ("./"): only a directory may stand there; it keeps its inode. */
+static int x_root(struct aufs_xctx *ctx)
+{
+    int r;
+    if (ctx->is_hardlink || (ctx->mode & S_IFMT) != S_IFDIR)
+        return AUFS_X_UNSAFE;
+    r = x_meta_fd(ctx, ctx->root_fd, 0);
+    return r < 0 ? r : AUFS_X_DIR;
+}
+
+int aufs_x_write(struct aufs_xctx *ctx)
+{
+    const char *name;
+    int dir_fd;
+
+    if (!ctx->path[0])
+        return x_root(ctx);
+    dir_fd = x_parent(ctx, ctx->path, &name);
+    if (dir_fd < 0)
+        return dir_fd;
+    if (ctx->is_hardlink)
+        return x_hardlink(ctx, dir_fd, name);
+    switch (ctx->mode & S_IFMT) {
+    case S_IFREG:
+        return x_regular(ctx, dir_fd, name);
+    case S_IFDIR:
+        return x_directory(ctx, dir_fd, name);
+    case S_IFLNK:
+        return x_symlink(ctx, dir_fd, name);
+    case S_IFCHR:
+    case S_IFBLK:
+    case S_IFIFO:
+        return x_node(ctx, dir_fd, name);
+    default:
+        return 0; /* sockets and unknown types are skipped, as tar does */
+    }
+}
+
+/* Fill ctx with the current entry's header. */
+static int x_load(struct aufs_xctx *ctx)
+{
+    const struct aufs_xapi *api = ctx->api;
+    void *e = ctx->entry;
+    const char *raw = ((x_entry_str_fn)api->entry_pathname)(e);
+    const char *link = ((x_entry_str_fn)api->entry_hardlink)(e);
+    int n;
+
+    if (!raw)
+        return AUFS_X_CORRUPT;
+    ctx->mode = (unsigned int)((x_entry_mode_fn)api->entry_mode)(e);
+    ctx->uid = ((x_entry_i64_fn)api->entry_uid)(e);
+    ctx->gid = ((x_entry_i64_fn)api->entry_gid)(e);
+    ctx->mtime_sec = (int64_t)((x_entry_time_fn)api->entry_mtime)(e);
+    ctx->mtime_nsec = (int64_t)((x_entry_long_fn)api->entry_mtime_nsec)(e);
+    ctx->size = ((x_entry_i64_fn)api->entry_size)(e);
+    if (ctx->size < 0 || ctx->uid < 0 || ctx->gid < 0 || ctx->uid > 0xfffffffeLL ||
+        ctx->gid > 0xfffffffeLL || ctx->mtime_nsec < 0 || ctx->mtime_nsec > 999999999)
+        return AUFS_X_CORRUPT;
+    ctx->is_hardlink = link != NULL && *link != '\0';
+    ctx->link[0] = '\0';
+    n = aufs_x_normalize(raw, ctx->path, sizeof ctx->path);
+    if (n == -EXDEV) {
+        snprintf(ctx->path, sizeof ctx->path, "%s", raw);
+        return AUFS_X_UNSAFE;
+    }
+    if (n < 0)
+        return n;
+    if (ctx->is_hardlink) {
+        n = aufs_x_normalize(link, ctx->link, sizeof ctx->link);
+        if (n == -EXDEV) {
+            snprintf(ctx->link, sizeof ctx->link, "%s", link);
+            return AUFS_X_UNSAFE;
+        }
+        if (n < 0)
+            return n;
+    }
+    if (x_is_reserved(ctx->path) || (ctx->is_hardlink && x_is_reserved(ctx->link)))
+        return AUFS_X_SPECIAL;
+    return 0;
+}
+
+int aufs_x_next(struct aufs_xctx *ctx)
+{
+    x_next_header_fn next_header = (x_next_header_fn)ctx->api->read_next_header;
+    for (;;) {
+        int r = next_header(ctx->archive, &ctx->entry);
+        if (r == X_ARCHIVE_EOF)
+            return AUFS_X_EOF;
+        if (r != X_ARCHIVE_OK)
+            return AUFS_X_ARCHIVE; /* warnings too: an archive bsdtar complains about is refused */
+        ctx->entries++;
+        r = x_load(ctx);
+        if (r != 0)
+            return r;
+        r = aufs_x_write(ctx);
+        if (r != 0)
+            return r;
+        if (ctx->flags & AUFS_X_REPORT_ALL)
+            return AUFS_X_DONE;
+    }
+}
+
+int aufs_x_dir_times(int root_fd, const char *path, int64_t sec, int64_t nsec)
+{
+    struct timespec ts[2];
+    const char *slash = strrchr(path, '/');
+    const char *name = slash ? slash + 1 : path;
+    struct stat st;
+    int dir_fd, r = 0;
+
+    ts[0].tv_sec = ts[1].tv_sec = (time_t)sec;
+    ts[0].tv_nsec = ts[1].tv_nsec = (long)nsec;
+    if (!*path)
+        return futimens(root_fd, ts) < 0 ? -errno : 0;
+    if (slash) {
+        char parent[AUFS_X_PATH_MAX];
+        size_t plen = (size_t)(slash - path);
+        if (plen >= sizeof parent)
+            return -ENAMETOOLONG;
+        memcpy(parent, path, plen);
+        parent[plen] = '\0';
+        dir_fd = x_resolve(root_fd, parent, O_PATH | O_DIRECTORY);
+        if (dir_fd < 0)
+            return dir_fd;
+    } else {
+        dir_fd = root_fd;
+    }
+    /* a later entry may have replaced the directory: then its time is not ours to set */
+    if (fstatat(dir_fd, name, &st, AT_SYMLINK_NOFOLLOW) < 0)
+        r = -errno;
+    else if (S_ISDIR(st.st_mode) && utimensat(dir_fd, name, ts, AT_SYMLINK_NOFOLLOW) < 0)
+        r = -errno;
+    if (dir_fd != root_fd)
+        close(dir_fd);
+    return r;
+}

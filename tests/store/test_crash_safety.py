@@ -1,0 +1,145 @@
+"""Crash safety: whatever a killed process was doing, a new Driver shows every layer absent,
+as it was, or complete; debris is swept; mounts of dead processes are adopted or cleaned up."""
+from __future__ import annotations
+
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from aufs import mounts
+from aufs.owners import ProcessToken
+from aufs.store import Driver
+
+ROOT = str(pathlib.Path(__file__).resolve().parents[2])
+
+
+def _python(code: str) -> "subprocess.Popen[bytes]":
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    return subprocess.Popen([sys.executable, "-c", textwrap.dedent(code)], env=env)
+
+
+def _dead_token() -> ProcessToken:
+    proc = subprocess.Popen(["true"])
+    token = ProcessToken(proc.pid, 0)  # start time 0 never matches a live process
+    proc.wait()
+    return token
+
+
+def _complete(d: Driver, layer: str) -> bool:
+    return d._layout.diff_dir(layer).is_dir() and d._layout.work_dir(layer).is_dir() and d.parent(layer) in (None, "base")
+
+
+def test_opening_sweeps_debris_of_dead_processes_only(driver: Driver, home: pathlib.Path) -> None:
+    layout = driver._layout
+    dead = layout.temp_path("create", _dead_token(), "ghost")
+    (dead / "diff").mkdir(parents=True)
+    live = layout.temp_path("create", ProcessToken.current(), "busy")
+    live.mkdir()
+    junk = layout.tmp_dir / "not-ours"
+    junk.mkdir()
+    (layout.mnt_dir / "stale").mkdir()
+    (layout.state_dir / "gone.refs").write_text('{"holders": {}}')
+    again = Driver(home, backend=driver.backend)
+    assert not dead.exists() and not junk.exists()
+    assert live.exists()  # a live process's work in progress is never touched
+    assert not (layout.mnt_dir / "stale").exists() and not (layout.state_dir / "gone.refs").exists()
+    assert again.layers() == [] and not again.exists("ghost")
+    live.rmdir()
+
+
+def test_dead_view_mount_is_unmounted_by_the_sweep(driver: Driver, home: pathlib.Path) -> None:
+    layout = driver._layout
+    view = layout.temp_path("view", _dead_token(), "x")
+    view.mkdir()
+    mounts.mount("tmpfs", view, "tmpfs")
+    Driver(home, backend=driver.backend)
+    assert not mounts.mounted(view) and not view.exists()
+
+
+@pytest.mark.parametrize("operation", ["create", "remove"])
+def test_killed_mid_operation_leaves_absent_or_complete_layers(
+    driver: Driver, home: pathlib.Path, operation: str
+) -> None:
+    driver.create("base")
+    if operation == "remove":
+        for i in range(400):
+            driver.create(f"l{i}", parent="base")
+    code = f"""
+        from aufs.store import Driver
+        d = Driver({str(home)!r}, backend={driver.backend!r})
+        print("ready", flush=True)
+        for i in range(400):
+            d.{operation}("l%d" % i{', parent="base"' if operation == 'create' else ''})
+    """
+    for delay in (0.05, 0.15, 0.3):
+        proc = _python(code)
+        time.sleep(delay)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        d = Driver(home, backend=driver.backend)
+        layers = d.layers()
+        assert "base" in layers
+        for layer in layers:
+            assert _complete(d, layer), layer
+        assert os.listdir(d._layout.tmp_dir) == []
+        # everything listed is usable, everything else is truly absent
+        for layer in layers[:3]:
+            with d.mount(layer):
+                pass
+        if operation == "create":
+            for layer in layers:
+                if layer != "base":
+                    d.remove(layer)
+        else:
+            for i in range(400):
+                if not d.exists(f"l{i}"):
+                    d.create(f"l{i}", parent="base")
+
+
+def test_mount_of_a_dead_process_is_adopted_then_released(driver: Driver, home: pathlib.Path) -> None:
+    driver.create("base")
+    driver.create("top", parent="base")
+    proc = _python(f"""
+        import os, signal
+        from aufs.store import Driver
+        d = Driver({str(home)!r}, backend={driver.backend!r})
+        p = d.get("top")
+        open(p + "/by-dead", "w").write("x")
+        os.kill(os.getpid(), signal.SIGKILL)
+    """)
+    proc.wait()
+    assert driver.is_mounted("top")
+    path = driver.get("top")  # adopts: no second mount stacked on the first
+    assert open(f"{path}/by-dead").read() == "x"
+    assert len([i for i in mounts.submounts(driver._layout.mountpoint("top"))]) == 1
+    driver.put("top")  # the dead holder's reference is void: the last put unmounts
+    assert not driver.is_mounted("top")
+
+
+def test_cleanup_removes_mounts_left_by_a_dead_process(driver: Driver, home: pathlib.Path) -> None:
+    driver.create("base")
+    for name in ("a", "b"):
+        driver.create(name, parent="base")
+    proc = _python(f"""
+        import os, signal
+        from aufs.store import Driver
+        d = Driver({str(home)!r}, backend={driver.backend!r})
+        d.get("a"); d.get("b"); d.get("base")
+        with d._lower_view("a"):
+            os.kill(os.getpid(), signal.SIGKILL)
+    """)
+    proc.wait()
+    assert driver.is_mounted("a") and driver.is_mounted("b")
+    fresh = Driver(home, backend=driver.backend)  # sweeps the dead view
+    fresh.cleanup()
+    assert mounts.submounts(home) == []
+    assert os.listdir(fresh._layout.tmp_dir) == []
+    if driver.backend == "fuse-overlayfs":
+        out = subprocess.run(["pgrep", "-f", f"fuse-overlayfs.*{home}"], capture_output=True, text=True)
+        assert out.stdout.strip() == ""  # no daemon outlives its mount

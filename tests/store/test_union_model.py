@@ -1,0 +1,150 @@
+"""Property test: random layer stacks and random file operations through the mount, compared
+with a small reference model of union semantics, on every backend.
+
+The model is the merged view itself (path -> file content and mode, or directory mode): union
+semantics say that whatever was done through the top of a stack, a fresh mount of the same
+stack, or of a new empty layer on top of it, shows exactly that view.
+"""
+from __future__ import annotations
+
+import os
+import pathlib
+import stat
+import uuid
+from typing import Dict, Optional, Tuple
+
+import pytest
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule, run_state_machine_as_test
+
+from aufs.store import Driver
+
+NAMES = ["a", "b", "d"]
+PATHS = [n for n in NAMES] + [f"{p}/{n}" for p in NAMES for n in NAMES] + ["d/d/a", "d/a/b"]
+FILE_MODES = [0o644, 0o600, 0o755, 0o4755]
+DIR_MODES = [0o755, 0o700, 0o1777]
+MAX_LAYERS = 6
+
+Entry = Tuple[str, int, bytes]  # ("file", mode, content) or ("dir", mode, b"")
+
+
+def _parent(path: str) -> str:
+    return path.rpartition("/")[0]
+
+
+def _view(root: str) -> Dict[str, Entry]:
+    out: Dict[str, Entry] = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            full = os.path.join(dirpath, name)
+            rel = os.path.relpath(full, root)
+            st_ = os.lstat(full)
+            if stat.S_ISDIR(st_.st_mode):
+                out[rel] = ("dir", stat.S_IMODE(st_.st_mode), b"")
+            else:
+                assert stat.S_ISREG(st_.st_mode), f"unexpected entry {rel} {oct(st_.st_mode)}"
+                with open(full, "rb") as f:
+                    out[rel] = ("file", stat.S_IMODE(st_.st_mode), f.read())
+    return out
+
+
+def make_machine(base_dir: pathlib.Path, backend: str) -> type:
+    class UnionMachine(RuleBasedStateMachine):
+        def __init__(self) -> None:
+            super().__init__()
+            self.driver = Driver(base_dir / uuid.uuid4().hex[:8], backend=backend)
+            self.model: Dict[str, Entry] = {}
+            self.depth = 1
+            self.top = "l0"
+            self.driver.create(self.top)
+            self.root = self.driver.get(self.top)
+
+        def teardown(self) -> None:
+            self.driver.cleanup()
+
+        def _is_dir(self, path: str) -> bool:
+            return path == "" or self.model.get(path, ("", 0, b""))[0] == "dir"
+
+        def _path(self, path: str) -> str:
+            return os.path.join(self.root, path)
+
+        @precondition(lambda self: self.depth < MAX_LAYERS)
+        @rule()
+        def push_layer(self) -> None:
+            """A new empty layer on top: same view."""
+            self.driver.put(self.top)
+            new = f"l{self.depth}"
+            self.driver.create(new, parent=self.top)
+            self.top, self.depth = new, self.depth + 1
+            self.root = self.driver.get(self.top)
+
+        @rule()
+        def remount(self) -> None:
+            """Unmount and mount the same stack again: writes and whiteouts persisted."""
+            self.driver.put(self.top)
+            assert not self.driver.is_mounted(self.top)
+            self.root = self.driver.get(self.top)
+
+        @rule(path=st.sampled_from(PATHS), content=st.binary(max_size=12))
+        def write(self, path: str, content: bytes) -> None:
+            if not self._is_dir(_parent(path)) or self._is_dir(path):
+                return
+            mode = self.model[path][1] if path in self.model else 0o644
+            with open(self._path(path), "wb") as f:
+                f.write(content)
+            os.chmod(self._path(path), mode)
+            self.model[path] = ("file", mode, content)
+
+        @rule(path=st.sampled_from(PATHS))
+        def unlink(self, path: str) -> None:
+            if self.model.get(path, ("",))[0] != "file":
+                return
+            os.unlink(self._path(path))
+            del self.model[path]
+
+        @rule(path=st.sampled_from(PATHS))
+        def rmdir(self, path: str) -> None:
+            if not path or self.model.get(path, ("",))[0] != "dir":
+                return
+            if any(p.startswith(path + "/") for p in self.model):
+                return
+            os.rmdir(self._path(path))
+            del self.model[path]
+
+        @rule(path=st.sampled_from(PATHS), mode=st.sampled_from(DIR_MODES))
+        def mkdir(self, path: str, mode: int) -> None:
+            if not self._is_dir(_parent(path)) or path in self.model:
+                return
+            os.mkdir(self._path(path))
+            os.chmod(self._path(path), mode)
+            self.model[path] = ("dir", mode, b"")
+
+        @rule(src=st.sampled_from(PATHS), dst=st.sampled_from(PATHS))
+        def rename_file(self, src: str, dst: str) -> None:
+            if src == dst or self.model.get(src, ("",))[0] != "file":
+                return
+            if not self._is_dir(_parent(dst)) or self._is_dir(dst):
+                return
+            os.rename(self._path(src), self._path(dst))
+            self.model[dst] = self.model.pop(src)
+
+        @rule(path=st.sampled_from(PATHS), file_mode=st.sampled_from(FILE_MODES), dir_mode=st.sampled_from(DIR_MODES))
+        def chmod(self, path: str, file_mode: int, dir_mode: int) -> None:
+            entry = self.model.get(path)
+            if entry is None:
+                return
+            mode = dir_mode if entry[0] == "dir" else file_mode
+            os.chmod(self._path(path), mode)
+            self.model[path] = (entry[0], mode, entry[2])
+
+        @invariant()
+        def view_matches_model(self) -> None:
+            assert _view(self.root) == self.model
+
+    return UnionMachine
+
+
+def test_union_view_matches_model(ramdir: pathlib.Path, backend_name: str) -> None:
+    machine = make_machine(ramdir, backend_name)
+    run_state_machine_as_test(machine, settings=settings(stateful_step_count=30))
