@@ -64,14 +64,18 @@ def oserror(err: int, path: Optional[StrPath] = None, path2: Optional[StrPath] =
 
 
 def fspath_bytes(path: StrPath) -> bytes:
-    """The path as bytes, as the kernel sees it (``os.fsencode`` of ``os.fspath``)."""
-    return os.fsencode(path)
+    """The path as bytes, as the kernel sees it; ``ValueError`` for an embedded NUL byte
+    (C would silently cut the path there)."""
+    raw = os.fsencode(path)
+    if b"\0" in raw:
+        raise ValueError(f"embedded null byte in path {raw!r}")
+    return raw
 
 
-def _opt_bytes(value: Optional[Union[str, bytes]]) -> object:
+def _opt_bytes(value: Optional[StrPath]) -> object:
     if value is None:
         return ffi.NULL
-    return os.fsencode(value)
+    return fspath_bytes(value)
 
 
 def page_size() -> int:
@@ -82,8 +86,8 @@ def page_size() -> int:
 def mount(source: Optional[StrPath], target: StrPath, fstype: Optional[str], flags: int = 0,
           data: Optional[Union[str, bytes]] = None) -> None:
     """mount(2). Raises ``OSError`` (``E2BIG`` if data does not fit one page: never truncated)."""
-    rc = lib.aufs_mount(_opt_bytes(None if source is None else os.fsencode(source)),
-                        os.fsencode(target), _opt_bytes(fstype), flags, _opt_bytes(data))
+    rc = lib.aufs_mount(_opt_bytes(source), fspath_bytes(target), _opt_bytes(fstype), flags,
+                        _opt_bytes(data))
     if rc < 0:
         raise oserror(rc, target)
 
@@ -91,7 +95,7 @@ def mount(source: Optional[StrPath], target: StrPath, fstype: Optional[str], fla
 def umount(target: StrPath, lazy: bool = False) -> None:
     """umount2(2) with ``UMOUNT_NOFOLLOW`` (and ``MNT_DETACH`` if lazy). Raises ``OSError``:
     ``EINVAL`` when target is not a mount point, ``EBUSY`` when it is in use."""
-    rc = lib.aufs_umount(os.fsencode(target), 1 if lazy else 0)
+    rc = lib.aufs_umount(fspath_bytes(target), 1 if lazy else 0)
     if rc < 0:
         raise oserror(rc, target)
 
@@ -104,15 +108,13 @@ def overlay_mount(target: StrPath, lowerdirs: Sequence[StrPath], upperdir: Optio
     go by file descriptor. ``options`` are ``"name=value"`` strings or bare flag names.
     Raises ``OSError`` whose strerror carries the kernel's own explanation when it gave one.
     """
-    keep = [ffi.new("char[]", os.fsencode(p)) for p in lowerdirs]
+    keep = [ffi.new("char[]", fspath_bytes(p)) for p in lowerdirs]
     lowers = ffi.new("const char *[]", keep) if keep else ffi.NULL
-    keep_opts = [ffi.new("char[]", o.encode()) for o in options]
+    keep_opts = [ffi.new("char[]", fspath_bytes(o)) for o in options]
     opts = ffi.new("const char *[]", keep_opts) if keep_opts else ffi.NULL
     errbuf = ffi.new("char[]", 2048)
     rc = lib.aufs_overlay_mount(
-        os.fsencode(target), lowers, len(keep),
-        _opt_bytes(None if upperdir is None else os.fsencode(upperdir)),
-        _opt_bytes(None if workdir is None else os.fsencode(workdir)),
+        fspath_bytes(target), lowers, len(keep), _opt_bytes(upperdir), _opt_bytes(workdir),
         opts, len(keep_opts), errbuf, len(errbuf),
     )
     if rc < 0:
@@ -121,6 +123,7 @@ def overlay_mount(target: StrPath, lowerdirs: Sequence[StrPath], upperdir: Optio
 
 
 # Hot path of aufs.mounts.mounted(): bytes path -> 1 (mount point), 0 (not), -errno.
+# The caller must refuse NUL bytes (see fspath_bytes).
 mountpoint_statx: Callable[[bytes], int] = lib.aufs_mountpoint_statx
 mountpoint_openat2: Callable[[bytes], int] = lib.aufs_mountpoint_openat2
 
@@ -133,38 +136,33 @@ assert _REC.size == ffi.sizeof("struct aufs_mountinfo"), "struct aufs_mountinfo 
 
 
 def iter_mountinfo(data: bytes, origin: str = "mountinfo") -> Iterator[MountInfoFields]:
-    """Parse mountinfo text with the C parser, one line per item, fields unescaped.
+    """Parse mountinfo text with the C parser, one item per line, fields unescaped.
 
-    Raises ``ValueError`` naming ``origin`` and the line number for a malformed line.
+    The whole buffer is parsed in one C call before the first item is produced, so a
+    malformed line raises ``ValueError`` (naming ``origin`` and the line number) up front.
     """
     if not data:
-        return
-    src = ffi.from_buffer(data)
+        return iter(())
+    nlines = data.count(b"\n") + (0 if data.endswith(b"\n") else 1)
+    recs = ffi.new("struct aufs_mountinfo[]", nlines)
     out = ffi.new("char[]", len(data) + 1)
-    outbuf = ffi.buffer(out)
-    rec = ffi.new("struct aufs_mountinfo *")
-    recbuf = ffi.buffer(rec)
-    n = lib.AUFS_MI_NFIELDS
-    pos = 0
-    lineno = 0
-    size = len(data)
-    while True:
-        nxt = lib.aufs_mountinfo_next(src, size, pos, rec, out, len(out))
-        if nxt == 0:
-            return
-        lineno += 1
-        if nxt < 0:
-            raise ValueError(f"{origin}: line {lineno} is not a mountinfo line "
-                             f"({os.strerror(-nxt)}): {data[pos:pos + 200]!r}")
-        v = _REC.unpack(recbuf[:])
-        offs = v[4:4 + n]
-        lens = v[4 + n:]
-        yield (v[0], v[1], v[2], v[3],
-               outbuf[offs[0]:offs[0] + lens[0]], outbuf[offs[1]:offs[1] + lens[1]],
-               outbuf[offs[2]:offs[2] + lens[2]], outbuf[offs[3]:offs[3] + lens[3]],
-               outbuf[offs[4]:offs[4] + lens[4]], outbuf[offs[5]:offs[5] + lens[5]],
-               outbuf[offs[6]:offs[6] + lens[6]])
-        pos = nxt
+    errpos = ffi.new("size_t *")
+    count = lib.aufs_mountinfo_parse(ffi.from_buffer(data), len(data), recs, nlines,
+                                     out, len(out), errpos)
+    if count < 0:
+        pos = errpos[0]
+        lineno = data.count(b"\n", 0, pos) + 1
+        raise ValueError(f"{origin}: line {lineno} is not a mountinfo line "
+                         f"({os.strerror(-count)}): {data[pos:pos + 200]!r}")
+    return _records(bytes(ffi.buffer(out)), bytes(ffi.buffer(recs, count * _REC.size)))
+
+
+def _records(text: bytes, table: bytes) -> Iterator[MountInfoFields]:
+    for (mount_id, parent_id, major, minor, o0, o1, o2, o3, o4, o5, o6,
+         n0, n1, n2, n3, n4, n5, n6) in _REC.iter_unpack(table):
+        yield (mount_id, parent_id, major, minor, text[o0:o0 + n0], text[o1:o1 + n1],
+               text[o2:o2 + n2], text[o3:o3 + n3], text[o4:o4 + n4], text[o5:o5 + n5],
+               text[o6:o6 + n6])
 
 
 def unescape(data: bytes) -> bytes:
@@ -195,14 +193,14 @@ def probe_features() -> int:
 
 def rename_exchange(old: StrPath, new: StrPath) -> None:
     """Atomically swap ``old`` and ``new`` (renameat2 ``RENAME_EXCHANGE``); both must exist."""
-    rc = lib.aufs_rename_exchange(os.fsencode(old), os.fsencode(new))
+    rc = lib.aufs_rename_exchange(fspath_bytes(old), fspath_bytes(new))
     if rc < 0:
         raise oserror(rc, old, new)
 
 
 def rename_noreplace(old: StrPath, new: StrPath) -> None:
     """Rename ``old`` to ``new`` unless ``new`` exists (``FileExistsError`` then)."""
-    rc = lib.aufs_rename_noreplace(os.fsencode(old), os.fsencode(new))
+    rc = lib.aufs_rename_noreplace(fspath_bytes(old), fspath_bytes(new))
     if rc < 0:
         raise oserror(rc, old, new)
 

@@ -34,6 +34,7 @@ because ``lower_root`` already shows the union.
 from __future__ import annotations
 
 import enum
+import gc
 import os
 import stat
 from typing import Dict, List, NamedTuple, Optional, Set, Tuple, Union
@@ -67,15 +68,68 @@ class Change(NamedTuple):
         return f"{self.kind} {self.path}"
 
 
-def _lower_lstat(path: str) -> Optional[os.stat_result]:
-    """lstat of a path in the lower view; None if absent (a whiteout device counts as absent)."""
+_SCAN_LOWER_AT = 16  # entries in a layer directory from which its lower directory is read whole
+
+# what a lookup in the lower view found
+_ABSENT = 0
+_NOT_A_DIR = 1
+_DIR = 2
+
+
+class _Below:
+    """Lookups of one layer directory's names in the matching directory of the lower view.
+
+    Few names: one ``lstat`` each. Many names: one ``scandir`` of the lower directory, whose
+    ``d_type`` answers every lookup (far cheaper through an overlay mount than lstats).
+    A 0/0 character device counts as absent: a plain parent diff dir used as the view may
+    hold whiteouts.
+    """
+
+    __slots__ = ("prefix", "names")
+
+    def __init__(self, lower_dir: Optional[str], count: int) -> None:
+        self.prefix = None if lower_dir is None else lower_dir + "/"
+        self.names: Optional[Dict[str, int]] = None
+        if lower_dir is not None and count >= _SCAN_LOWER_AT:
+            self.names = _scan_lower(lower_dir)
+
+    def lookup(self, name: str) -> int:
+        if self.prefix is None:
+            return _ABSENT
+        if self.names is not None:
+            return self.names.get(name, _ABSENT)
+        try:
+            st = os.lstat(self.prefix + name)
+        except (FileNotFoundError, NotADirectoryError):
+            return _ABSENT
+        if stat.S_ISDIR(st.st_mode):
+            return _DIR
+        if is_whiteout_stat(st.st_mode, st.st_rdev, WhiteoutFormat.OVERLAY):
+            return _ABSENT
+        return _NOT_A_DIR
+
+    def path(self, name: str) -> str:
+        assert self.prefix is not None
+        return self.prefix + name
+
+
+def _scan_lower(lower_dir: str) -> Dict[str, int]:
+    """The names in a directory of the lower view, each _DIR or _NOT_A_DIR (whiteouts left out)."""
+    found: Dict[str, int] = {}
     try:
-        st = os.lstat(path)
+        with os.scandir(lower_dir) as it:
+            for entry in it:
+                if entry.is_dir(follow_symlinks=False):
+                    found[entry.name] = _DIR
+                    continue
+                if not (entry.is_file(follow_symlinks=False) or entry.is_symlink()):
+                    st = entry.stat(follow_symlinks=False)
+                    if is_whiteout_stat(st.st_mode, st.st_rdev, WhiteoutFormat.OVERLAY):
+                        continue
+                found[entry.name] = _NOT_A_DIR
     except (FileNotFoundError, NotADirectoryError):
-        return None
-    if is_whiteout_stat(st.st_mode, st.st_rdev, WhiteoutFormat.OVERLAY):
-        return None  # a plain parent diff dir used as the view may hold whiteouts
-    return st
+        pass
+    return found
 
 
 def _same_time(a_ns: int, b_ns: int) -> bool:
@@ -87,7 +141,9 @@ def _same_time(a_ns: int, b_ns: int) -> bool:
     return a_sec == b_sec and (a_sub == 0 or b_sub == 0)
 
 
-def _same_dir(upper: os.stat_result, lower: os.stat_result) -> bool:
+def _same_dir(upper: os.stat_result, lower_path: str) -> bool:
+    """Rule 3: the layer's directory has the same mode, owner and mtime as the one below."""
+    lower = os.lstat(lower_path)
     return (
         stat.S_ISDIR(lower.st_mode)
         and upper.st_mode == lower.st_mode
@@ -113,62 +169,80 @@ def compute_changes(
     """
     root = os.fspath(layer_dir)
     lower = os.fspath(lower_root) if lower_root is not None else None
-    kinds: Dict[str, ChangeKind] = {}
-    listed_dirs: Set[str] = set()  # directories that are already in `kinds`
-
-    def note_parent(parent: str) -> None:
-        # rule 4: the directory holding an ADD or DELETE is listed
-        if parent and parent not in listed_dirs:
-            kinds.setdefault(parent, ChangeKind.MODIFY)
-            listed_dirs.add(parent)
-
     if not os.path.isdir(root):
         raise FileNotFoundError(2, "layer directory not found", root)
+    # A layer of 100k files makes 100k strings and tuples that all survive: the cyclic
+    # collector would rescan them again and again (a fifth of the run) and can find nothing.
+    gc_was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return _compute(root, lower, fmt)
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+
+
+def _compute(root: str, lower: Optional[str], fmt: WhiteoutFormat) -> List[Change]:
+    # the loop below binds everything locally: it runs once per entry of the layer
+    add, modify, delete = ChangeKind.ADD, ChangeKind.MODIFY, ChangeKind.DELETE
+    whiteout, content = EntryKind.WHITEOUT, EntryKind.CONTENT
+    kinds: Dict[str, ChangeKind] = {}
+    root_opaque = lower is not None and is_opaque_dir(root, fmt)
+    root_names: Set[str] = set()  # what the root provides, to find what an opaque root hides
     stack: List[_Pending] = [(root, "", lower)]
     while stack:
         dir_path, change_dir, lower_dir = stack.pop()
-        provided: Set[str] = set()
+        prefix = change_dir + "/"
+        provided = root_names if root_opaque and not change_dir else None
+        added_or_deleted = False
         with os.scandir(dir_path) as it:
-            for entry in it:
+            entries = list(it)
+        below = _Below(lower_dir, len(entries))
+        for entry in entries:
+            name = entry.name
+            is_dir = entry.is_dir(follow_symlinks=False)
+            if name[:4] == ".wh." or not (
+                is_dir or entry.is_file(follow_symlinks=False) or entry.is_symlink()
+            ):
                 kind, target = classify_entry(entry, fmt)
-                if kind is EntryKind.WHITEOUT:
+                if kind is whiteout:
                     assert target is not None
-                    path = change_dir + "/" + target
-                    provided.add(target)
-                    if path not in kinds:
-                        kinds[path] = ChangeKind.DELETE
-                    note_parent(change_dir)
+                    kinds.setdefault(prefix + target, delete)
+                    added_or_deleted = True
+                    if provided is not None:
+                        provided.add(target)
                     continue
-                if kind is not EntryKind.CONTENT:
+                if kind is not content:
                     continue  # opaque markers are read with their directory; metadata never
-                name = entry.name
+            if provided is not None:
                 provided.add(name)
-                path = change_dir + "/" + name
-                below = _lower_lstat(lower_dir + "/" + name) if lower_dir is not None else None
-                is_dir = entry.is_dir(follow_symlinks=False)
-                if below is None:
-                    kinds[path] = ChangeKind.ADD
-                    note_parent(change_dir)
-                    if is_dir:
-                        listed_dirs.add(path)
-                        stack.append((entry.path, path, None))
-                    continue
-                if not is_dir:
-                    kinds[path] = ChangeKind.MODIFY
-                    continue
-                lower_child: Optional[str] = None
-                if lower_dir is not None and stat.S_ISDIR(below.st_mode):
-                    lower_child = lower_dir + "/" + name
-                opaque = lower_child is not None and is_opaque_dir(entry.path, fmt)
-                if opaque or not _same_dir(entry.stat(follow_symlinks=False), below):
-                    kinds[path] = ChangeKind.MODIFY
-                    listed_dirs.add(path)
-                stack.append((entry.path, path, lower_child))
-                if opaque and lower_child is not None:
-                    _hidden_deletes(entry.path, path, lower_child, fmt, kinds)
-        if change_dir == "" and lower_dir is not None and is_opaque_dir(dir_path, fmt):
-            _delete_hidden(lower_dir, "", provided, kinds)
-    return [Change(path, kind) for path, kind in sorted(kinds.items())]
+            path = prefix + name
+            found = below.lookup(name)
+            if found is _ABSENT:
+                kinds[path] = add
+                added_or_deleted = True
+                if is_dir:
+                    stack.append((entry.path, path, None))
+                continue
+            if not is_dir:
+                kinds[path] = modify
+                continue
+            if found is _NOT_A_DIR:  # a directory replaced a file: everything inside is new
+                kinds[path] = modify
+                stack.append((entry.path, path, None))
+                continue
+            lower_child = below.path(name)
+            opaque = is_opaque_dir(entry.path, fmt)
+            if opaque or path in kinds or not _same_dir(entry.stat(follow_symlinks=False), lower_child):
+                kinds[path] = modify
+            stack.append((entry.path, path, lower_child))
+            if opaque:
+                _hidden_deletes(entry.path, path, lower_child, fmt, kinds)
+        if added_or_deleted and change_dir and change_dir not in kinds:
+            kinds[change_dir] = modify  # rule 4
+    if root_opaque and lower is not None:
+        _delete_hidden(lower, "", root_names, kinds)
+    return list(map(Change._make, sorted(kinds.items())))
 
 
 def _hidden_deletes(

@@ -27,9 +27,17 @@ import argparse
 import json
 import os
 import sys
-from contextlib import contextmanager
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import (
+    IO,
+    TYPE_CHECKING,
+    Any,
+    BinaryIO,
+    Callable,
+    cast,
+)
 
 from . import __version__
 from .errors import (
@@ -48,12 +56,12 @@ from .errors import (
 if TYPE_CHECKING:  # pragma: no cover
     from .store import Driver
 
-__all__ = ["main", "console_main", "default_home", "EXIT_CODES"]
+__all__ = ["EXIT_CODES", "console_main", "default_home", "main"]
 
 EXIT_OK = 0
 EXIT_ERROR = 1
 EXIT_USAGE = 2
-EXIT_CODES: Tuple[Tuple[type, int], ...] = (
+EXIT_CODES: tuple[tuple[type, int], ...] = (
     # most specific first
     (LayerNotFound, 3),
     (LayerExists, 4),
@@ -97,7 +105,7 @@ class _UsageError(Exception):
 class _Parser(argparse.ArgumentParser):
     """argparse that raises instead of exiting, so ``main`` can return the usage code."""
 
-    def error(self, message: str) -> "NoReturn":  # type: ignore[name-defined]  # noqa: F821
+    def error(self, message: str) -> NoReturn:  # type: ignore[name-defined]  # noqa: F821
         raise _UsageError(f"{self.prog}: {message}")
 
 
@@ -120,13 +128,20 @@ class _Output:
             self.stdout.write(text + ("" if text.endswith("\n") else "\n"))
 
     @contextmanager
-    def progress(self, description: str) -> Iterator[Callable[[str, int, Optional[int]], None]]:
+    def progress(self, description: str) -> Iterator[Callable[[str, int, int | None], None]]:
         """Yields ``update(task_key, done, total)``; draws bars only on a terminal."""
         if not self.interactive:
             yield lambda key, done, total: None
             return
         from rich.console import Console
-        from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
+        from rich.progress import (
+            BarColumn,
+            DownloadColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+            TransferSpeedColumn,
+        )
 
         console = Console(file=self.stderr)
         columns = (
@@ -137,9 +152,9 @@ class _Output:
             TimeRemainingColumn(),
         )
         with Progress(*columns, console=console, transient=True) as bars:
-            tasks: Dict[str, Any] = {}
+            tasks: dict[str, Any] = {}
 
-            def update(key: str, done: int, total: Optional[int]) -> None:
+            def update(key: str, done: int, total: int | None) -> None:
                 if key not in tasks:
                     label = f"{description} {key[:12]}" if key else description
                     tasks[key] = bars.add_task(label, total=total)
@@ -209,13 +224,13 @@ class _CountingWriter:
 # ---------------------------------------------------------------- commands
 
 
-def _open_driver(args: argparse.Namespace) -> "Driver":
+def _open_driver(args: argparse.Namespace) -> Driver:
     from .store import Driver
 
     return Driver(args.home, backend=args.backend)
 
 
-def _close(driver: "Driver") -> None:
+def _close(driver: Driver) -> None:
     close = getattr(driver, "close", None)
     if callable(close):
         close()
@@ -265,25 +280,18 @@ def cmd_create(args: argparse.Namespace, out: _Output) -> int:
 
 
 def cmd_apply(args: argparse.Namespace, out: _Output) -> int:
-    driver = _open_driver(args)
-    try:
+    with ExitStack() as stack:
         if args.diff == "-":
             source: IO[bytes] = sys.stdin.buffer
-            total: Optional[int] = None
-            own = False
+            total: int | None = None
         else:
-            source = open(args.diff, "rb")
+            source = stack.enter_context(open(args.diff, "rb"))
             total = os.fstat(source.fileno()).st_size
-            own = True
-        try:
-            with out.progress("apply") as update:
-                reader = _CountingReader(source, lambda done: update("", done, total))
-                size = driver.apply_diff(args.layer, reader)
-        finally:
-            if own:
-                source.close()
-    finally:
-        _close(driver)
+        driver = _open_driver(args)
+        stack.callback(_close, driver)
+        with out.progress("apply") as update:
+            reader = _CountingReader(source, lambda done: update("", done, total))
+            size = driver.apply_diff(args.layer, cast(BinaryIO, reader))
     out.result(f"{args.layer}: {_human(size)} of content", {"id": args.layer, "diff_size": size})
     return EXIT_OK
 
@@ -307,13 +315,13 @@ def cmd_ls(args: argparse.Namespace, out: _Output) -> int:
     return EXIT_OK
 
 
-def _render_tree(rows: List[Dict[str, Any]]) -> str:
-    children: Dict[Optional[str], List[Dict[str, Any]]] = {}
+def _render_tree(rows: list[dict[str, Any]]) -> str:
+    children: dict[str | None, list[dict[str, Any]]] = {}
     for row in rows:
         children.setdefault(row["parent"], []).append(row)
-    lines: List[str] = []
+    lines: list[str] = []
 
-    def label(row: Dict[str, Any]) -> str:
+    def label(row: dict[str, Any]) -> str:
         mark = "  [mounted]" if row["mounted"] else ""
         return f"{row['id']}  {_human(row['diff_size'])}{mark}"
 
@@ -359,28 +367,20 @@ def cmd_umount(args: argparse.Namespace, out: _Output) -> int:
 
 
 def cmd_diff(args: argparse.Namespace, out: _Output) -> int:
-    if args.output in (None, "-") and _isatty(out.stdout):
+    to_stdout = args.output in (None, "-")
+    if to_stdout and _isatty(out.stdout):
         raise _UsageError("aufs diff: refusing to write a tar to a terminal; use -o FILE or a pipe")
-    driver = _open_driver(args)
-    try:
-        if args.output in (None, "-"):
-            target: IO[bytes] = sys.stdout.buffer
-            own = False
-        else:
-            target = open(args.output, "wb")
-            own = True
-        try:
-            with out.progress("diff") as update:
-                written = driver.diff(args.layer, _CountingWriter(target, lambda done: update("", done, None)))
-            target.flush()
-        finally:
-            if own:
-                target.close()
-    finally:
-        _close(driver)
-    if own:
+    with ExitStack() as stack:
+        target: IO[bytes] = sys.stdout.buffer if to_stdout else stack.enter_context(open(args.output, "wb"))
+        driver = _open_driver(args)
+        stack.callback(_close, driver)
+        with out.progress("diff") as update:
+            writer = _CountingWriter(target, lambda done: update("", done, None))
+            written = driver.diff(args.layer, cast(BinaryIO, writer))
+        target.flush()
+    if not to_stdout:
         out.result(f"{args.output}: {_human(written)}", {"id": args.layer, "bytes": written, "output": args.output})
-    elif out.as_json:
+    elif out.as_json:  # stdout carries the tar: the JSON goes to stderr
         out.stderr.write(json.dumps({"id": args.layer, "bytes": written}) + "\n")
     return EXIT_OK
 
@@ -519,7 +519,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Optional[Sequence[str]] = None, *, stdout: Optional[IO[str]] = None, stderr: Optional[IO[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None, *, stdout: IO[str] | None = None, stderr: IO[str] | None = None) -> int:
     """Run the ``aufs`` command with ``argv`` (default ``sys.argv[1:]``); return the exit code."""
     stdout = stdout if stdout is not None else sys.stdout
     stderr = stderr if stderr is not None else sys.stderr

@@ -9,7 +9,6 @@ never reach the original, and swapping the clone in with ``rename_exchange`` is 
 from __future__ import annotations
 
 import os
-from typing import List, Tuple
 
 __all__ = ["clone_tree", "copy_dir_attributes"]
 
@@ -31,7 +30,7 @@ def clone_tree(src: str, dst: str, *, empty: bool = False) -> None:
     partly built; the caller removes it.
     """
     os.mkdir(dst, 0o700)
-    dirs: List[Tuple[str, str]] = [(src, dst)]
+    dirs: list[tuple[str, str]] = [(src, dst)]
     if not empty:
         index = 0
         while index < len(dirs):

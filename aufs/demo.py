@@ -14,16 +14,17 @@ import os
 import shutil
 import tarfile
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
-from typing import IO, Dict, List, Optional, Sequence, Tuple
+from typing import IO
 
-__all__ = ["run_demo", "demo_layers", "LAYER_NOTES"]
+__all__ = ["LAYER_NOTES", "demo_layers", "run_demo"]
 
 # (path, kind, payload, mode): kind is "dir", "file", "symlink" (payload = target) or
 # "hardlink" (payload = earlier path in the same layer).
-_Entry = Tuple[str, str, str, int]
+_Entry = tuple[str, str, str, int]
 
-_LAYERS: Sequence[Tuple[str, Sequence[_Entry]]] = (
+_LAYERS: Sequence[tuple[str, Sequence[_Entry]]] = (
     (
         "base",
         (
@@ -69,7 +70,7 @@ _LAYERS: Sequence[Tuple[str, Sequence[_Entry]]] = (
 )
 
 #: What each demo layer shows, for the tour's narration.
-LAYER_NOTES: Dict[str, str] = {
+LAYER_NOTES: dict[str, str] = {
     "base": "a small tree: /etc, /bin/hello, two files in /var/cache",
     "update": "overwrites /etc/motd, deletes /etc/old.conf (a whiteout), adds /opt/app with a "
     "hardlink, and the symlink /usr/local/bin/app",
@@ -102,14 +103,14 @@ def _layer_tar(entries: Sequence[_Entry]) -> bytes:
     return buf.getvalue()
 
 
-def demo_layers() -> List[Tuple[str, bytes]]:
+def demo_layers() -> list[tuple[str, bytes]]:
     """The demo image's layers, base first: (name, uncompressed layer tar)."""
     return [(name, _layer_tar(entries)) for name, entries in _LAYERS]
 
 
-def _origins(driver: object, ids: Sequence[str], names: Sequence[str]) -> Dict[str, str]:
+def _origins(driver: object, ids: Sequence[str], names: Sequence[str]) -> dict[str, str]:
     """path -> name of the topmost layer that added or changed it (files only)."""
-    origin: Dict[str, str] = {}
+    origin: dict[str, str] = {}
     for layer_id, name in zip(ids, names):
         for change in driver.changes(layer_id):  # type: ignore[attr-defined]
             if change.kind.name in ("ADD", "MODIFY"):
@@ -119,9 +120,9 @@ def _origins(driver: object, ids: Sequence[str], names: Sequence[str]) -> Dict[s
     return origin
 
 
-def _tree_lines(root: Path, origin: Dict[str, str]) -> List[Tuple[str, str, str]]:
+def _tree_lines(root: Path, origin: dict[str, str]) -> list[tuple[str, str, str]]:
     """(indented name, kind/target, origin layer) for every entry under root, sorted."""
-    rows: List[Tuple[str, str, str]] = []
+    rows: list[tuple[str, str, str]] = []
 
     def walk(directory: Path, rel: str, depth: int) -> None:
         for entry in sorted(os.scandir(directory), key=lambda e: e.name):
@@ -141,7 +142,7 @@ def _tree_lines(root: Path, origin: Dict[str, str]) -> List[Tuple[str, str, str]
     return rows
 
 
-def run_demo(*, backend: str = "auto", stdout: Optional[IO[str]] = None, keep: bool = False) -> int:
+def run_demo(*, backend: str = "auto", stdout: IO[str] | None = None, keep: bool = False) -> int:
     """Run the tour; return 0. Everything it creates is removed before it returns."""
     from rich.console import Console
     from rich.table import Table

@@ -31,20 +31,21 @@ import ctypes
 import errno
 import os
 import stat
-from typing import IO, Callable, Dict, List, Optional, Tuple, Union
+from typing import IO, Any, Callable, Dict, List, Optional, Tuple, Union, cast
 
-import libarchive.ffi as _laffi
+import libarchive.ffi as _laffi  # type: ignore[import-untyped]
 
 from .errors import ArchiveError, NoSpace
 from .whiteouts import (
     AUFS_WHITEOUT_MODE,
     OPAQUE_NAME,
     OPAQUE_XATTRS,
+    WHITEOUT_PREFIX,
     EntryKind,
     WhiteoutFormat,
-    classify_entry,
+    classify,
+    is_opaque_dir,
     is_private_xattr,
-    whiteout_name,
 )
 
 __all__ = ["write_diff"]
@@ -55,8 +56,6 @@ _RECORD_SIZE = 10240  # what `tar -c` pads the archive to
 _BLOCK_SIZE = 1 << 20  # writes to the output and reads from files, in bytes
 
 _AE_IFREG = 0o100000
-_AE_IFDIR = 0o040000
-_AE_IFLNK = 0o120000
 
 _ARCHIVE_OK = 0
 _ARCHIVE_WARN = -20
@@ -104,8 +103,7 @@ class _Lib:
         self.entry_copy_pathname = fn("entry_copy_pathname", [vp, cp], None)
         self.entry_copy_symlink = fn("entry_copy_symlink", [vp, cp], None)
         self.entry_copy_hardlink = fn("entry_copy_hardlink", [vp, cp], None)
-        self.entry_set_filetype = fn("entry_set_filetype", [vp, ctypes.c_uint], None)
-        self.entry_set_perm = fn("entry_set_perm", [vp, ctypes.c_uint], None)
+        self.entry_set_mode = fn("entry_set_mode", [vp, ctypes.c_uint], None)
         self.entry_set_size = fn("entry_set_size", [vp, ll], None)
         self.entry_set_uid = fn("entry_set_uid", [vp, ll], None)
         self.entry_set_gid = fn("entry_set_gid", [vp, ll], None)
@@ -125,30 +123,12 @@ def _lib() -> _Lib:
     return _lib_instance
 
 
-def _read_xattrs(path: str) -> List[Tuple[bytes, bytes]]:
-    """The entry's own xattrs (not the union filesystem's), sorted by name, not following links."""
-    try:
-        names = os.listxattr(path, follow_symlinks=False)
-    except OSError as exc:
-        if exc.errno in (errno.ENOTSUP, errno.EOPNOTSUPP):
-            return []
-        raise
-    if not names:
-        return []
-    out = []
-    for name in sorted(names):
-        try:
-            value = os.getxattr(path, name, follow_symlinks=False)
-        except OSError as exc:
-            if exc.errno == errno.ENODATA:  # removed while we looked
-                continue
-            raise
-        out.append((os.fsencode(name), value))
-    return out
-
-
 class _Walker:
-    """One export run: the archive handle, the entry object, the inode map and a data buffer."""
+    """One export run: the archive handle, the entry object, the inode map and a data buffer.
+
+    The per-entry path is deliberately flat (local names, few calls): for trees of small files
+    the cost is Python and ctypes overhead per entry, not data.
+    """
 
     def __init__(self, archive: int, fmt: WhiteoutFormat) -> None:
         self.lib = _lib()
@@ -159,88 +139,37 @@ class _Walker:
             raise MemoryError("archive_entry_new failed")
         self.first_name: Dict[Tuple[int, int], bytes] = {}
         self.buffer = bytearray(_BLOCK_SIZE)
+        self.view = memoryview(self.buffer)
         self.cbuffer = (ctypes.c_char * _BLOCK_SIZE).from_buffer(self.buffer)
 
     def close(self) -> None:
+        self.view.release()
         self.lib.entry_free(self.entry)
 
-    # --- libarchive calls, with return codes turned into exceptions -------------------------
-
-    def _check(self, rc: int, what: str) -> None:
-        if rc == _ARCHIVE_OK:
-            return
-        if rc == _ARCHIVE_WARN:
-            # pax stores a name that is not valid in the locale's charset as binary: harmless
-            return
-        raise _archive_failure(self.lib, self.archive, what)
-
-    def _write_header(self, what: bytes) -> None:
-        self._check(self.lib.write_header(self.archive, self.entry), f"writing the header of {what!r}")
-
-    def _finish(self, what: bytes) -> None:
-        self._check(self.lib.write_finish_entry(self.archive), f"finishing {what!r}")
-
-    def _start(self, name: bytes, filetype: int, perm: int, uid: int, gid: int, mtime_ns: int) -> None:
-        lib, e = self.lib, self.entry
-        lib.entry_clear(e)
-        lib.entry_copy_pathname(e, name)
-        lib.entry_set_filetype(e, filetype)
-        lib.entry_set_perm(e, perm)
-        lib.entry_set_uid(e, uid)
-        lib.entry_set_gid(e, gid)
-        # whole seconds, as Docker writes layers: sub-second mtimes would cost a pax header
-        # per entry and are not kept by most layer tools anyway
-        lib.entry_set_mtime(e, mtime_ns // 1_000_000_000, 0)
-
-    # --- entries ---------------------------------------------------------------------------
+    def _header(self, name: bytes) -> None:
+        rc = self.lib.write_header(self.archive, self.entry)
+        # ARCHIVE_WARN: pax stored a name that is not valid in the locale's charset as binary
+        if rc != _ARCHIVE_OK and rc != _ARCHIVE_WARN:
+            raise _archive_failure(self.lib, self.archive, f"writing the header of {name!r}")
 
     def marker(self, name: bytes) -> None:
         """An OCI whiteout or opaque marker: empty regular file with normalised metadata."""
-        self._start(name, _AE_IFREG, AUFS_WHITEOUT_MODE, 0, 0, 0)
-        self.lib.entry_set_size(self.entry, 0)
-        self._write_header(name)
-        self._finish(name)
-
-    def content(self, name: bytes, path: str, st: os.stat_result, xattrs: List[Tuple[bytes, bytes]]) -> None:
-        """A real entry of the layer; regular files stream their data."""
         lib, e = self.lib, self.entry
-        mode = st.st_mode
-        self._start(name, stat.S_IFMT(mode), stat.S_IMODE(mode), st.st_uid, st.st_gid, st.st_mtime_ns)
-        is_reg = stat.S_ISREG(mode)
-        if st.st_nlink > 1 and not stat.S_ISDIR(mode):
-            inode = (st.st_dev, st.st_ino)
-            first = self.first_name.get(inode)
-            if first is not None:  # the inode's data and xattrs went with its first name
-                lib.entry_copy_hardlink(e, first)
-                lib.entry_set_size(e, 0)
-                self._write_header(name)
-                self._finish(name)
-                return
-            self.first_name[inode] = name
-        for key, value in xattrs:
-            lib.entry_xattr_add_entry(e, key, value, len(value))
-        if is_reg:
-            lib.entry_set_size(e, st.st_size)
-        else:
-            lib.entry_set_size(e, 0)
-            if stat.S_ISLNK(mode):
-                lib.entry_copy_symlink(e, os.fsencode(os.readlink(path)))
-            elif stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
-                lib.entry_set_rdevmajor(e, os.major(st.st_rdev))
-                lib.entry_set_rdevminor(e, os.minor(st.st_rdev))
-        self._write_header(name)
-        if is_reg and st.st_size:
-            self._stream(path, st.st_size, name)
-        self._finish(name)
+        lib.entry_clear(e)
+        lib.entry_copy_pathname(e, name)
+        lib.entry_set_mode(e, _AE_IFREG | AUFS_WHITEOUT_MODE)
+        lib.entry_set_size(e, 0)
+        lib.entry_set_mtime(e, 0, 0)
+        self._header(name)
 
-    def _stream(self, path: str, size: int, name: bytes) -> None:
+    def _stream(self, path: bytes, size: int, name: bytes) -> None:
         """Copy exactly ``size`` bytes of the file (libarchive pads if it shrank meanwhile)."""
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        fd = os.open(path, _O_READ)
         try:
-            lib, archive, buf, cbuf = self.lib, self.archive, self.buffer, self.cbuffer
+            lib, archive, view, cbuf = self.lib, self.archive, self.view, self.cbuffer
             left = size
             while left > 0:
-                n = os.readv(fd, [memoryview(buf)[: min(left, _BLOCK_SIZE)]])
+                n = os.readv(fd, [view[:left] if left < _BLOCK_SIZE else view])
                 if n == 0:
                     break
                 if lib.write_data(archive, cbuf, n) < 0:
@@ -249,56 +178,120 @@ class _Walker:
         finally:
             os.close(fd)
 
-    def walk(self, dir_path: str, prefix: bytes) -> None:
+    def walk(self, dir_path: bytes, prefix: bytes) -> None:
         """Write the entries below ``dir_path`` whose tar names start with ``prefix``."""
-        items: List[Tuple[bytes, "os.DirEntry[str]", bool]] = []
+        lib, e, fmt = self.lib, self.entry, self.fmt
+        items: List[Tuple[bytes, bytes, Optional[os.stat_result]]] = []
         with os.scandir(dir_path) as it:
             for entry in it:
-                kind, target = classify_entry(entry, self.fmt)
-                if kind is EntryKind.CONTENT:
-                    items.append((os.fsencode(entry.name), entry, False))
-                elif kind is EntryKind.WHITEOUT:
-                    assert target is not None
-                    items.append((os.fsencode(whiteout_name(target)), entry, True))
-                # opaque markers are written with their directory; metadata never
-        items.sort(key=lambda item: item[0])
+                name = entry.name
+                st = entry.stat(follow_symlinks=False)
+                mode = st.st_mode
+                if name[:4] == _WH_PREFIX or (mode & 0o170000 == stat.S_IFCHR and st.st_rdev == 0):
+                    kind, target = classify(os.fsdecode(name), mode, st.st_rdev, fmt)
+                    if kind is EntryKind.WHITEOUT:
+                        assert target is not None
+                        items.append((_WH_PREFIX + os.fsencode(target), entry.path, None))
+                    # opaque markers are written with their directory; metadata never
+                    continue
+                if mode & 0o170000 == stat.S_IFSOCK:
+                    continue  # sockets cannot be archived (tar skips them too)
+                items.append((name, entry.path, st))
+        items.sort(key=_first)
         previous = None
-        for name, entry, is_whiteout in items:
+        for name, path, info in items:
             if name == previous:  # `.wh.X` file beside an X device: one whiteout is enough
                 continue
             previous = name
             tar_name = prefix + name
-            if is_whiteout:
+            if info is None:
                 self.marker(tar_name)
                 continue
-            st = entry.stat(follow_symlinks=False)
-            if stat.S_ISSOCK(st.st_mode):
-                continue  # sockets cannot be archived (tar skips them too)
-            path = entry.path
-            xattrs = _read_xattrs(path)
-            if stat.S_ISDIR(st.st_mode):
-                opaque = _opaque(path, xattrs)
-                xattrs = [(k, v) for k, v in xattrs if not is_private_xattr(os.fsdecode(k))]
-                self.content(tar_name + b"/", path, st, xattrs)
-                if opaque:
-                    self.marker(tar_name + b"/" + _OPAQUE_BYTES)
-                self.walk(path, tar_name + b"/")
+            st = info
+            mode = st.st_mode
+            is_dir = mode & 0o170000 == stat.S_IFDIR
+            if is_dir:
+                tar_name += b"/"
+            lib.entry_clear(e)
+            lib.entry_copy_pathname(e, tar_name)
+            lib.entry_set_mode(e, mode)
+            if st.st_uid:
+                lib.entry_set_uid(e, st.st_uid)
+            if st.st_gid:
+                lib.entry_set_gid(e, st.st_gid)
+            # whole seconds, as Docker writes layers (a sub-second part costs a pax record)
+            lib.entry_set_mtime(e, st.st_mtime_ns // 1_000_000_000, 0)
+            if st.st_nlink > 1 and not is_dir:
+                inode = (st.st_dev, st.st_ino)
+                first = self.first_name.get(inode)
+                if first is not None:  # the inode's data and xattrs went with its first name
+                    lib.entry_copy_hardlink(e, first)
+                    lib.entry_set_size(e, 0)
+                    self._header(tar_name)
+                    continue
+                self.first_name[inode] = tar_name
+            opaque = False
+            xattrs: List[Tuple[bytes, bytes]] = []
+            for key in _list_xattrs(path):
+                try:
+                    value = os.getxattr(path, key, follow_symlinks=False)
+                except OSError as exc:
+                    if exc.errno == errno.ENODATA:  # removed while we looked
+                        continue
+                    raise
+                if is_private_xattr(key):
+                    opaque = opaque or (key in OPAQUE_XATTRS and value == b"y")
+                    continue
+                # libarchive writes xattrs in the order they were added: sort for determinism
+                xattrs.append((os.fsencode(key), value))
+            if xattrs:
+                xattrs.sort()
+                for key_b, value in xattrs:
+                    lib.entry_xattr_add_entry(e, key_b, value, len(value))
+            if mode & 0o170000 == stat.S_IFREG:
+                size = st.st_size
+                lib.entry_set_size(e, size)
+                self._header(tar_name)
+                if size:
+                    self._stream(path, size, tar_name)
+            elif is_dir:
+                lib.entry_set_size(e, 0)
+                self._header(tar_name)
+                if opaque or _has_opaque_marker(path):
+                    self.marker(tar_name + _OPAQUE_BYTES)
+                self.walk(path, tar_name)
             else:
-                xattrs = [(k, v) for k, v in xattrs if not is_private_xattr(os.fsdecode(k))]
-                self.content(tar_name, path, st, xattrs)
+                lib.entry_set_size(e, 0)
+                if mode & 0o170000 == stat.S_IFLNK:
+                    lib.entry_copy_symlink(e, os.readlink(path))
+                elif mode & 0o170000 in (stat.S_IFCHR, stat.S_IFBLK):
+                    lib.entry_set_rdevmajor(e, os.major(st.st_rdev))
+                    lib.entry_set_rdevminor(e, os.minor(st.st_rdev))
+                self._header(tar_name)
 
 
+_WH_PREFIX = os.fsencode(WHITEOUT_PREFIX)
 _OPAQUE_BYTES = os.fsencode(OPAQUE_NAME)
-_OPAQUE_XATTR_BYTES = frozenset(os.fsencode(x) for x in OPAQUE_XATTRS)
+_O_READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
-def _opaque(path: str, xattrs: List[Tuple[bytes, bytes]]) -> bool:
-    """Whether the directory at ``path`` (with these xattrs) is opaque, in either marker form."""
-    for key, value in xattrs:
-        if key in _OPAQUE_XATTR_BYTES and value == b"y":
-            return True
+def _first(item: Tuple[bytes, Any, Any]) -> bytes:
+    return item[0]
+
+
+def _list_xattrs(path: bytes) -> List[str]:
     try:
-        return stat.S_ISREG(os.lstat(os.path.join(path, OPAQUE_NAME)).st_mode)
+        return os.listxattr(path, follow_symlinks=False)
+    except OSError as exc:
+        if exc.errno in (errno.ENOTSUP, errno.EOPNOTSUPP):
+            return []
+        raise
+
+
+def _has_opaque_marker(path: bytes) -> bool:
+    """Whether the directory at ``path`` holds a regular ``.wh..wh..opq`` file."""
+    try:
+        return stat.S_ISREG(os.lstat(path + b"/" + _OPAQUE_BYTES).st_mode)
     except FileNotFoundError:
         return False
 
@@ -306,7 +299,7 @@ def _opaque(path: str, xattrs: List[Tuple[bytes, bytes]]) -> bool:
 def _archive_failure(lib: _Lib, archive: int, what: str) -> Exception:
     """The exception for a failed libarchive write call (ENOSPC -> NoSpace, errno -> OSError)."""
     code = lib.errno(archive)
-    raw = lib.error_string(archive)
+    raw = cast(Optional[bytes], lib.error_string(archive))
     message = raw.decode("utf-8", "replace") if raw else "unknown libarchive error"
     if code in (errno.ENOSPC, errno.EDQUOT):
         return NoSpace(f"no space left while {what}: {message}")
@@ -393,9 +386,9 @@ def write_diff(layer_dir: Union[str, "os.PathLike[str]"], out: PathOrFile, fmt: 
         output = _Output(lib, archive, out)
         walker = _Walker(archive, fmt)
         try:
-            if _opaque(root, _read_xattrs(root)):
+            if is_opaque_dir(root, fmt):
                 walker.marker(_OPAQUE_BYTES)
-            walker.walk(root, b"")
+            walker.walk(os.fsencode(root), b"")
             if lib.write_close(archive) != _ARCHIVE_OK:
                 raise _archive_failure(lib, archive, "closing the archive")
         except Exception as exc:

@@ -15,7 +15,8 @@ import contextlib
 import fcntl
 import os
 import time
-from typing import Iterator, Optional, Union
+from collections.abc import Iterator
+from typing import Union
 
 from .errors import StoreLocked
 
@@ -24,7 +25,7 @@ __all__ = ["hold", "unlink_held"]
 PathArg = Union[str, "os.PathLike[str]"]
 
 
-def _acquire(path: str, timeout: Optional[float]) -> int:
+def _acquire(path: str, timeout: float | None) -> int:
     deadline = None if timeout is None else time.monotonic() + timeout
     while True:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
@@ -60,7 +61,7 @@ def _acquire_until(fd: int, path: str, deadline: float) -> None:
 
 
 @contextlib.contextmanager
-def hold(path: PathArg, *, timeout: Optional[float] = None) -> Iterator[int]:
+def hold(path: PathArg, *, timeout: float | None = None) -> Iterator[int]:
     """Hold the exclusive lock ``path`` (created if missing) for the ``with`` block.
 
     Yields the lock's file descriptor (for :func:`unlink_held`). Blocks until the lock is free,

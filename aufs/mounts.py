@@ -36,6 +36,17 @@ from .errors import MountDataTooLong, MountError
 __all__ = [
     "MOUNTINFO",
     "MOUNT_CHECK_METHODS",
+    "MS_BIND",
+    "MS_MOVE",
+    "MS_NODEV",
+    "MS_NOEXEC",
+    "MS_NOSUID",
+    "MS_PRIVATE",
+    "MS_RDONLY",
+    "MS_REC",
+    "MS_REMOUNT",
+    "MS_SHARED",
+    "MS_SLAVE",
     "KernelFeatures",
     "MountInfo",
     "escape_octal",
@@ -46,12 +57,26 @@ __all__ = [
     "mounted",
     "mounted_via",
     "parse_mountinfo",
+    "parse_mountinfo_line",
     "submounts",
     "unescape_octal",
     "unmount",
 ]
 
 MOUNTINFO = "/proc/self/mountinfo"
+
+# mount(2) flags (<sys/mount.h>), for mount(flags=...).
+MS_RDONLY = 0x1
+MS_NOSUID = 0x2
+MS_NODEV = 0x4
+MS_NOEXEC = 0x8
+MS_REMOUNT = 0x20
+MS_BIND = 0x1000
+MS_MOVE = 0x2000
+MS_REC = 0x4000
+MS_PRIVATE = 0x40000
+MS_SLAVE = 0x80000
+MS_SHARED = 0x100000
 
 # The ways mounted_via() can answer, in the order mounted() tries them.
 MOUNT_CHECK_METHODS = ("statx", "openat2", "mountinfo")
@@ -106,7 +131,21 @@ class KernelFeatures:
 def kernel_features() -> KernelFeatures:
     """Probe the running kernel once (per process) and return what it supports."""
     bits = _syscalls.probe_features()
-    return KernelFeatures(**{name: bool(bits & bit) for name, bit in _syscalls.FEATURE_BITS.items()})
+    found = {name: bool(bits & bit) for name, bit in _syscalls.FEATURE_BITS.items()}
+    if not found["new_mount_api"]:
+        # Without fsopen() the C probe cannot ask for a filesystem type; the list will do.
+        known = _proc_filesystems()
+        found["overlay"] = "overlay" in known
+        found["aufs"] = "aufs" in known
+    return KernelFeatures(**found)
+
+
+def _proc_filesystems(path: str = "/proc/filesystems") -> frozenset[str]:
+    try:
+        with open(path) as f:
+            return frozenset(line.split()[-1] for line in f if line.strip())
+    except OSError:
+        return frozenset()
 
 
 # --------------------------------------------------------------------------- mounted()
@@ -136,6 +175,8 @@ def mounted(path: StrPath) -> bool:
         raw = path
     else:
         raw = os.fsencode(path)
+    if b"\0" in raw:
+        raise ValueError(f"embedded null byte in path {raw!r}")
     rc = _statx(raw)
     if rc >= 0:
         return rc == 1
@@ -170,7 +211,7 @@ def mounted_via(path: StrPath, method: str, *, mountinfo: StrPath = MOUNTINFO) -
     For tests and diagnostics: each method must give the same answer. Raises ``OSError``
     with ``EOPNOTSUPP``/``ENOSYS`` if the kernel cannot answer by that method.
     """
-    raw = path if isinstance(path, bytes) else os.fsencode(path)
+    raw = _syscalls.fspath_bytes(path)
     if method == "mountinfo":
         return _mounted_in_table(raw, mountinfo)
     if method == "statx":
@@ -238,9 +279,10 @@ def mount(source: StrPath | None, target: StrPath, fstype: str | None, flags: in
     try:
         _syscalls.mount(source, target, fstype, flags, data_bytes or None)
     except OSError as err:
-        raise _mount_error(
-            f"cannot mount {fstype or 'bind'} {os.fsdecode(source) if source else ''!r} on "
-            f"{os.fsdecode(target)!r}: {err.strerror}", target, err) from err
+        shown = repr(os.fsdecode(source)) if source is not None else "(no source)"
+        what = f"{fstype} {shown}" if fstype else shown
+        raise _mount_error(f"cannot mount {what} on {os.fsdecode(target)!r} "
+                           f"(flags {flags:#x}): {err.strerror}", target, err) from err
 
 
 _BUSY_FIRST_DELAY = 0.01
@@ -294,13 +336,20 @@ def mount_table(mountinfo: StrPath = MOUNTINFO) -> Iterator[MountInfo]:
 
 
 def _record(fields: _syscalls.MountInfoFields) -> MountInfo:
-    dec = os.fsdecode
-    optional = fields[7]
-    return MountInfo(
-        fields[0], fields[1], fields[2], fields[3], dec(fields[4]), dec(fields[5]),
-        dec(fields[6]), tuple(dec(optional).split(" ")) if optional else (), dec(fields[8]),
-        dec(fields[9]), dec(fields[10]),
-    )
+    # Called once per mount line (10,000s of times for a big table): decode inline, and build
+    # the tuple directly rather than through the NamedTuple's Python-level __new__.
+    mount_id, parent_id, major, minor, root, point, opts, optional, fstype, source, sopts = fields
+    enc, err = _FS_ENCODING, _FS_ERRORS
+    return _new_tuple(MountInfo, (
+        mount_id, parent_id, major, minor, root.decode(enc, err), point.decode(enc, err),
+        opts.decode(enc, err), tuple(optional.decode(enc, err).split(" ")) if optional else (),
+        fstype.decode(enc, err), source.decode(enc, err), sopts.decode(enc, err),
+    ))
+
+
+_new_tuple = tuple.__new__
+_FS_ENCODING = sys.getfilesystemencoding()
+_FS_ERRORS = sys.getfilesystemencodeerrors()
 
 
 def submounts(path: StrPath, mountinfo: StrPath = MOUNTINFO) -> list[MountInfo]:

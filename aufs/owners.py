@@ -8,12 +8,12 @@ zombie) as dead: its temporary entries are debris and its references are void.
 from __future__ import annotations
 
 import os
-from typing import NamedTuple, Optional
+from typing import NamedTuple
 
-__all__ = ["ProcessToken", "process_start_time", "process_alive"]
+__all__ = ["ProcessToken", "process_alive", "process_start_time"]
 
 
-def _read_stat(pid: int, proc: str) -> Optional[tuple[str, int]]:
+def _read_stat(pid: int, proc: str) -> tuple[str, int] | None:
     """(state letter, start time) of ``pid`` from ``PROC/PID/stat``, or None if there is no such process."""
     try:
         with open(f"{proc}/{pid}/stat", "rb") as f:
@@ -25,7 +25,7 @@ def _read_stat(pid: int, proc: str) -> Optional[tuple[str, int]]:
     return fields[0].decode("ascii"), int(fields[19])
 
 
-def process_start_time(pid: int, proc: str = "/proc") -> Optional[int]:
+def process_start_time(pid: int, proc: str = "/proc") -> int | None:
     """The start time of ``pid`` in clock ticks since boot, or None if it does not exist."""
     st = _read_stat(pid, proc)
     return None if st is None else st[1]
@@ -47,15 +47,18 @@ class ProcessToken(NamedTuple):
         return f"{self.pid}-{self.start}"
 
     @classmethod
-    def current(cls) -> "ProcessToken":
-        """The calling process (computed per call: a forked child is a different owner)."""
+    def current(cls) -> ProcessToken:
+        """The calling process (checked per call: a forked child is a different owner)."""
         pid = os.getpid()
-        start = process_start_time(pid)
-        assert start is not None
-        return cls(pid, start)
+        cached = _CURRENT.get(pid)
+        if cached is None:
+            start = process_start_time(pid)
+            assert start is not None
+            cached = _CURRENT[pid] = cls(pid, start)
+        return cached
 
     @classmethod
-    def parse(cls, text: str) -> Optional["ProcessToken"]:
+    def parse(cls, text: str) -> ProcessToken | None:
         """The token written as ``PID-START`` (a prefix of ``text`` up to a ``:``), or None."""
         pid_text, _, start_text = text.split(":", 1)[0].partition("-")
         if not (pid_text.isdigit() and start_text.isdigit()):
@@ -65,3 +68,7 @@ class ProcessToken(NamedTuple):
     def alive(self) -> bool:
         """True while the process this token names is running."""
         return process_alive(self.pid, self.start)
+
+
+# pid -> its token; a process's start time never changes, so this saves a /proc read per call
+_CURRENT: dict[int, ProcessToken] = {}

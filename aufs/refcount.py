@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import os
 import pathlib
-from typing import Dict
 
 from .owners import ProcessToken
 
@@ -25,12 +24,12 @@ __all__ = ["RefTable"]
 class RefTable:
     """The reference counts of one layer's mount: ``holders`` maps holder -> count (> 0)."""
 
-    def __init__(self, path: pathlib.Path, holders: Dict[str, int]) -> None:
+    def __init__(self, path: pathlib.Path, holders: dict[str, int]) -> None:
         self.path = path
         self.holders = holders
 
     @classmethod
-    def load(cls, path: pathlib.Path) -> "RefTable":
+    def load(cls, path: pathlib.Path) -> RefTable:
         """Read the table at ``path`` (empty if absent or unreadable), without dead holders."""
         try:
             with open(path, "rb") as f:
@@ -39,7 +38,7 @@ class RefTable:
             raw = {}
         except ValueError:
             raw = {}  # a torn write is impossible (rename), but never let junk wedge a layer
-        holders: Dict[str, int] = {}
+        holders: dict[str, int] = {}
         for holder, count in dict(raw.get("holders", {})).items():
             token = ProcessToken.parse(holder)
             if token is not None and isinstance(count, int) and count > 0 and token.alive():

@@ -13,8 +13,10 @@ import json
 import os
 import pathlib
 import shutil
+import stat
 import uuid
-from typing import Any, BinaryIO, Dict, Iterator, List, Optional, Tuple, Type, Union
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any, BinaryIO, Union
 
 from . import locks, mounts
 from .backends import BACKENDS, Backend, MountRequest
@@ -32,9 +34,12 @@ from .errors import (
 from .layout import Layout, is_valid_layer_id, validate_layer_id
 from .owners import ProcessToken
 from .refcount import RefTable
-from .whiteouts import WhiteoutFormat, root_is_opaque
+from .whiteouts import OPAQUE_NAME, OPAQUE_XATTRS, WhiteoutFormat, root_is_opaque
 
-__all__ = ["Driver", "BACKEND_NAMES", "STORE_VERSION"]
+if TYPE_CHECKING:  # pragma: no cover - for type checkers only
+    from .changes import Change
+
+__all__ = ["BACKEND_NAMES", "STORE_VERSION", "Driver"]
 
 BACKEND_NAMES = ("auto",) + tuple(BACKENDS)
 STORE_VERSION = 1
@@ -44,7 +49,7 @@ DiffSource = Union[str, "os.PathLike[str]", bytes, BinaryIO]
 DiffTarget = Union[str, "os.PathLike[str]", BinaryIO]
 
 
-def _rmtree(path: Union[str, pathlib.Path]) -> None:
+def _rmtree(path: str | pathlib.Path) -> None:
     """Delete a tree that holds no mounts (fine if it is already gone)."""
     shutil.rmtree(path, ignore_errors=False, onerror=_ignore_missing)
 
@@ -54,14 +59,14 @@ def _ignore_missing(func: Any, path: str, exc_info: Any) -> None:
         raise exc_info[1]
 
 
-def _rmdir_quietly(path: Union[str, pathlib.Path]) -> None:
+def _rmdir_quietly(path: str | pathlib.Path) -> None:
     try:
         os.rmdir(path)
     except OSError:
         pass  # absent, or still a mount point someone else holds
 
 
-def _unlink_quietly(path: Union[str, pathlib.Path]) -> None:
+def _unlink_quietly(path: str | pathlib.Path) -> None:
     try:
         os.unlink(path)
     except FileNotFoundError:
@@ -188,7 +193,7 @@ class Driver:
 
     # ------------------------------------------------------------------ store metadata
 
-    def _read_store_meta(self) -> Optional[Dict[str, Any]]:
+    def _read_store_meta(self) -> dict[str, Any] | None:
         try:
             with open(self._layout.meta_file, "rb") as f:
                 meta = json.load(f)
@@ -209,8 +214,8 @@ class Driver:
 
     @staticmethod
     def _choose_backend(
-        name: str, fmt: Optional[WhiteoutFormat]
-    ) -> Tuple[Type[Backend], WhiteoutFormat]:
+        name: str, fmt: WhiteoutFormat | None
+    ) -> tuple[type[Backend], WhiteoutFormat]:
         if name != "auto":
             cls = BACKENDS[name]
             if fmt is not None and fmt not in cls.formats:
@@ -236,30 +241,30 @@ class Driver:
 
     # ------------------------------------------------------------------ layer metadata
 
-    def _layer_meta(self, layer_id: str) -> Dict[str, Any]:
+    def _layer_meta(self, layer_id: str) -> dict[str, Any]:
         """The layer's recorded metadata; LayerNotFound if it does not exist."""
         try:
-            with open(self._layout.layer_meta(layer_id), "rb") as f:
-                meta: Dict[str, Any] = json.load(f)
+            with open(self._layout.meta_path(layer_id), "rb") as f:
+                meta: dict[str, Any] = json.load(f)
         except (FileNotFoundError, NotADirectoryError):
             raise LayerNotFound(f"no layer {layer_id!r} in {self.home}", layer_id=layer_id) from None
         return meta
 
-    def _require(self, layer_id: str) -> Dict[str, Any]:
+    def _require(self, layer_id: str) -> dict[str, Any]:
         return self._layer_meta(validate_layer_id(layer_id))
 
     # ------------------------------------------------------------------ queries
 
     def exists(self, layer_id: str) -> bool:
         """True if the layer exists (False for a malformed id)."""
-        return is_valid_layer_id(layer_id) and self._layout.layer_meta(layer_id).is_file()
+        return is_valid_layer_id(layer_id) and os.path.isfile(self._layout.meta_path(layer_id))
 
-    def parent(self, layer_id: str) -> Optional[str]:
+    def parent(self, layer_id: str) -> str | None:
         """The layer's parent id, or None for a base layer. LayerNotFound if absent."""
-        parent: Optional[str] = self._require(layer_id)["parent"]
+        parent: str | None = self._require(layer_id)["parent"]
         return parent
 
-    def layers(self) -> List[str]:
+    def layers(self) -> list[str]:
         """Ids of all layers, sorted. Work in progress (temporary names) is never listed."""
         try:
             names = os.listdir(self._layout.layers_dir)
@@ -272,7 +277,7 @@ class Driver:
         self._require(layer_id)
         return mounts.mounted(self._layout.mountpoint(layer_id))
 
-    def status(self) -> Dict[str, str]:
+    def status(self) -> dict[str, str]:
         """Facts about the store, as strings: backend, home, format, layers, backing filesystem..."""
         home = str(self.home)
         backing = "unknown"
@@ -295,7 +300,7 @@ class Driver:
 
     # ------------------------------------------------------------------ create / remove
 
-    def create(self, layer_id: str, parent: Optional[str] = None) -> None:
+    def create(self, layer_id: str, parent: str | None = None) -> None:
         """Create the empty layer ``layer_id`` on top of ``parent`` (None: a base layer).
 
         The new diff dir is an empty directory owned by uid/gid 0 with mode 0755 (a child
@@ -311,7 +316,7 @@ class Driver:
         with locks.hold(layout.store_lock):
             if self.exists(layer_id):
                 raise LayerExists(f"layer {layer_id!r} already exists in {self.home}", layer_id=layer_id)
-            ancestors: List[str] = []
+            ancestors: list[str] = []
             if parent is not None:
                 try:
                     parent_meta = self._layer_meta(parent)
@@ -347,7 +352,7 @@ class Driver:
                 _rmtree(stage)
                 raise
 
-    def _children(self, layer_id: str) -> List[str]:
+    def _children(self, layer_id: str) -> list[str]:
         children = []
         for other in self.layers():
             try:
@@ -365,48 +370,69 @@ class Driver:
         """
         validate_layer_id(layer_id)
         layout = self._layout
-        with locks.hold(layout.store_lock):
-            with locks.hold(layout.lock_file(layer_id)) as lock_fd:
-                self._layer_meta(layer_id)
-                children = self._children(layer_id)
-                if children:
-                    raise LayerInUse(
-                        f"layer {layer_id!r} is the parent of {', '.join(sorted(children)[:5])}"
-                        f"{' ...' if len(children) > 5 else ''}: remove those first",
-                        layer_id=layer_id,
-                    )
-                self._unmount_layer(layer_id)
-                trash = layout.temp_path("remove", ProcessToken.current(), layer_id)
-                os.rename(layout.layer_dir(layer_id), trash)
-                for path in (
-                    layout.refs_file(layer_id),
-                    layout.refs_file(layer_id).with_name(layout.refs_file(layer_id).name + ".tmp"),
-                    layout.backend_record(layer_id),
-                    layout.short_link(layer_id),
-                ):
-                    _unlink_quietly(path)
-                _rmdir_quietly(layout.mountpoint(layer_id))
-                locks.unlink_held(layout.lock_file(layer_id), lock_fd)
+        with locks.hold(layout.store_lock), locks.hold(layout.lock_file(layer_id)) as lock_fd:
+            self._layer_meta(layer_id)
+            children = self._children(layer_id)
+            if children:
+                raise LayerInUse(
+                    f"layer {layer_id!r} is the parent of {', '.join(sorted(children)[:5])}"
+                    f"{' ...' if len(children) > 5 else ''}: remove those first",
+                    layer_id=layer_id,
+                )
+            self._unmount_layer(layer_id)
+            trash = layout.temp_path("remove", ProcessToken.current(), layer_id)
+            os.rename(layout.layer_dir(layer_id), trash)
+            for path in (
+                layout.refs_file(layer_id),
+                layout.refs_file(layer_id).with_name(layout.refs_file(layer_id).name + ".tmp"),
+                layout.backend_record(layer_id),
+                layout.short_link(layer_id),
+            ):
+                _unlink_quietly(path)
+            _rmdir_quietly(layout.mountpoint(layer_id))
+            locks.unlink_held(layout.lock_file(layer_id), lock_fd)
         _rmtree(trash)
 
     # ------------------------------------------------------------------ mounts
 
-    def _mount_chain(self, layer_id: str, ancestors: List[str]) -> List[str]:
+    def _root_opaque(self, layer_id: str) -> bool:
+        """True if the layer's root dir is opaque (see :func:`aufs.whiteouts.root_is_opaque`).
+
+        The same answer in at most two syscalls, since ``get`` asks it of every layer of a chain.
+        """
+        diff = self._layout.diff_path(layer_id)
+        try:
+            if stat.S_ISREG(os.lstat(diff + "/" + OPAQUE_NAME).st_mode):
+                return True
+        except FileNotFoundError:
+            pass
+        if self._format is WhiteoutFormat.AUFS:
+            return False
+        names = os.listxattr(diff, follow_symlinks=False)
+        if not any(n in OPAQUE_XATTRS for n in names):
+            return False
+        return root_is_opaque(diff, self._format)
+
+    def _cut_at_root_opaque(self, ancestors: list[str]) -> list[str]:
+        """``ancestors`` down to and including the first whose root is opaque."""
+        chain = []
+        for ancestor in ancestors:
+            chain.append(ancestor)
+            if self._root_opaque(ancestor):
+                break
+        return chain
+
+    def _mount_chain(self, layer_id: str, ancestors: list[str]) -> list[str]:
         """The layers to mount below ``layer_id`` (top-most first), cut at a root-opaque layer.
 
         Kernel overlayfs ignores the opaque flag on a layer's root directory, so a layer
         whose root is opaque must be the bottom of the mount: nothing below it is visible.
         """
-        if root_is_opaque(str(self._layout.diff_dir(layer_id)), self._format):
+        if self._root_opaque(layer_id):
             return []
-        chain = []
-        for ancestor in ancestors:
-            chain.append(ancestor)
-            if root_is_opaque(str(self._layout.diff_dir(ancestor)), self._format):
-                break
-        return chain
+        return self._cut_at_root_opaque(ancestors)
 
-    def _lowers(self, chain: List[str]) -> Tuple[str, ...]:
+    def _lowers(self, chain: list[str]) -> tuple[str, ...]:
         if not chain:
             return (str(self._layout.empty_dir),)
         return tuple(self._backend.lower_path(a) for a in chain)
@@ -415,6 +441,18 @@ class Driver:
         record = self._layout.backend_record(layer_id)
         if record.exists():
             self._backend.settle(str(record), str(self._layout.diff_dir(layer_id)))
+
+    def _settled_diff_dir(self, layer_id: str) -> str:
+        """The layer's diff dir, holding only the store's whiteout format (caller holds the lock).
+
+        Only a layer with a mount record (mounted now, or left by a crash or a lazy unmount)
+        can hold a backend's own markers, so only such a layer costs a walk.
+        """
+        self._settle(layer_id)
+        diff_dir = self._layout.diff_path(layer_id)
+        if self._layout.backend_record(layer_id).exists():
+            self._backend.tidy(diff_dir)
+        return diff_dir
 
     def _unmount_layer(self, layer_id: str) -> None:
         """Take the layer's mount down (caller holds the layer lock) and tidy its mountpoint."""
@@ -449,7 +487,7 @@ class Driver:
                 request = MountRequest(
                     target=str(target),
                     lowers=self._lowers(self._mount_chain(layer_id, list(meta["ancestors"]))),
-                    upper=str(layout.diff_dir(layer_id)),
+                    upper=layout.diff_path(layer_id),
                     work=str(layout.work_dir(layer_id)),
                     record=str(layout.backend_record(layer_id)),
                 )
@@ -497,7 +535,7 @@ class Driver:
             self.put(layer_id)
 
     @contextlib.contextmanager
-    def _lower_view(self, layer_id: str) -> Iterator[Optional[str]]:
+    def _lower_view(self, layer_id: str) -> Iterator[str | None]:
         """A directory showing the union of the layer's parent chain, or None for a base layer.
 
         A read-only union mount of the ancestors (unmounted on exit), or, in the AUFS format,
@@ -508,11 +546,7 @@ class Driver:
         if not ancestors:
             yield None
             return
-        chain = []
-        for ancestor in ancestors:
-            chain.append(ancestor)
-            if root_is_opaque(str(self._layout.diff_dir(ancestor)), self._format):
-                break
+        chain = self._cut_at_root_opaque(ancestors)
         if len(chain) == 1 and self._format is WhiteoutFormat.AUFS:
             yield str(self._layout.diff_dir(chain[0]))
             return
@@ -545,6 +579,8 @@ class Driver:
                         wait_recorded_daemon(str(record))
                         self._backend.settle(str(record), str(layout.diff_dir(layer_id)))
                     _unlink_quietly(layout.refs_file(layer_id))
+                    if not mounts.mounted(layout.mountpoint(layer_id)):
+                        _rmdir_quietly(layout.mountpoint(layer_id))
             self._sweep()
 
     def _unmount_all_below_home(self) -> None:
@@ -585,8 +621,10 @@ class Driver:
         except FileNotFoundError:
             points = []
         for name in points:
+            # a live layer's mountpoint belongs to its get/put (under the layer lock): a get may
+            # have just made it; only the mountpoints of layers that are gone are debris
             path = layout.mnt_dir / name
-            if not mounts.mounted(path):
+            if name not in live and not mounts.mounted(path):
                 _rmdir_quietly(path)
         try:
             state = os.listdir(layout.state_dir)
@@ -639,21 +677,17 @@ class Driver:
         self._require(layer_id)
         with locks.hold(self._layout.lock_file(layer_id)):
             self._layer_meta(layer_id)
-            self._settle(layer_id)
-            diff_dir = str(self._layout.diff_dir(layer_id))
-            self._backend.tidy(diff_dir)
+            diff_dir = self._settled_diff_dir(layer_id)
             return _export.write_diff(diff_dir, out, self._format)
 
-    def changes(self, layer_id: str) -> List[Any]:
+    def changes(self, layer_id: str) -> list[Change]:
         """The layer's changes against its parent chain, sorted by path (``aufs.Change``)."""
         from . import changes as _changes
 
         self._require(layer_id)
         with locks.hold(self._layout.lock_file(layer_id)):
             self._layer_meta(layer_id)
-            self._settle(layer_id)
-            diff_dir = str(self._layout.diff_dir(layer_id))
-            self._backend.tidy(diff_dir)
+            diff_dir = self._settled_diff_dir(layer_id)
             with self._lower_view(layer_id) as lower:
                 return list(_changes.compute_changes(diff_dir, lower, self._format))
 
@@ -664,10 +698,19 @@ class Driver:
         self._require(layer_id)
         with locks.hold(self._layout.lock_file(layer_id)):
             self._layer_meta(layer_id)
-            self._settle(layer_id)
-            diff_dir = str(self._layout.diff_dir(layer_id))
-            self._backend.tidy(diff_dir)
+            diff_dir = self._settled_diff_dir(layer_id)
             return int(_changes.diff_size(diff_dir, self._format))
 
     def __repr__(self) -> str:
         return f"Driver({str(self.home)!r}, backend={self.backend!r})"
+
+    def check(self, *, repair: bool = False) -> Any:
+        """Report the store's inconsistencies (``aufs.check.CheckReport``); ``repair`` fixes them.
+
+        Finds leftover temporaries, orphan directories, dangling parents, stale mounts and
+        references, stacked mounts, stale state files (see :mod:`aufs.check` for the list).
+        Safe while other threads and processes use the store.
+        """
+        from .check import check_store
+
+        return check_store(self, repair=repair)

@@ -30,11 +30,11 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable, List, Tuple
+from typing import Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import aufs  # noqa: E402
+import aufs
 
 CACHE = Path("/var/tmp/aufs-bench")
 MIRROR = "http://deb.debian.org/debian"
@@ -44,7 +44,7 @@ def _run(*argv: str) -> None:
     subprocess.run(argv, check=True, stdout=subprocess.DEVNULL)
 
 
-def debian_rootfs() -> Tuple[Path, str]:
+def debian_rootfs() -> tuple[Path, str]:
     """A minbase Debian tree (cached), or a tree from this machine's /usr when that fails."""
     rootfs = CACHE / "rootfs"
     if (rootfs / "usr" / "bin").is_dir() and (CACHE / "rootfs.done").exists():
@@ -100,7 +100,7 @@ def build_image(rootfs: Path) -> Path:
     return image
 
 
-def image_facts(image: Path) -> Tuple[int, int, int]:
+def image_facts(image: Path) -> tuple[int, int, int]:
     """(layers, compressed bytes, tar entries) of the image."""
     import json
     import tarfile
@@ -158,7 +158,7 @@ def main() -> int:
         shutil.copytree(image_on_disk, image)  # read the image from tmpfs too
         layers, size, entries = image_facts(image)
         runs: dict = {"umoci unpack": [], "aufs import+mount": [], "aufs import+mount, 1 worker": []}
-        timers: List[Tuple[str, Callable[[], float]]] = [
+        timers: list[tuple[str, Callable[[], float]]] = [
             ("umoci unpack", lambda: time_umoci(image, work)),
             ("aufs import+mount", lambda: time_aufs(image, work)),
             ("aufs import+mount, 1 worker", lambda: time_aufs(image, work, workers=1)),

@@ -62,6 +62,8 @@ struct aufs_mountinfo {
 ssize_t aufs_mountinfo_next(const char *buf, size_t buflen, size_t pos,
                             struct aufs_mountinfo *rec, char *out, size_t outlen);
 ssize_t aufs_unescape(const char *in, size_t inlen, char *out, size_t outlen);
+ssize_t aufs_mountinfo_parse(const char *buf, size_t buflen, struct aufs_mountinfo *recs,
+                             size_t nrecs, char *out, size_t outlen, size_t *errpos);
 
 /* ---- probe.c: kernel features, probed once by the caller ---- */
 #define AUFS_FEAT_STATX_MOUNT_ROOT 0x01

@@ -152,3 +152,33 @@ ssize_t aufs_mountinfo_next(const char *buf, size_t buflen, size_t pos,
     rec->len[AUFS_MI_SUPER_OPTIONS] = (size_t)n;
     return (ssize_t)next;
 }
+
+/* Parse every line of buf into recs[0..nrecs) in one call, all text fields into one out buffer
+ * (outlen >= buflen is always enough: unescaping only shrinks). Offsets in recs are from the
+ * start of out. Returns the number of records, or -errno with *errpos set to the start of the
+ * offending line (-ENOSPC: more lines than nrecs). */
+ssize_t aufs_mountinfo_parse(const char *buf, size_t buflen, struct aufs_mountinfo *recs,
+                             size_t nrecs, char *out, size_t outlen, size_t *errpos)
+{
+    size_t pos = 0, o = 0, count = 0;
+
+    while (pos < buflen) {
+        if (count == nrecs) {
+            *errpos = pos;
+            return -ENOSPC;
+        }
+        struct aufs_mountinfo *rec = &recs[count];
+        ssize_t next = aufs_mountinfo_next(buf, buflen, pos, rec, out + o, outlen - o);
+        if (next <= 0) {
+            *errpos = pos;
+            return next < 0 ? next : -EINVAL;
+        }
+        for (int f = 0; f < AUFS_MI_NFIELDS; f++)
+            rec->off[f] += o;
+        /* SUPER_OPTIONS is written last. */
+        o = rec->off[AUFS_MI_SUPER_OPTIONS] + rec->len[AUFS_MI_SUPER_OPTIONS];
+        count++;
+        pos = (size_t)next;
+    }
+    return (ssize_t)count;
+}

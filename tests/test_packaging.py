@@ -98,7 +98,7 @@ def _run_build(out: pathlib.Path, *args: str) -> str:
     if shutil.which("unshare") is None:
         pytest.skip("unshare (util-linux) not installed")
     result = subprocess.run(
-        [str(BUILD_SCRIPT), "--out", str(out), *args],
+        ["bash", str(BUILD_SCRIPT), "--out", str(out), *args],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=900,
         env={**_clean_env(), "PYTHON": sys.executable},
     )

@@ -115,6 +115,11 @@ say "building sdist"
 mkdir -p "$WORK/dist" "$WORK/raw" "$WORK/src"
 quiet "$TOOLS/bin/python" -m build --sdist --outdir "$WORK/dist" "$ROOT"
 SDIST="$(ls "$WORK"/dist/aufs-*.tar.gz)"
+# the sdist must be source only: an in-place _native*.so from the working tree would be stale
+if tar -tzf "$SDIST" | grep -E '\.(so|pyc)$'; then
+    echo "wheels: the sdist contains build products (see MANIFEST.in)" >&2
+    exit 1
+fi
 tar -xzf "$SDIST" -C "$WORK/src"
 SRC="$(ls -d "$WORK"/src/aufs-*/)"
 

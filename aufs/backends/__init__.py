@@ -5,16 +5,14 @@ order ``"auto"`` tries them: kernel AUFS, kernel overlayfs, fuse-overlayfs.
 """
 from __future__ import annotations
 
-from typing import Dict, Type
-
 from .aufs import AufsBackend
 from .base import Backend, MountRequest
 from .fuse_overlayfs import FuseOverlayfsBackend
 from .overlay import OverlayBackend
 
-__all__ = ["BACKENDS", "Backend", "MountRequest", "AufsBackend", "OverlayBackend", "FuseOverlayfsBackend"]
+__all__ = ["BACKENDS", "AufsBackend", "Backend", "FuseOverlayfsBackend", "MountRequest", "OverlayBackend"]
 
-BACKENDS: Dict[str, Type[Backend]] = {
+BACKENDS: dict[str, type[Backend]] = {
     AufsBackend.name: AufsBackend,
     OverlayBackend.name: OverlayBackend,
     FuseOverlayfsBackend.name: FuseOverlayfsBackend,

@@ -13,7 +13,7 @@ The default kernel build allows 127 branches (CONFIG_AUFS_BRANCH_MAX_127).
 from __future__ import annotations
 
 import os
-from typing import List, Optional, Sequence, Tuple
+from collections.abc import Sequence
 
 from .. import mounts
 from ..errors import MountDataTooLong, MountError
@@ -21,7 +21,7 @@ from ..whiteouts import WhiteoutFormat
 from . import base
 from .base import Backend, MountRequest, has_cap_sys_admin, kernel_filesystems
 
-__all__ = ["AufsBackend", "branch_mount_data", "AUFS_MAX_BRANCHES", "DEFAULT_XINO"]
+__all__ = ["AUFS_MAX_BRANCHES", "DEFAULT_XINO", "AufsBackend", "branch_mount_data"]
 
 AUFS_MAX_BRANCHES = 127
 DEFAULT_XINO = "/dev/shm/aufs.xino"
@@ -37,13 +37,13 @@ def _branch(path: str, mode: str) -> str:
 
 
 def branch_mount_data(
-    upper: Optional[str],
+    upper: str | None,
     lowers: Sequence[str],
     *,
     page_size: int,
     xino: str = DEFAULT_XINO,
     options: Sequence[str] = ("dio",),
-) -> Tuple[str, List[str]]:
+) -> tuple[str, list[str]]:
     """Mount data for an AUFS union: ``(first, appends)``.
 
     ``first`` is for the initial mount: ``br:`` with ``upper`` (``=rw``, omitted for a read-only
@@ -68,7 +68,7 @@ def branch_mount_data(
     while index < len(branches) and len(head) + 1 + len(branches[index]) + len(tail) <= limit:
         head += ":" + branches[index]
         index += 1
-    appends: List[str] = []
+    appends: list[str] = []
     chunk = ""
     for branch in branches[index:]:
         option = "append:" + branch
@@ -90,7 +90,7 @@ class AufsBackend(Backend):
     formats = (WhiteoutFormat.AUFS,)
 
     @classmethod
-    def unavailable_reason(cls) -> Optional[str]:
+    def unavailable_reason(cls) -> str | None:
         if "aufs" not in kernel_filesystems():
             return "the kernel has no AUFS (/proc/filesystems lacks aufs)"
         if not has_cap_sys_admin():

@@ -9,17 +9,18 @@ store gets), how deep a chain it can mount, and why it cannot run here, if it ca
 from __future__ import annotations
 
 import abc
+import enum
 import errno
 import os
 import time
-from typing import ClassVar, NamedTuple, Optional, Tuple
+from typing import ClassVar, NamedTuple
 
 from .. import mounts
 from ..errors import MountError
 from ..layout import Layout
 from ..whiteouts import WhiteoutFormat
 
-__all__ = ["Backend", "MountRequest", "detach", "has_cap_sys_admin", "kernel_filesystems"]
+__all__ = ["Backend", "MountRequest", "Detached", "detach", "has_cap_sys_admin", "kernel_filesystems"]
 
 _CAP_SYS_ADMIN = 21
 
@@ -32,10 +33,10 @@ class MountRequest(NamedTuple):
     """
 
     target: str
-    lowers: Tuple[str, ...]
-    upper: Optional[str] = None
-    work: Optional[str] = None
-    record: Optional[str] = None
+    lowers: tuple[str, ...]
+    upper: str | None = None
+    work: str | None = None
+    record: str | None = None
 
 
 def kernel_filesystems(path: str = "/proc/filesystems") -> set[str]:
@@ -59,19 +60,27 @@ def has_cap_sys_admin(status: str = "/proc/self/status") -> bool:
     return os.geteuid() == 0
 
 
-def detach(target: str, *, busy_retries: int = 5) -> bool:
-    """Unmount ``target``: bounded EBUSY retries, then a lazy detach. False if it was not mounted.
+class Detached(enum.Enum):
+    """How :func:`detach` ended."""
+
+    NOT_MOUNTED = "not mounted"
+    UNMOUNTED = "unmounted"
+    LAZILY = "detached lazily (still busy: the kernel frees it when its last user goes)"
+
+
+def detach(target: str, *, busy_retries: int = 5) -> Detached:
+    """Unmount ``target``: bounded EBUSY retries, then a lazy detach.
 
     The lazy fallback makes the mount vanish from the namespace at once; the kernel frees it
     when its last user lets go, which is the right outcome for a layer being put or removed.
     """
     try:
-        return mounts.unmount(target, busy_retries=busy_retries)
+        return Detached.UNMOUNTED if mounts.unmount(target, busy_retries=busy_retries) else Detached.NOT_MOUNTED
     except (MountError, OSError) as exc:
         cause = exc.__cause__ if isinstance(exc.__cause__, OSError) else exc
         if getattr(cause, "errno", None) != errno.EBUSY:
             raise
-    return mounts.unmount(target, lazy=True)
+    return Detached.LAZILY if mounts.unmount(target, lazy=True) else Detached.NOT_MOUNTED
 
 
 def wait_unmounted(target: str, timeout: float) -> bool:
@@ -90,7 +99,7 @@ class Backend(abc.ABC):
     """A union filesystem implementation the store can mount layer chains with."""
 
     name: ClassVar[str]
-    formats: ClassVar[Tuple[WhiteoutFormat, ...]]
+    formats: ClassVar[tuple[WhiteoutFormat, ...]]
     """Whiteout formats this backend reads; ``formats[0]`` is what a new store is created with."""
 
     def __init__(self, layout: Layout, fmt: WhiteoutFormat) -> None:
@@ -101,7 +110,7 @@ class Backend(abc.ABC):
 
     @classmethod
     @abc.abstractmethod
-    def unavailable_reason(cls) -> Optional[str]:
+    def unavailable_reason(cls) -> str | None:
         """None if the backend can run here, else what is missing (for BackendUnavailable)."""
 
     @property
@@ -111,7 +120,7 @@ class Backend(abc.ABC):
 
     def lower_path(self, layer_id: str) -> str:
         """The path naming the layer's diff dir in a lower list (backends may shorten it)."""
-        return str(self.layout.diff_dir(layer_id))
+        return self.layout.diff_path(layer_id)
 
     @abc.abstractmethod
     def mount(self, request: MountRequest) -> None:
@@ -121,13 +130,13 @@ class Backend(abc.ABC):
         mounted when it fails.
         """
 
-    def unmount(self, target: str, *, record: Optional[str] = None, upper: Optional[str] = None) -> bool:
+    def unmount(self, target: str, *, record: str | None = None, upper: str | None = None) -> bool:
         """Take the mount at ``target`` down (see :func:`detach`); False if nothing was mounted.
 
         ``record`` and ``upper`` are those of the mount request, so the backend can finish its
         own bookkeeping (wait for a daemon, tidy what it wrote into ``upper``).
         """
-        return detach(target)
+        return detach(target) is not Detached.NOT_MOUNTED
 
     def tidy(self, upper: str) -> None:
         """Make ``upper`` (possibly in use by a mount) hold only the store's whiteout format.

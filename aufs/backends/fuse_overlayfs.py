@@ -27,15 +27,17 @@ import subprocess
 import tempfile
 import threading
 import time
-from typing import Dict, Optional
+from typing import IO
 
+from .. import mounts
 from ..errors import MountError
+from ..layout import Layout
 from ..owners import ProcessToken, process_alive, process_start_time
 from ..whiteouts import WhiteoutFormat, make_whiteout
 from . import base
 from .base import Backend, MountRequest, kernel_filesystems
 
-__all__ = ["FuseOverlayfsBackend", "FUSE_MAX_DEPTH", "normalise_upper", "wait_recorded_daemon"]
+__all__ = ["FUSE_MAX_DEPTH", "FuseOverlayfsBackend", "normalise_upper", "wait_recorded_daemon"]
 
 FUSE_MAX_DEPTH = 500
 _MAX_ARG_STRLEN = 32 * 4096
@@ -44,7 +46,7 @@ _EXIT_TIMEOUT = 15.0
 _STRAY_OPAQUE = ".wh..opq"  # fuse-overlayfs's own marker device; never content
 
 
-def _binary() -> Optional[str]:
+def _binary() -> str | None:
     return shutil.which("fuse-overlayfs")
 
 
@@ -78,7 +80,7 @@ def normalise_upper(upper: str, fmt: WhiteoutFormat) -> None:
             os.close(dir_fd)
 
 
-def _read_record(record: str) -> Optional[ProcessToken]:
+def _read_record(record: str) -> ProcessToken | None:
     try:
         with open(record, encoding="ascii") as f:
             pid_text, start_text = f.read().split()[:2]
@@ -104,14 +106,14 @@ class FuseOverlayfsBackend(Backend):
     name = "fuse-overlayfs"
     formats = (WhiteoutFormat.AUFS, WhiteoutFormat.OVERLAY)
 
-    def __init__(self, layout: base.Layout, fmt: WhiteoutFormat) -> None:
+    def __init__(self, layout: Layout, fmt: WhiteoutFormat) -> None:
         super().__init__(layout, fmt)
         # our daemons by mountpoint: waited for at unmount, reaped if someone else unmounted
-        self._children: Dict[str, "subprocess.Popen[bytes]"] = {}
+        self._children: dict[str, subprocess.Popen[bytes]] = {}
         self._children_lock = threading.Lock()
 
     @classmethod
-    def unavailable_reason(cls) -> Optional[str]:
+    def unavailable_reason(cls) -> str | None:
         if _binary() is None:
             return "fuse-overlayfs is not installed (apt-get install fuse-overlayfs)"
         if not os.path.exists("/dev/fuse"):
@@ -125,12 +127,13 @@ class FuseOverlayfsBackend(Backend):
         return FUSE_MAX_DEPTH
 
     def lower_path(self, layer_id: str) -> str:
-        link = self.layout.short_link(layer_id)
-        try:
-            os.symlink(self.layout.short_link_target(layer_id), link)
-        except FileExistsError:
-            pass
-        return str(link)
+        link = str(self.layout.short_link(layer_id))
+        if not os.path.islink(link):
+            try:
+                os.symlink(self.layout.short_link_target(layer_id), link)
+            except FileExistsError:
+                pass
+        return link
 
     def _reap(self) -> None:
         """Collect children whose mounts someone else took down (no zombies left around)."""
@@ -178,10 +181,10 @@ class FuseOverlayfsBackend(Backend):
         with self._children_lock:
             self._children[request.target] = proc
 
-    def _wait_mounted(self, proc: "subprocess.Popen[bytes]", target: str, errors: "tempfile._TemporaryFileWrapper[bytes]") -> None:
+    def _wait_mounted(self, proc: subprocess.Popen[bytes], target: str, errors: IO[bytes]) -> None:
         deadline = time.monotonic() + _MOUNT_TIMEOUT
         delay = 0.0005
-        while not base.mounts.mounted(target):
+        while not mounts.mounted(target):
             if proc.poll() is not None:
                 errors.seek(0)
                 message = errors.read().decode("utf-8", "replace").strip()
@@ -194,10 +197,10 @@ class FuseOverlayfsBackend(Backend):
             time.sleep(delay)
             delay = min(delay * 2, 0.01)
 
-    def _stop(self, proc: "subprocess.Popen[bytes]", target: str) -> None:
+    def _stop(self, proc: subprocess.Popen[bytes], target: str) -> None:
         """Undo a half-made mount: unmount if it appeared, then make sure the daemon is gone."""
         try:
-            if base.mounts.mounted(target):
+            if mounts.mounted(target):
                 base.detach(target)
         finally:
             if proc.poll() is None:
@@ -208,11 +211,17 @@ class FuseOverlayfsBackend(Backend):
                 proc.kill()
                 proc.wait()
 
-    def unmount(self, target: str, *, record: Optional[str] = None, upper: Optional[str] = None) -> bool:
+    def unmount(self, target: str, *, record: str | None = None, upper: str | None = None) -> bool:
         token = _read_record(record) if record is not None else None
-        was_mounted = base.detach(target)
+        how = base.detach(target)
         with self._children_lock:
             proc = self._children.pop(target, None)
+        if how is base.Detached.LAZILY:
+            # the daemon serves the busy mount until its last user goes: settle() finishes
+            if proc is not None:
+                with self._children_lock:
+                    self._children.setdefault(target, proc)
+            return True
         if proc is not None and (token is None or token.pid == proc.pid):
             try:
                 proc.wait(timeout=_EXIT_TIMEOUT)
@@ -228,7 +237,7 @@ class FuseOverlayfsBackend(Backend):
         if exited and upper is not None and record is not None:
             self._finish(record, upper)
         self._reap()
-        return was_mounted
+        return how is not base.Detached.NOT_MOUNTED
 
     def _finish(self, record: str, upper: str) -> None:
         if os.path.isdir(upper):

@@ -12,14 +12,13 @@ the inode index): with them off, a diff dir holds complete files and whiteouts o
 from __future__ import annotations
 
 import os
-from typing import Optional
 
 from .. import mounts
 from ..errors import MountError
 from ..whiteouts import WhiteoutFormat
 from .base import Backend, MountRequest, has_cap_sys_admin, kernel_filesystems
 
-__all__ = ["OverlayBackend", "OVERLAY_MAX_LOWERS", "MOUNT_OPTIONS"]
+__all__ = ["MOUNT_OPTIONS", "OVERLAY_MAX_LOWERS", "OverlayBackend"]
 
 OVERLAY_MAX_LOWERS = 500
 """The kernel's limit on lower layers (OVL_MAX_STACK)."""
@@ -40,7 +39,7 @@ class OverlayBackend(Backend):
     formats = (WhiteoutFormat.OVERLAY,)
 
     @classmethod
-    def unavailable_reason(cls) -> Optional[str]:
+    def unavailable_reason(cls) -> str | None:
         if "overlay" not in kernel_filesystems():
             return "the kernel has no overlayfs (try `modprobe overlay`)"
         if not has_cap_sys_admin():

@@ -15,4 +15,4 @@ from .digests import chain_ids
 from .exporter import export_image
 from .importer import ProgressCallback, import_image
 
-__all__ = ["import_image", "export_image", "chain_ids", "ProgressCallback"]
+__all__ = ["ProgressCallback", "chain_ids", "export_image", "import_image"]

@@ -10,11 +10,12 @@ from __future__ import annotations
 import hashlib
 import io
 import re
-from typing import BinaryIO, Callable, Optional, Sequence
+from collections.abc import Sequence
+from typing import BinaryIO, Callable
 
 from ..errors import DigestMismatch, ImageError
 
-__all__ = ["parse_digest", "chain_ids", "HashingReader", "sha256_digest"]
+__all__ = ["HashingReader", "chain_ids", "parse_digest", "sha256_digest"]
 
 _DIGEST = re.compile(r"sha256:([0-9a-f]{64})\Z")
 
@@ -42,7 +43,7 @@ def chain_ids(diff_ids: Sequence[str]) -> list[str]:
     is a valid layer id.
     """
     result: list[str] = []
-    previous: Optional[str] = None
+    previous: str | None = None
     for index, diff_id in enumerate(diff_ids):
         parse_digest(diff_id, what=f"config rootfs.diff_ids[{index}]")
         chain = diff_id if previous is None else sha256_digest(f"{previous} {diff_id}".encode())
@@ -62,10 +63,10 @@ class HashingReader(io.RawIOBase):
     def __init__(
         self,
         raw: BinaryIO,
-        expected: Optional[str],
+        expected: str | None,
         *,
         what: str,
-        on_read: Optional[Callable[[int], None]] = None,
+        on_read: Callable[[int], None] | None = None,
     ) -> None:
         super().__init__()
         self._raw = raw
@@ -78,7 +79,7 @@ class HashingReader(io.RawIOBase):
     def readable(self) -> bool:
         return True
 
-    def readinto(self, buffer: "memoryview | bytearray") -> int:  # type: ignore[override]
+    def readinto(self, buffer: memoryview | bytearray) -> int:  # type: ignore[override]
         view = memoryview(buffer).cast("B")
         data = self._raw.read(len(view))
         if not data:

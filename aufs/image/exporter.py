@@ -16,16 +16,20 @@ import os
 import shutil
 import uuid
 import zlib
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Any, BinaryIO, cast
 
 from .manifests import OCI_CONFIG, OCI_INDEX, OCI_MANIFEST, host_platform
 
-try:
-    from isal import isal_zlib as _gzip_zlib
+_gzip_zlib: Any
+try:  # ISA-L deflates several times faster than zlib; optional (not on PyPy)
+    from isal import isal_zlib
+
+    _gzip_zlib = isal_zlib
 except ImportError:  # pragma: no cover - depends on the environment
-    _gzip_zlib = zlib  # type: ignore[no-redef]
+    _gzip_zlib = zlib
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..store import Driver
@@ -43,7 +47,7 @@ class _BlobWriter(io.RawIOBase):
 
     def __init__(self, path: Path, compression: str) -> None:
         super().__init__()
-        self._file = open(path, "wb")
+        self._file = open(path, "wb")  # noqa: SIM115 - closed by finish()/close()
         self._diff_hash = hashlib.sha256()
         self._blob_hash = hashlib.sha256()
         self.size = 0
@@ -65,7 +69,7 @@ class _BlobWriter(io.RawIOBase):
             self._file.write(out)
             self.size += len(out)
 
-    def finish(self) -> Tuple[str, str, int]:
+    def finish(self) -> tuple[str, str, int]:
         """Close the file; return (diffID, blob digest, blob size)."""
         if self._compressor is not None:
             self._emit(self._compressor.flush())
@@ -82,13 +86,13 @@ def _json_bytes(value: Any) -> bytes:
     return json.dumps(value, sort_keys=True, separators=(",", ":")).encode()
 
 
-def _write_blob(blobs: Path, data: bytes) -> Tuple[str, int]:
+def _write_blob(blobs: Path, data: bytes) -> tuple[str, int]:
     hexdigest = hashlib.sha256(data).hexdigest()
     (blobs / hexdigest).write_bytes(data)
     return "sha256:" + hexdigest, len(data)
 
 
-def _chain(driver: "Driver", layer_id: str) -> List[str]:
+def _chain(driver: Driver, layer_id: str) -> list[str]:
     chain = [layer_id]
     parent = driver.parent(layer_id)
     while parent is not None:
@@ -99,14 +103,14 @@ def _chain(driver: "Driver", layer_id: str) -> List[str]:
 
 
 def export_image(
-    driver: "Driver",
+    driver: Driver,
     layer_id: str,
-    dest: Union[str, "os.PathLike[str]"],
+    dest: str | os.PathLike[str],
     *,
     compression: str = "none",
     ref: str = "latest",
-    config: Optional[Dict[str, Any]] = None,
-    workers: Optional[int] = None,
+    config: dict[str, Any] | None = None,
+    workers: int | None = None,
 ) -> str:
     """Write the chain ending at ``layer_id`` as an OCI image layout at ``dest``; return the
     manifest digest (``"sha256:<hex>"``), which is also the image's content address.
@@ -146,13 +150,13 @@ def export_image(
 
 
 def _write_layers(
-    driver: "Driver", chain: List[str], blobs: Path, compression: str, workers: Optional[int]
-) -> List[Tuple[str, str, int]]:
-    def one(index: int) -> Tuple[str, str, int]:
+    driver: Driver, chain: list[str], blobs: Path, compression: str, workers: int | None
+) -> list[tuple[str, str, int]]:
+    def one(index: int) -> tuple[str, str, int]:
         temporary = blobs / f".layer-{index}.tmp"
         writer = _BlobWriter(temporary, compression)
         try:
-            driver.diff(chain[index], writer)
+            driver.diff(chain[index], cast(BinaryIO, writer))
             diff_id, blob_digest, size = writer.finish()
         finally:
             writer.close()
@@ -168,14 +172,14 @@ def _write_layers(
 def _write_metadata(
     staging: Path,
     blobs: Path,
-    layers: Sequence[Tuple[str, str, int, str]],
+    layers: Sequence[tuple[str, str, int, str]],
     ref: str,
-    extra_config: Dict[str, Any],
+    extra_config: dict[str, Any],
 ) -> str:
     """Write config, manifest, index.json and oci-layout; ``layers`` are (diffID, blob digest,
     blob size, media type), base first, blobs already in place. Returns the manifest digest."""
     os_name, arch, variant = host_platform()
-    config: Dict[str, Any] = {
+    config: dict[str, Any] = {
         "architecture": arch,
         "os": os_name,
         "config": dict(extra_config),
@@ -195,7 +199,7 @@ def _write_metadata(
         ],
     }
     manifest_digest, manifest_size = _write_blob(blobs, _json_bytes(manifest))
-    platform: Dict[str, str] = {"architecture": arch, "os": os_name}
+    platform: dict[str, str] = {"architecture": arch, "os": os_name}
     if variant:
         platform["variant"] = variant
     index = {
@@ -217,12 +221,12 @@ def _write_metadata(
 
 
 def write_oci_layout(
-    dest: Union[str, "os.PathLike[str]"],
+    dest: str | os.PathLike[str],
     layer_tars: Sequence[bytes],
     *,
     compression: str = "gzip",
     ref: str = "latest",
-    config: Optional[Dict[str, Any]] = None,
+    config: dict[str, Any] | None = None,
 ) -> str:
     """Pack in-memory layer tars (base first) as a new OCI image layout; return the manifest digest.
 

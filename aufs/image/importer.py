@@ -6,7 +6,8 @@ chainID and filled from its blob. Layers of a store are independent directories,
 blobs are read, hashed, decompressed and applied in parallel threads (decompression, hashing
 and extraction all run outside the GIL). Each blob's sha256 and each layer's diffID are
 checked once its stream has been consumed to the end; on any failure every layer this call
-created is removed again, so the store is left as it was.
+created is removed again, so the store is left as it was. A crash cannot leave a half-imported
+layer for a later import to trust either: see :mod:`aufs.image.journal`.
 """
 from __future__ import annotations
 
@@ -14,9 +15,10 @@ import os
 import threading
 import warnings
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
-from typing import TYPE_CHECKING, Callable, List, Optional, Union
+from typing import TYPE_CHECKING, BinaryIO, Callable, cast
 
-from ..errors import ImageError
+from ..errors import ImageError, LayerExists
+from . import journal
 from .digests import HashingReader, chain_ids
 from .manifests import LayerBlob, ResolvedImage, resolve_image
 from .sources import ImageSource, open_source
@@ -25,7 +27,7 @@ from .streams import blame_blob, open_layer_stream
 if TYPE_CHECKING:  # pragma: no cover
     from ..store import Driver
 
-__all__ = ["import_image", "ProgressCallback"]
+__all__ = ["ProgressCallback", "import_image"]
 
 #: ``progress(layer_id, done_bytes, total_bytes)``: bytes of the layer's blob (as stored,
 #: usually compressed) read so far out of its size. Called from worker threads, possibly
@@ -34,8 +36,15 @@ __all__ = ["import_image", "ProgressCallback"]
 ProgressCallback = Callable[[str, int, int], None]
 
 
+_MAX_ATTEMPTS = 20
+
+
 class _Cancelled(Exception):
     """Raised inside a worker's stream when another layer already failed."""
+
+
+class _Replan(Exception):
+    """The store changed under the plan (another import): undo and plan again."""
 
 
 def _default_workers(jobs: int) -> int:
@@ -43,14 +52,14 @@ def _default_workers(jobs: int) -> int:
 
 
 def import_image(
-    driver: "Driver",
-    source: Union[str, "os.PathLike[str]"],
+    driver: Driver,
+    source: str | os.PathLike[str],
     *,
-    progress: Optional[ProgressCallback] = None,
-    platform: Optional[str] = None,
-    ref: Optional[str] = None,
-    workers: Optional[int] = None,
-) -> List[str]:
+    progress: ProgressCallback | None = None,
+    platform: str | None = None,
+    ref: str | None = None,
+    workers: int | None = None,
+) -> list[str]:
     """Import an image into ``driver``'s store; return its layer ids, base first.
 
     :param source: a ``docker save`` tarball, an OCI image layout directory, or an OCI layout
@@ -85,12 +94,12 @@ def import_image(
 class _Importer:
     def __init__(
         self,
-        driver: "Driver",
+        driver: Driver,
         source: ImageSource,
         image: ResolvedImage,
-        ids: List[str],
-        progress: Optional[ProgressCallback],
-        workers: Optional[int],
+        ids: list[str],
+        progress: ProgressCallback | None,
+        workers: int | None,
     ) -> None:
         self.driver = driver
         self.source = source
@@ -99,29 +108,52 @@ class _Importer:
         self.progress = progress
         self.workers = workers
         self.cancel = threading.Event()
-        self.created: List[str] = []
+        self.created: list[str] = []
 
     def run(self) -> None:
-        try:
-            jobs = self._create_missing_layers()
-            self._run_jobs(jobs)
-        except BaseException:
-            self.cancel.set()
-            self._remove_created()
-            raise
+        wanted = set(self.ids)
+        for _ in range(_MAX_ATTEMPTS):
+            journal.recover(self.driver)
+            busy = journal.busy_layers(self.driver) & wanted
+            if busy:  # another import is creating some of these layers right now
+                journal.wait_for(self.driver, busy)
+                continue
+            missing = [layer_id for layer_id in self.ids if not self.driver.exists(layer_id)]
+            with journal.ImportJournal(self.driver) as record:
+                record.record(missing)
+                try:
+                    jobs = self._create_missing_layers(set(missing))
+                except (LayerExists, _Replan):  # lost a race with another import: undo, plan again
+                    self._remove_created()
+                    continue
+                except BaseException:
+                    self._remove_created()
+                    raise
+                try:
+                    self._run_jobs(jobs)
+                except BaseException:
+                    self.cancel.set()
+                    self._remove_created()
+                    raise
+                return
+        raise ImageError("gave up importing: other imports kept creating the same layers")
 
     def _remove_created(self) -> None:
         for layer_id in reversed(self.created):  # children before their parents
             try:
                 self.driver.remove(layer_id)
-            except Exception as exc:  # keep removing the others; say what is left
+            except Exception as exc:  # noqa: BLE001 - keep removing the others; say what is left
                 warnings.warn(f"aufs: could not remove partly imported layer {layer_id}: {exc}", stacklevel=3)
         self.created.clear()
 
-    def _create_missing_layers(self) -> List[Callable[[], None]]:
-        """Create the missing layers (in order: a child needs its parent) and list the work."""
-        jobs: List[Callable[[], None]] = []
-        parent: Optional[str] = None
+    def _create_missing_layers(self, journaled: set[str]) -> list[Callable[[], None]]:
+        """Create the missing layers (in order: a child needs its parent) and list the work.
+
+        Only layers named in this import's journal may be created: one that vanished since
+        the journal was written (another process recovering a dead import) means plan again.
+        """
+        jobs: list[Callable[[], None]] = []
+        parent: str | None = None
         for index, (layer, layer_id) in enumerate(zip(self.image.layers, self.ids)):
             if self.driver.exists(layer_id):
                 have = self.driver.parent(layer_id)
@@ -133,6 +165,8 @@ class _Importer:
                     )
                 jobs.append(self._verify_job(index, layer, layer_id))
             else:
+                if layer_id not in journaled:
+                    raise _Replan(layer_id)
                 self.driver.create(layer_id, parent)
                 self.created.append(layer_id)
                 jobs.append(self._apply_job(index, layer, layer_id))
@@ -165,7 +199,7 @@ class _Importer:
                     on_read=self._on_read(layer_id, layer.size),
                 )
                 try:
-                    self.driver.apply_diff(layer_id, stream)
+                    self.driver.apply_diff(layer_id, cast(BinaryIO, stream))
                 except Exception as exc:
                     if not self.cancel.is_set():
                         blame_blob(stream.compressed, exc)
@@ -193,9 +227,9 @@ class _Importer:
 
         return job
 
-    def _run_jobs(self, jobs: List[Callable[[], None]]) -> None:
+    def _run_jobs(self, jobs: list[Callable[[], None]]) -> None:
         workers = self.workers or _default_workers(len(jobs))
-        first_error: List[BaseException] = []
+        first_error: list[BaseException] = []
         lock = threading.Lock()
 
         def guarded(job: Callable[[], None]) -> None:
@@ -209,7 +243,7 @@ class _Importer:
                 raise
 
         pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="aufs-import")
-        futures: List["Future[None]"] = []
+        futures: list[Future[None]] = []
         try:
             futures = [pool.submit(guarded, job) for job in jobs]
             wait(futures, return_when=FIRST_EXCEPTION)

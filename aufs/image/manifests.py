@@ -14,13 +14,13 @@ import json
 import platform as _platform
 import re
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any
 
 from ..errors import DigestMismatch, ImageError
 from .digests import parse_digest
 from .sources import ImageSource
 
-__all__ = ["LayerBlob", "ResolvedImage", "resolve_image", "host_platform", "parse_platform"]
+__all__ = ["LayerBlob", "ResolvedImage", "host_platform", "parse_platform", "resolve_image"]
 
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -67,7 +67,7 @@ class LayerBlob:
     """One layer of the image, base first."""
 
     name: str  # file name inside the image source
-    digest: Optional[str]  # declared sha256 of the blob as stored (None: docker save, legacy name)
+    digest: str | None  # declared sha256 of the blob as stored (None: docker save, legacy name)
     size: int  # bytes of the blob as stored
     diff_id: str  # sha256 of the uncompressed tar, from the config
 
@@ -77,10 +77,10 @@ class ResolvedImage:
     """The image chosen from a source: verified config and its layers."""
 
     format: str  # "oci" or "docker-save"
-    manifest_digest: Optional[str]
+    manifest_digest: str | None
     config_digest: str
-    config: Dict[str, Any]
-    layers: Tuple[LayerBlob, ...]
+    config: dict[str, Any]
+    layers: tuple[LayerBlob, ...]
 
     @property
     def platform(self) -> str:
@@ -91,14 +91,14 @@ class ResolvedImage:
         return "/".join(parts)
 
 
-def host_platform() -> Tuple[str, str, Optional[str]]:
+def host_platform() -> tuple[str, str, str | None]:
     """(os, architecture, variant) of this machine in OCI/Go terms, e.g. ("linux", "amd64", None)."""
     machine = _platform.machine().lower()
     arch, variant = _MACHINE_TO_GOARCH.get(machine, (machine, None))
     return ("linux", arch, variant)
 
 
-def parse_platform(text: str) -> Tuple[str, str, Optional[str]]:
+def parse_platform(text: str) -> tuple[str, str, str | None]:
     """``"linux/arm64"`` or ``"linux/arm/v7"`` -> (os, architecture, variant)."""
     parts = text.split("/")
     if len(parts) not in (2, 3) or not all(parts):
@@ -113,13 +113,13 @@ def _load_json(data: bytes, what: str) -> Any:
         raise ImageError(f"{what}: not valid JSON: {exc}") from exc
 
 
-def _expect_dict(value: Any, what: str) -> Dict[str, Any]:
+def _expect_dict(value: Any, what: str) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise ImageError(f"{what}: expected a JSON object, got {type(value).__name__}")
     return value
 
 
-def _expect_list(value: Any, what: str) -> List[Any]:
+def _expect_list(value: Any, what: str) -> list[Any]:
     if not isinstance(value, list):
         raise ImageError(f"{what}: expected a JSON array, got {type(value).__name__}")
     return value
@@ -129,7 +129,7 @@ def _blob_name(digest: str) -> str:
     return "blobs/sha256/" + digest[len("sha256:"):]
 
 
-def _read_verified_blob(source: ImageSource, descriptor: Dict[str, Any], what: str) -> bytes:
+def _read_verified_blob(source: ImageSource, descriptor: dict[str, Any], what: str) -> bytes:
     """Read a small blob named by a descriptor and check its size and digest."""
     digest = descriptor.get("digest")
     parse_digest(digest, what=f"{what} descriptor")
@@ -144,7 +144,7 @@ def _read_verified_blob(source: ImageSource, descriptor: Dict[str, Any], what: s
     return data
 
 
-def _descriptor_platform(descriptor: Dict[str, Any]) -> Optional[Tuple[str, str, Optional[str]]]:
+def _descriptor_platform(descriptor: dict[str, Any]) -> tuple[str, str, str | None] | None:
     plat = descriptor.get("platform")
     if not isinstance(plat, dict):
         return None
@@ -152,29 +152,29 @@ def _descriptor_platform(descriptor: Dict[str, Any]) -> Optional[Tuple[str, str,
     return (str(plat.get("os", "")), str(plat.get("architecture", "")), str(variant) if variant else None)
 
 
-def _platform_text(plat: Tuple[str, str, Optional[str]]) -> str:
+def _platform_text(plat: tuple[str, str, str | None]) -> str:
     return "/".join(p for p in plat if p)
 
 
-def _matches(have: Tuple[str, str, Optional[str]], want: Tuple[str, str, Optional[str]]) -> bool:
+def _matches(have: tuple[str, str, str | None], want: tuple[str, str, str | None]) -> bool:
     if have[0] != want[0] or have[1] != want[1]:
         return False
     # No variant asked for: any variant will do (arm64 images say v8 or nothing).
     return want[2] is None or have[2] is None or have[2] == want[2]
 
 
-def _media_type(descriptor: Dict[str, Any], data: Optional[bytes] = None) -> str:
+def _media_type(descriptor: dict[str, Any], data: bytes | None = None) -> str:
     media = descriptor.get("mediaType")
     return media if isinstance(media, str) else ""
 
 
 def _collect_manifests(
-    source: ImageSource, index: Dict[str, Any], what: str, depth: int
-) -> List[Dict[str, Any]]:
+    source: ImageSource, index: dict[str, Any], what: str, depth: int
+) -> list[dict[str, Any]]:
     """Flatten an index into image-manifest descriptors (nested indexes expanded)."""
     if depth > _MAX_INDEX_DEPTH:
         raise ImageError(f"{source.description}: {what}: indexes nested too deep")
-    found: List[Dict[str, Any]] = []
+    found: list[dict[str, Any]] = []
     for i, entry in enumerate(_expect_list(index.get("manifests"), f"{what} manifests")):
         descriptor = _expect_dict(entry, f"{what} manifests[{i}]")
         media = _media_type(descriptor)
@@ -190,7 +190,7 @@ def _collect_manifests(
     return found
 
 
-def _refs_of(descriptor: Dict[str, Any]) -> List[str]:
+def _refs_of(descriptor: dict[str, Any]) -> list[str]:
     annotations = descriptor.get("annotations")
     if not isinstance(annotations, dict):
         return []
@@ -198,10 +198,10 @@ def _refs_of(descriptor: Dict[str, Any]) -> List[str]:
 
 
 def _choose(
-    candidates: List[Dict[str, Any]],
-    platform: Optional[str],
+    candidates: list[dict[str, Any]],
+    platform: str | None,
     description: str,
-) -> Dict[str, Any]:
+) -> dict[str, Any]:
     if not candidates:
         raise ImageError(f"{description}: the image index lists no image manifest")
     want = parse_platform(platform) if platform else None
@@ -227,7 +227,7 @@ def _choose(
     return candidates[0]
 
 
-def _resolve_oci(source: ImageSource, platform: Optional[str], ref: Optional[str]) -> ResolvedImage:
+def _resolve_oci(source: ImageSource, platform: str | None, ref: str | None) -> ResolvedImage:
     what = f"{source.description}: index.json"
     index = _expect_dict(_load_json(source.read_json_bytes("index.json"), what), what)
     candidates = _collect_manifests(source, index, "index.json", 0)
@@ -281,7 +281,7 @@ def _resolve_oci(source: ImageSource, platform: Optional[str], ref: Optional[str
     return ResolvedImage("oci", str(manifest_digest), config_digest, config, tuple(layers))
 
 
-def _diff_ids(config: Dict[str, Any], config_digest: str) -> List[str]:
+def _diff_ids(config: dict[str, Any], config_digest: str) -> list[str]:
     rootfs = _expect_dict(config.get("rootfs"), f"config {config_digest} rootfs")
     diff_ids = _expect_list(rootfs.get("diff_ids"), f"config {config_digest} rootfs.diff_ids")
     for i, diff_id in enumerate(diff_ids):
@@ -289,7 +289,7 @@ def _diff_ids(config: Dict[str, Any], config_digest: str) -> List[str]:
     return [str(d) for d in diff_ids]
 
 
-def _check_platform(config: Dict[str, Any], platform: Optional[str], description: str) -> None:
+def _check_platform(config: dict[str, Any], platform: str | None, description: str) -> None:
     if platform is None:
         return
     want = parse_platform(platform)
@@ -318,7 +318,7 @@ def _tag_matches(ref: str, tags: Any) -> bool:
     return False
 
 
-def _resolve_docker(source: ImageSource, platform: Optional[str], ref: Optional[str]) -> ResolvedImage:
+def _resolve_docker(source: ImageSource, platform: str | None, ref: str | None) -> ResolvedImage:
     what = f"{source.description}: manifest.json"
     entries = _expect_list(_load_json(source.read_json_bytes("manifest.json"), what), what)
     if not entries:
@@ -362,7 +362,7 @@ def _resolve_docker(source: ImageSource, platform: Optional[str], ref: Optional[
     return ResolvedImage("docker-save", None, config_digest, config, tuple(layers))
 
 
-def resolve_image(source: ImageSource, *, platform: Optional[str] = None, ref: Optional[str] = None) -> ResolvedImage:
+def resolve_image(source: ImageSource, *, platform: str | None = None, ref: str | None = None) -> ResolvedImage:
     """Pick the image in ``source`` (by ``ref`` and platform) and verify its metadata.
 
     OCI layouts (``index.json``) win over ``manifest.json`` when a tarball has both (Docker 25+

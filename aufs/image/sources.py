@@ -17,11 +17,11 @@ import os
 import posixpath
 import tarfile
 from pathlib import Path
-from typing import Any, BinaryIO, Dict, Optional, Tuple, Union
+from typing import Any, BinaryIO, cast
 
 from ..errors import ImageError
 
-__all__ = ["ImageSource", "DirectorySource", "TarballSource", "open_source", "MAX_JSON_BYTES"]
+__all__ = ["MAX_JSON_BYTES", "DirectorySource", "ImageSource", "TarballSource", "open_source"]
 
 #: JSON documents (index, manifests, configs) larger than this are refused as hostile.
 MAX_JSON_BYTES = 32 << 20
@@ -67,7 +67,7 @@ class ImageSource:
     def close(self) -> None:
         pass
 
-    def __enter__(self) -> "ImageSource":
+    def __enter__(self) -> ImageSource:  # noqa: PYI034 - no typing_extensions dependency
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -140,7 +140,7 @@ class TarballSource(ImageSource):
         self.description = str(path)
         self._fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         # name -> (offset of data, size); links are resolved to their target's entry
-        self._members: Dict[str, Tuple[int, int]] = {}
+        self._members: dict[str, tuple[int, int]] = {}
         try:
             self._index(path)
         except BaseException:
@@ -148,7 +148,7 @@ class TarballSource(ImageSource):
             raise
 
     def _index(self, path: Path) -> None:
-        links: Dict[str, str] = {}
+        links: dict[str, str] = {}
         try:
             with tarfile.open(path, "r:") as tar:
                 for member in tar:
@@ -179,7 +179,7 @@ class TarballSource(ImageSource):
     def exists(self, name: str) -> bool:
         return normalize_name(name, what=self.description) in self._members
 
-    def _entry(self, name: str) -> Tuple[int, int]:
+    def _entry(self, name: str) -> tuple[int, int]:
         entry = self._members.get(normalize_name(name, what=self.description))
         if entry is None:
             raise ImageError(f"{self.description}: {name} is missing from the tarball")
@@ -190,7 +190,7 @@ class TarballSource(ImageSource):
 
     def open(self, name: str) -> BinaryIO:
         offset, size = self._entry(name)
-        return io.BufferedReader(_MemberReader(self._fd, offset, size), buffer_size=1 << 18)  # type: ignore[return-value]
+        return cast(BinaryIO, io.BufferedReader(_MemberReader(self._fd, offset, size), buffer_size=1 << 18))
 
     def close(self) -> None:
         if self._fd >= 0:
@@ -198,7 +198,7 @@ class TarballSource(ImageSource):
             self._fd = -1
 
 
-def open_source(source: Union[str, "os.PathLike[str]"]) -> ImageSource:
+def open_source(source: str | os.PathLike[str]) -> ImageSource:
     """Open a path as an image source: a directory, or an uncompressed tarball."""
     path = Path(os.fspath(source))
     if path.is_dir():

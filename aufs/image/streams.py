@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import hashlib
 import io
-from typing import Any, BinaryIO, Callable, Optional
+from typing import Any, BinaryIO, Callable
 
 from ..compression import open_decompressed
 from ..errors import ArchiveError, DigestMismatch
 from .digests import HashingReader
 
-__all__ = ["LayerStream", "open_layer_stream", "blame_blob"]
+__all__ = ["LayerStream", "blame_blob", "open_layer_stream"]
 
 
 class LayerStream(io.RawIOBase):
@@ -28,7 +28,7 @@ class LayerStream(io.RawIOBase):
     DigestMismatch for a wrong blob digest or diffID.
     """
 
-    def __init__(self, compressed: HashingReader, expected_diff_id: Optional[str], *, what: str) -> None:
+    def __init__(self, compressed: HashingReader, expected_diff_id: str | None, *, what: str) -> None:
         super().__init__()
         self.compressed = compressed
         self.expected_diff_id = expected_diff_id
@@ -79,7 +79,7 @@ def blame_blob(blob: HashingReader, exc: BaseException) -> None:
         return
     try:
         blob.drain()
-    except Exception:  # the source itself failed: keep the original error
+    except Exception:  # noqa: BLE001 - the source itself failed: keep the original error
         return
     seen = "sha256:" + blob.hexdigest()
     if seen != blob.expected:
@@ -89,10 +89,10 @@ def blame_blob(blob: HashingReader, exc: BaseException) -> None:
 def open_layer_stream(
     blob: BinaryIO,
     *,
-    blob_digest: Optional[str],
-    diff_id: Optional[str],
+    blob_digest: str | None,
+    diff_id: str | None,
     what: str,
-    on_read: Optional[Callable[[int], None]] = None,
+    on_read: Callable[[int], None] | None = None,
 ) -> LayerStream:
     """Wrap a (compressed) layer blob: hashing, detection, decompression (see :class:`LayerStream`)."""
     compressed = HashingReader(blob, blob_digest, what=what, on_read=on_read)

@@ -14,8 +14,9 @@ import shutil
 import stat
 import subprocess
 import tarfile
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Any
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
@@ -27,20 +28,20 @@ def have(tool: str) -> bool:
 
 def run(*argv: str, **kwargs: Any) -> subprocess.CompletedProcess:  # type: ignore[type-arg]
     """Run a real tool, failing the test with its stderr if it fails."""
-    proc = subprocess.run(argv, capture_output=True, text=True, **kwargs)
+    proc = subprocess.run(argv, capture_output=True, text=True, check=False, **kwargs)
     if proc.returncode != 0:
         raise AssertionError(f"{' '.join(argv)} failed ({proc.returncode}):\n{proc.stderr}\n{proc.stdout}")
     return proc
 
 
-def layer_tar(entries: Iterable[Tuple[str, Any]]) -> bytes:
+def layer_tar(entries: Iterable[tuple[str, Any]]) -> bytes:
     """A layer tar from (name, value): bytes = file, None = directory, ("sym", target), ("link", target)."""
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
         for name, value in entries:
             info = tarfile.TarInfo(name)
             info.mtime = 1_600_000_000
-            data: Optional[bytes] = None
+            data: bytes | None = None
             if value is None:
                 info.type, info.mode = tarfile.DIRTYPE, 0o755
             elif isinstance(value, tuple) and value[0] == "sym":
@@ -58,7 +59,7 @@ def sha(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
-def put_blob(layout: Path, data: bytes) -> Tuple[str, int]:
+def put_blob(layout: Path, data: bytes) -> tuple[str, int]:
     blobs = layout / "blobs" / "sha256"
     blobs.mkdir(parents=True, exist_ok=True)
     digest = sha(data)
@@ -72,11 +73,11 @@ def write_layout(
     *,
     compress: str = "gzip",
     arch: str = "amd64",
-    diff_ids: Optional[List[str]] = None,
-    extra_index: Sequence[Dict[str, Any]] = (),
-    ref: Optional[str] = "latest",
+    diff_ids: list[str] | None = None,
+    extra_index: Sequence[dict[str, Any]] = (),
+    ref: str | None = "latest",
     platform_in_index: bool = False,
-) -> Dict[str, Any]:
+) -> dict[str, Any]:
     """A minimal OCI layout; returns {"manifest": digest, "config": digest, "layers": [digests]}."""
     layout.mkdir(parents=True, exist_ok=True)
     (layout / "oci-layout").write_text('{"imageLayoutVersion":"1.0.0"}')
@@ -106,7 +107,7 @@ def write_layout(
         "layers": layer_descs,
     }
     manifest_digest, manifest_size = put_blob(layout, json.dumps(manifest).encode())
-    descriptor: Dict[str, Any] = {"mediaType": OCI_MANIFEST, "digest": manifest_digest, "size": manifest_size}
+    descriptor: dict[str, Any] = {"mediaType": OCI_MANIFEST, "digest": manifest_digest, "size": manifest_size}
     if ref is not None:
         descriptor["annotations"] = {"org.opencontainers.image.ref.name": ref}
     if platform_in_index:
@@ -133,7 +134,7 @@ def tar_directory(src: Path, dest: Path) -> None:
 _IGNORED_XATTR_PREFIXES = ("trusted.overlay.", "user.overlay.", "user.fuseoverlayfs.", "security.selinux")
 
 
-def _xattrs(path: str) -> Dict[str, bytes]:
+def _xattrs(path: str) -> dict[str, bytes]:
     try:
         names = os.listxattr(path, follow_symlinks=False)
     except OSError:
@@ -149,12 +150,12 @@ def _xattrs(path: str) -> Dict[str, bytes]:
     return out
 
 
-def snapshot(root: Path) -> Dict[str, Tuple[Any, ...]]:
+def snapshot(root: Path) -> dict[str, tuple[Any, ...]]:
     """Entry-by-entry description of a tree: path -> (type, mode, uid, gid, size, sha256 or link
     target or rdev, xattrs, hardlink group). Hardlink groups are named by the first path of the
     group in sorted order, so two trees compare equal when they link the same names together."""
-    entries: Dict[str, Tuple[Any, ...]] = {}
-    inodes: Dict[Tuple[int, int], str] = {}
+    entries: dict[str, tuple[Any, ...]] = {}
+    inodes: dict[tuple[int, int], str] = {}
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames.sort()
         for name in sorted(dirnames + filenames):
@@ -177,7 +178,7 @@ def snapshot(root: Path) -> Dict[str, Tuple[Any, ...]]:
             size = st.st_size if stat.S_ISREG(kind) else 0
             entries[rel] = (kind, stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, size, detail, _xattrs(full), group)
     # name groups by their smallest member so the name does not depend on walk order
-    members: Dict[str, List[str]] = {}
+    members: dict[str, list[str]] = {}
     for rel, entry in entries.items():
         if entry[7]:
             members.setdefault(entry[7], []).append(rel)
@@ -187,7 +188,7 @@ def snapshot(root: Path) -> Dict[str, Tuple[Any, ...]]:
     }
 
 
-def diff_snapshots(a: Dict[str, Tuple[Any, ...]], b: Dict[str, Tuple[Any, ...]]) -> List[str]:
+def diff_snapshots(a: dict[str, tuple[Any, ...]], b: dict[str, tuple[Any, ...]]) -> list[str]:
     """Human-readable differences (empty when equal)."""
     problems = []
     for path in sorted(set(a) | set(b)):

@@ -8,7 +8,6 @@ import subprocess
 import sys
 import tarfile
 from pathlib import Path
-from typing import List, Tuple
 
 import pytest
 
@@ -19,7 +18,7 @@ from .helpers import layer_tar, write_layout
 TARS = [layer_tar([("etc", None), ("etc/motd", b"hi"), ("old", b"o")]), layer_tar([(".wh.old", b""), ("new", b"n" * 3000)])]
 
 
-def aufs_cli(home: Path, *argv: str) -> Tuple[int, str, str]:
+def aufs_cli(home: Path, *argv: str) -> tuple[int, str, str]:
     out, err = io.StringIO(), io.StringIO()
     code = main(["--home", str(home), *argv], stdout=out, stderr=err)
     return code, out.getvalue(), err.getvalue()
@@ -72,7 +71,7 @@ def test_create_apply_mount_umount_diff(home: Path, ramdir: Path) -> None:
 
     # `aufs mount` in its own process: the mount must outlive it
     proc = subprocess.run(
-        [sys.executable, "-m", "aufs", "--home", str(home), "mount", "app"], capture_output=True, text=True
+        [sys.executable, "-m", "aufs", "--home", str(home), "mount", "app"], capture_output=True, text=True, check=False
     )
     assert proc.returncode == 0, proc.stderr
     path = Path(proc.stdout.strip())
@@ -115,8 +114,8 @@ def test_export(home: Path, ramdir: Path) -> None:
         (["--backend", "nope", "ls"], 2, "invalid choice"),
     ],
 )
-def test_errors_are_one_line_with_meaningful_codes(home: Path, argv: List[str], code: int, message: str) -> None:
-    got, out, err = aufs_cli(home, *argv)
+def test_errors_are_one_line_with_meaningful_codes(home: Path, argv: list[str], code: int, message: str) -> None:
+    got, _out, err = aufs_cli(home, *argv)
     assert got == code, err
     assert message in err
     assert "Traceback" not in err

@@ -4,8 +4,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
+import sys
+import threading
 from pathlib import Path
-from typing import List
 
 import pytest
 
@@ -21,11 +23,11 @@ TARS = [BASE, MIDDLE, TOP]
 EXPECTED_IDS = chain_ids([sha(t) for t in TARS])
 
 
-def _store_state(driver: "aufs.Driver") -> List[str]:
+def _store_state(driver: aufs.Driver) -> list[str]:
     return sorted(driver.layers())
 
 
-def test_import_returns_chain_ids_and_mounts_the_union(driver: "aufs.Driver", ramdir: Path) -> None:
+def test_import_returns_chain_ids_and_mounts_the_union(driver: aufs.Driver, ramdir: Path) -> None:
     write_layout(ramdir / "img", TARS)
     ids = aufs.import_image(driver, ramdir / "img")
     assert ids == EXPECTED_IDS
@@ -40,12 +42,12 @@ def test_import_returns_chain_ids_and_mounts_the_union(driver: "aufs.Driver", ra
 
 
 @pytest.mark.parametrize("compress", ["gzip", "zstd", "none"])
-def test_every_compression_gives_the_same_ids(driver: "aufs.Driver", ramdir: Path, compress: str) -> None:
+def test_every_compression_gives_the_same_ids(driver: aufs.Driver, ramdir: Path, compress: str) -> None:
     write_layout(ramdir / "img", TARS, compress=compress)
     assert aufs.import_image(driver, ramdir / "img") == EXPECTED_IDS
 
 
-def test_layout_tarball_and_reimport_create_nothing(driver: "aufs.Driver", ramdir: Path) -> None:
+def test_layout_tarball_and_reimport_create_nothing(driver: aufs.Driver, ramdir: Path) -> None:
     write_layout(ramdir / "img", TARS)
     tar_directory(ramdir / "img", ramdir / "img.tar")
     assert aufs.import_image(driver, ramdir / "img.tar") == EXPECTED_IDS
@@ -58,7 +60,7 @@ def test_layout_tarball_and_reimport_create_nothing(driver: "aufs.Driver", ramdi
     assert finals == set(EXPECTED_IDS)
 
 
-def test_shared_base_layers_are_stored_once(driver: "aufs.Driver", ramdir: Path) -> None:
+def test_shared_base_layers_are_stored_once(driver: aufs.Driver, ramdir: Path) -> None:
     write_layout(ramdir / "a", TARS[:2])
     other_top = layer_tar([("srv", None), ("srv/b", b"b")])
     write_layout(ramdir / "b", [BASE, MIDDLE, other_top])
@@ -68,7 +70,7 @@ def test_shared_base_layers_are_stored_once(driver: "aufs.Driver", ramdir: Path)
     assert len(driver.layers()) == 3
 
 
-def test_progress_reports_bytes_per_layer(driver: "aufs.Driver", ramdir: Path) -> None:
+def test_progress_reports_bytes_per_layer(driver: aufs.Driver, ramdir: Path) -> None:
     info = write_layout(ramdir / "img", TARS)
     sizes = {d[7:]: (ramdir / "img" / "blobs" / "sha256" / d[7:]).stat().st_size for d in info["layers"]}
     seen = {}
@@ -85,7 +87,7 @@ def _corrupt_blob(path: Path) -> None:
 
 
 @pytest.mark.parametrize("which", [0, 1, 2])
-def test_corrupt_blob_leaves_the_store_unchanged(driver: "aufs.Driver", ramdir: Path, which: int) -> None:
+def test_corrupt_blob_leaves_the_store_unchanged(driver: aufs.Driver, ramdir: Path, which: int) -> None:
     # the store already holds another image sharing the base layer
     write_layout(ramdir / "other", [BASE])
     aufs.import_image(driver, ramdir / "other")
@@ -98,7 +100,7 @@ def test_corrupt_blob_leaves_the_store_unchanged(driver: "aufs.Driver", ramdir: 
     assert not any((Path(driver.home) / "tmp").iterdir())
 
 
-def test_wrong_diff_id_is_refused(driver: "aufs.Driver", ramdir: Path) -> None:
+def test_wrong_diff_id_is_refused(driver: aufs.Driver, ramdir: Path) -> None:
     lying = [sha(BASE), sha(b"not the middle layer"), sha(TOP)]
     write_layout(ramdir / "img", TARS, diff_ids=lying)
     with pytest.raises(aufs.DigestMismatch, match="diffID"):
@@ -106,7 +108,7 @@ def test_wrong_diff_id_is_refused(driver: "aufs.Driver", ramdir: Path) -> None:
     assert driver.layers() == []
 
 
-def test_docker_save_uncompressed_layers(driver: "aufs.Driver", ramdir: Path) -> None:
+def test_docker_save_uncompressed_layers(driver: aufs.Driver, ramdir: Path) -> None:
     root = ramdir / "save"
     root.mkdir()
     config = json.dumps({"architecture": "amd64", "os": "linux", "rootfs": {"type": "layers", "diff_ids": [sha(t) for t in TARS]}}).encode()
@@ -132,7 +134,7 @@ def test_docker_save_uncompressed_layers(driver: "aufs.Driver", ramdir: Path) ->
         other.cleanup()
 
 
-def test_unsafe_layer_is_refused_and_removed(driver: "aufs.Driver", ramdir: Path) -> None:
+def test_unsafe_layer_is_refused_and_removed(driver: aufs.Driver, ramdir: Path) -> None:
     evil = layer_tar([("../escape", b"x")])
     write_layout(ramdir / "img", [BASE, evil])
     with pytest.raises(aufs.ArchiveError):
@@ -141,7 +143,7 @@ def test_unsafe_layer_is_refused_and_removed(driver: "aufs.Driver", ramdir: Path
     assert not (ramdir / "escape").exists()
 
 
-def test_export_round_trip(driver: "aufs.Driver", ramdir: Path) -> None:
+def test_export_round_trip(driver: aufs.Driver, ramdir: Path) -> None:
     write_layout(ramdir / "img", TARS)
     ids = aufs.import_image(driver, ramdir / "img")
     driver.create("rw", ids[-1])
@@ -167,7 +169,7 @@ def test_export_round_trip(driver: "aufs.Driver", ramdir: Path) -> None:
     assert aufs.export_image(driver, "rw", ramdir / "again") == json.loads((ramdir / "out-none" / "index.json").read_text())["manifests"][0]["digest"]
 
 
-def test_export_refuses_a_non_empty_destination(driver: "aufs.Driver", ramdir: Path) -> None:
+def test_export_refuses_a_non_empty_destination(driver: aufs.Driver, ramdir: Path) -> None:
     driver.create("base")
     (ramdir / "full").mkdir()
     (ramdir / "full" / "x").write_text("x")
@@ -178,3 +180,45 @@ def test_export_refuses_a_non_empty_destination(driver: "aufs.Driver", ramdir: P
     assert not (ramdir / "new").exists()
     assert sorted(p.name for p in ramdir.iterdir()) == ["full", "store"]
     shutil.rmtree(ramdir / "full")
+
+
+def test_a_crash_mid_import_leaves_no_layer_to_trust(driver: aufs.Driver, ramdir: Path) -> None:
+    write_layout(ramdir / "img", TARS)
+    repo = str(Path(__file__).resolve().parents[2])
+    script = f"""
+import os, sys
+sys.path.insert(0, {repo!r})
+import aufs
+driver = aufs.Driver({str(driver.home)!r})
+def progress(layer_id, done, total):
+    if done == total:
+        os._exit(9)  # die the moment the first blob has been read: later layers exist, empty
+aufs.import_image(driver, {str(ramdir / "img")!r}, progress=progress, workers=1)
+"""
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=False)
+    assert proc.returncode == 9, proc.stderr
+    assert driver.layers(), "the dead import should have created layers"
+    assert list((Path(driver.home) / "image-imports").glob("*.json"))
+
+    ids = aufs.import_image(driver, ramdir / "img")
+    assert ids == EXPECTED_IDS
+    with driver.mount(ids[-1]) as root:
+        assert (Path(root) / "etc" / "motd").read_bytes() == b"updated"
+        assert (Path(root) / "bin" / "sh").exists() and (Path(root) / "var" / "y").exists()
+    assert not list((Path(driver.home) / "image-imports").glob("*"))
+
+
+def test_concurrent_imports_of_one_image(driver: aufs.Driver, ramdir: Path) -> None:
+    write_layout(ramdir / "img", TARS)
+    results: list = []
+    threads = [
+        threading.Thread(target=lambda: results.append(aufs.import_image(driver, ramdir / "img")))
+        for _ in range(3)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert results == [EXPECTED_IDS] * 3
+    with driver.mount(EXPECTED_IDS[-1]) as root:
+        assert (Path(root) / "etc" / "motd").read_bytes() == b"updated"

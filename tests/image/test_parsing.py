@@ -135,7 +135,7 @@ def test_tampered_metadata_is_a_digest_mismatch(ramdir: Path) -> None:
         ("{not json", "index.json: not valid JSON"),
         ("[]", "expected a JSON object"),
         ('{"manifests": {}}', "expected a JSON array"),
-        ('{"manifests": [{"mediaType": "%s", "digest": "sha256:xyz", "size": 1}]}' % "application/vnd.oci.image.manifest.v1+json", "malformed digest"),
+        ('{{"manifests": [{{"mediaType": "{}", "digest": "sha256:xyz", "size": 1}}]}}'.format("application/vnd.oci.image.manifest.v1+json"), "malformed digest"),
         ('{"manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": "sha256:%s", "size": 1}]}' % ("0" * 64), "is missing"),
         ('{"manifests": []}', "lists no image manifest"),
     ],
@@ -196,9 +196,8 @@ def test_compressed_or_bogus_tarballs_are_refused(ramdir: Path) -> None:
     with pytest.raises(aufs.ImageError, match="compressed"):
         open_source(ramdir / "x.tar.gz")
     (ramdir / "junk").write_bytes(os.urandom(4096))
-    with pytest.raises(aufs.ImageError):
-        with open_source(ramdir / "junk") as src:
-            resolve_image(src)
+    with pytest.raises(aufs.ImageError), open_source(ramdir / "junk") as src:
+        resolve_image(src)
     with pytest.raises(aufs.ImageError, match="no such"):
         open_source(ramdir / "absent")
     (ramdir / "empty").mkdir()

@@ -142,3 +142,21 @@ def test_kernel_features_probed_once_and_frozen() -> None:
     assert features.overlay and features.overlay_lowerdir_plus
     with pytest.raises(AttributeError):
         features.openat2 = False  # type: ignore[misc]
+
+
+def test_kernel_features_match_proc_filesystems() -> None:
+    with open("/proc/filesystems") as f:
+        known = {line.split()[-1] for line in f if line.strip()}
+    features = mounts.kernel_features()
+    assert features.overlay == ("overlay" in known)
+    assert features.aufs == ("aufs" in known)
+    assert mounts.kernel_features.cache_info().misses == 1  # type: ignore[attr-defined]
+
+
+def test_mount_error_without_source_or_fstype(root: pathlib.Path) -> None:
+    with pytest.raises(aufs.MountError) as info:
+        mounts.mount(None, root / "missing", "tmpfs")
+    assert "(no source)" in str(info.value) and info.value.errno == errno.ENOENT
+    with pytest.raises(aufs.MountError) as info:
+        mounts.mount(None, root / "missing", None, mounts.MS_REMOUNT | mounts.MS_RDONLY)
+    assert "flags 0x21" in str(info.value)

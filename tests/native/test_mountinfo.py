@@ -202,7 +202,7 @@ def test_real_table_shows_odd_names_exactly(root: pathlib.Path, mounter: Mounter
 def test_overlay_line_over_15kb_parses(root: pathlib.Path, mounter: Mounter) -> None:
     layers = []
     for i in range(100):
-        layer = root / ("layer-%03d-" % i + "x" * 120)
+        layer = root / (f"layer-{i:03d}-" + "x" * 120)
         layer.mkdir()
         layers.append(str(layer))
     (root / "mnt").mkdir()

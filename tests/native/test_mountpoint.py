@@ -148,3 +148,42 @@ def test_search_permission_error_is_raised_not_hidden(root: pathlib.Path) -> Non
     # and a name longer than NAME_MAX (ENAMETOOLONG -> False) as the documented "absent" cases.
     assert mounts.mounted(root / ("x" * 300)) is False
     assert mounts.mounted(b"") is False
+
+
+def test_fallback_chain_answers_like_statx(root: pathlib.Path, mounter: Mounter) -> None:
+    # What mounted() does when statx cannot answer: the real openat2 / mount-table calls.
+    import errno
+
+    for label, path, expected in build_cases(root, mounter):
+        raw = os.fsencode(path)
+        got = mounts._mounted_fallback(raw, -errno.EOPNOTSUPP)
+        assert got is expected, label
+
+
+def test_embedded_nul_is_refused(root: pathlib.Path) -> None:
+    for method in METHODS:
+        with pytest.raises(ValueError):
+            mounts.mounted_via(str(root) + "\0/x", method)
+    with pytest.raises(ValueError):
+        mounts.mounted("/\0")
+    with pytest.raises(ValueError):
+        mounts.mount("tmpfs", str(root) + "\0", "tmpfs")
+
+
+def test_reentrant_under_threads(root: pathlib.Path, mounter: Mounter) -> None:
+    # cffi releases the GIL around every C call: parallel callers must not share state.
+    import concurrent.futures
+
+    cases = build_cases(root, mounter)
+    with open("/proc/self/mountinfo", "rb") as f:
+        table = mounts.parse_mountinfo(f.read())
+
+    def work(_: int) -> None:
+        for _ in range(20):
+            for label, path, expected in cases:
+                assert mounts.mounted(path) is expected, label
+                assert mounts.mounted_via(path, "openat2") is expected, label
+            assert list(mounts.mount_table()) == table
+
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        list(pool.map(work, range(8)))

@@ -8,18 +8,18 @@ from __future__ import annotations
 
 import os
 import pathlib
-from typing import Iterator, List
+from collections.abc import Iterator
 
 import pytest
 
 from aufs.backends import BACKENDS
 from aufs.store import Driver
 
-ALL_BACKENDS: List[str] = list(BACKENDS)
+ALL_BACKENDS: list[str] = list(BACKENDS)
 
 
-def backend_params() -> List[object]:
-    params: List[object] = []
+def backend_params() -> list[object]:
+    params: list[object] = []
     for name in ALL_BACKENDS:
         reason = BACKENDS[name].unavailable_reason()
         marks = [pytest.mark.skip(reason=f"{name}: {reason}")] if reason else []
@@ -67,3 +67,8 @@ def tree(root: str) -> dict:
                 with open(path, "rb") as f:
                     out[rel] = ("file", st.st_mode & 0o7777, f.read())
     return out
+
+
+def read(path: str | os.PathLike[str]) -> str:
+    with open(path) as f:
+        return f.read()

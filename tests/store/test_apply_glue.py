@@ -12,23 +12,24 @@ import pathlib
 import stat
 import sys
 import types
-from typing import Any, Dict, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
 import aufs
 from aufs.store import Driver
 
-from .conftest import write
+from .conftest import read, write
 
 
-def _snapshot(root: pathlib.Path) -> Dict[str, Any]:
-    out: Dict[str, Any] = {"": (os.lstat(root).st_mode, os.lstat(root).st_ino)}
+def _snapshot(root: pathlib.Path) -> dict[str, Any]:
+    out: dict[str, Any] = {"": (os.lstat(root).st_mode, os.lstat(root).st_ino)}
     for dirpath, dirnames, filenames in os.walk(root):
         for name in dirnames + filenames:
             p = os.path.join(dirpath, name)
             st = os.lstat(p)
-            data = open(p, "rb").read() if stat.S_ISREG(st.st_mode) else None
+            data = pathlib.Path(p).read_bytes() if stat.S_ISREG(st.st_mode) else None
             xattrs = {a: os.getxattr(p, a, follow_symlinks=False) for a in os.listxattr(p, follow_symlinks=False)}
             out[os.path.relpath(p, root)] = (st.st_mode, st.st_uid, st.st_gid, st.st_mtime_ns if not stat.S_ISDIR(st.st_mode) else None, data, xattrs)
     return out
@@ -121,9 +122,8 @@ def test_apply_onto_an_empty_layer(driver: Driver, fake_apply: Any) -> None:
 def test_apply_refuses_a_mounted_layer(driver: Driver, fake_apply: Any) -> None:
     driver.create("m")
     fake_apply.action = lambda t: None
-    with driver.mount("m"):
-        with pytest.raises(aufs.LayerInUse):
-            driver.apply_diff("m", b"x")
+    with driver.mount("m"), pytest.raises(aufs.LayerInUse):
+        driver.apply_diff("m", b"x")
     assert fake_apply.calls == 0
 
 
@@ -145,13 +145,35 @@ def test_real_apply_then_diff_round_trip(driver: Driver) -> None:
     assert driver.apply_diff("base", buf.getvalue()) == 5
     driver.create("top", parent="base")
     with driver.mount("top") as root:
-        assert open(f"{root}/hello").read() == "world"
+        assert read(f"{root}/hello") == "world"
         os.unlink(f"{root}/hello")
         write(f"{root}/new", "n")
     changes = driver.changes("top")
     assert [(c.path, c.kind.name) for c in changes] == [("/hello", "DELETE"), ("/new", "ADD")]
     out = io.BytesIO()
     assert driver.diff("top", out) == len(out.getvalue())
-    names = tarfile.open(fileobj=io.BytesIO(out.getvalue())).getnames()
-    assert sorted(n[2:] if n.startswith("./") else n for n in names) == [".wh.hello", "new"]
+    with tarfile.open(fileobj=io.BytesIO(out.getvalue())) as tar:
+        names = tar.getnames()
+    assert sorted(n.removeprefix("./") for n in names) == [".wh.hello", "new"]
     assert driver.diff_size("top") == 1
+
+
+def test_diff_and_changes_of_a_mounted_layer(driver: Driver) -> None:
+    """`docker commit`: export a layer while its container still runs on the mount."""
+    import tarfile
+
+    driver.create("base")
+    with driver.mount("base") as root:
+        write(f"{root}/hello", "world")
+    driver.create("top", parent="base")
+    with driver.mount("top") as root:
+        os.unlink(f"{root}/hello")
+        write(f"{root}/new", "n")
+        out = io.BytesIO()
+        driver.diff("top", out)
+        with tarfile.open(fileobj=io.BytesIO(out.getvalue())) as tar:
+            members = {m.name.removeprefix("./"): m for m in tar.getmembers()}
+        assert sorted(members) == [".wh.hello", "new"]
+        assert members[".wh.hello"].isfile()
+        assert [(c.path, c.kind.name) for c in driver.changes("top")] == [("/hello", "DELETE"), ("/new", "ADD")]
+        assert sorted(os.listdir(root)) == ["new"]  # the live view is untouched

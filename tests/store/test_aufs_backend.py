@@ -14,6 +14,8 @@ from aufs.backends.aufs import AUFS_MAX_BRANCHES, AufsBackend, branch_mount_data
 from aufs.backends.base import kernel_filesystems
 from aufs.store import Driver
 
+from .conftest import read
+
 
 def _branches_of(first: str, appends: list) -> tuple:
     """Parse the builder's output back into (upper, [lowers]) to check order and uniqueness."""
@@ -85,9 +87,8 @@ def test_real_aufs_mount(ramdir: pathlib.Path) -> None:
     d = Driver(ramdir / "store", backend="aufs")
     try:
         d.create("base")
-        with d.mount("base") as root:
-            with open(f"{root}/f", "w") as f:
-                f.write("x")
+        with d.mount("base") as root, open(f"{root}/f", "w") as f:
+            f.write("x")
         parent = "base"
         for i in range(AUFS_MAX_BRANCHES - 1):
             d.create(f"l{i}", parent=parent)
@@ -95,7 +96,7 @@ def test_real_aufs_mount(ramdir: pathlib.Path) -> None:
         with pytest.raises(aufs.MaxDepthExceeded):
             d.create("too-deep", parent=parent)
         with d.mount(parent) as root:
-            assert open(f"{root}/f").read() == "x"
+            assert read(f"{root}/f") == "x"
             os.unlink(f"{root}/f")
         assert os.path.exists(d._layout.diff_dir(parent) / ".wh.f")
     finally:

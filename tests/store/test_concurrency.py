@@ -9,7 +9,6 @@ import subprocess
 import sys
 import textwrap
 import threading
-from typing import List
 
 import aufs
 from aufs import mounts
@@ -25,7 +24,7 @@ def _mount_count(path: pathlib.Path) -> int:
 def test_many_threads_get_put_create_remove(driver: Driver) -> None:
     driver.create("base")
     driver.create("shared", parent="base")
-    errors: List[BaseException] = []
+    errors: list[BaseException] = []
     barrier = threading.Barrier(8)
 
     def worker(n: int) -> None:
@@ -44,7 +43,7 @@ def test_many_threads_get_put_create_remove(driver: Driver) -> None:
                 assert os.path.exists(f"{path}/t{n}-{i}")
                 driver.put("shared")
                 driver.remove(mine)
-        except BaseException as exc:  # surfaced below
+        except BaseException as exc:  # noqa: BLE001 - re-raised by the assertion below
             errors.append(exc)
 
     threads = [threading.Thread(target=worker, args=(n,)) for n in range(8)]
@@ -60,7 +59,7 @@ def test_many_threads_get_put_create_remove(driver: Driver) -> None:
 
 
 def test_concurrent_creates_of_one_id_yield_one_layer(driver: Driver) -> None:
-    results: List[str] = []
+    results: list[str] = []
     barrier = threading.Barrier(6)
 
     def worker() -> None:

@@ -12,7 +12,7 @@ from aufs import mounts
 from aufs.store import Driver
 from aufs.whiteouts import EntryKind, WhiteoutFormat, classify
 
-from .conftest import tree, write
+from .conftest import read, tree, write
 
 
 def test_create_empty_layer_is_an_empty_0755_root_owned_dir(driver: Driver) -> None:
@@ -57,7 +57,7 @@ def test_base_modes_owners_setuid_sticky_visible_through_child(driver: Driver) -
         assert stat.S_IMODE(os.stat(f"{root}/private").st_mode) == 0o600
         assert os.readlink(f"{root}/link") == "suid"
         assert os.lstat(f"{root}/link").st_uid == 7
-        assert open(f"{root}/private").read() == "secret"
+        assert read(f"{root}/private") == "secret"
 
 
 def test_writes_land_in_the_layer_and_deletions_become_whiteouts(driver: Driver) -> None:
@@ -195,7 +195,7 @@ def test_put_without_get_never_unmounts_another_holders_mount(driver: Driver, ho
     other = Driver(home, backend=driver.backend)
     other.put("l")
     other.put("l")
-    assert driver.is_mounted("l") and open(f"{path}/f").read() == "in use"
+    assert driver.is_mounted("l") and read(f"{path}/f") == "in use"
     # the other holder shares the mount, and its put only gives back its own reference
     assert other.get("l") == path
     other.put("l")
@@ -208,7 +208,7 @@ def test_base_layer_get_shows_its_own_content(driver: Driver) -> None:
     driver.create("base")
     with driver.mount("base") as root:
         write(f"{root}/f", "x")
-    assert open(driver._layout.diff_dir("base") / "f").read() == "x"
+    assert read(driver._layout.diff_dir("base") / "f") == "x"
 
 
 def test_status(driver: Driver) -> None:
@@ -229,9 +229,8 @@ def test_home_and_backend_properties(driver: Driver, home: pathlib.Path, backend
 def test_mount_context_manager_puts_on_error(driver: Driver) -> None:
     driver.create("base")
     driver.create("l", parent="base")
-    with pytest.raises(RuntimeError):
-        with driver.mount("l"):
-            raise RuntimeError("boom")
+    with pytest.raises(RuntimeError), driver.mount("l"):
+        raise RuntimeError("boom")
     assert not driver.is_mounted("l")
 
 
@@ -276,3 +275,25 @@ def test_lower_view(driver: Driver) -> None:
         view = lower
     assert not mounts.mounted(view) and not os.path.exists(view)
     assert os.listdir(driver._layout.tmp_dir) == []
+
+
+def test_busy_mount_is_detached_lazily_and_its_mountpoint_removed(driver: Driver) -> None:
+    driver.create("base")
+    with driver.mount("base") as root:
+        write(f"{root}/lower", "l")
+    driver.create("top", parent="base")
+    path = driver.get("top")
+    write(f"{path}/f", "still readable")
+    os.unlink(f"{path}/lower")
+    busy = open(f"{path}/f")  # noqa: SIM115 - held open across the put on purpose
+    try:
+        driver.put("top")
+        assert not driver.is_mounted("top") and not os.path.exists(path)
+        assert busy.read() == "still readable"
+    finally:
+        busy.close()
+    # the next get finds everything in place (and in the store's own format)
+    with driver.mount("top") as root:
+        assert sorted(os.listdir(root)) == ["f"]
+    names = sorted(os.listdir(driver._layout.diff_dir("top")))
+    assert names == ([".wh.lower", "f"] if driver.whiteout_format is WhiteoutFormat.AUFS else ["f", "lower"])

@@ -11,12 +11,16 @@ import os
 import pathlib
 import stat
 import uuid
-from typing import Dict, Optional, Tuple
 
-import pytest
 from hypothesis import settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule, run_state_machine_as_test
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    invariant,
+    precondition,
+    rule,
+    run_state_machine_as_test,
+)
 
 from aufs.store import Driver
 
@@ -26,15 +30,15 @@ FILE_MODES = [0o644, 0o600, 0o755, 0o4755]
 DIR_MODES = [0o755, 0o700, 0o1777]
 MAX_LAYERS = 6
 
-Entry = Tuple[str, int, bytes]  # ("file", mode, content) or ("dir", mode, b"")
+Entry = tuple[str, int, bytes]  # ("file", mode, content) or ("dir", mode, b"")
 
 
 def _parent(path: str) -> str:
     return path.rpartition("/")[0]
 
 
-def _view(root: str) -> Dict[str, Entry]:
-    out: Dict[str, Entry] = {}
+def _view(root: str) -> dict[str, Entry]:
+    out: dict[str, Entry] = {}
     for dirpath, dirnames, filenames in os.walk(root):
         for name in dirnames + filenames:
             full = os.path.join(dirpath, name)
@@ -54,7 +58,7 @@ def make_machine(base_dir: pathlib.Path, backend: str) -> type:
         def __init__(self) -> None:
             super().__init__()
             self.driver = Driver(base_dir / uuid.uuid4().hex[:8], backend=backend)
-            self.model: Dict[str, Entry] = {}
+            self.model: dict[str, Entry] = {}
             self.depth = 1
             self.top = "l0"
             self.driver.create(self.top)

@@ -1,0 +1,132 @@
+"""Crash injection: a process killed (SIGKILL) anywhere in create / apply_diff / get / put / diff /
+changes / remove leaves a store that reopens cleanly, shows every layer absent, as it was or
+complete, lists no debris, lets every id be removed and created again, and that
+``cleanup()`` and ``check(repair=True)`` bring back to a clean state.
+
+The fast subset kills the scenario at a few dozen event points spread over a whole run; the
+slow test (and ``tools/crashloop.py``) kills it at every point.
+"""
+from __future__ import annotations
+
+import os
+import pathlib
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from typing import Any, Dict, List
+
+import pytest
+
+import aufs
+
+from . import crashkit as ck
+from .trees import build_tar, mounts_below, snapshot
+
+ROOT = str(pathlib.Path(__file__).resolve().parents[2])
+
+# kill points per backend in the fast subset (fuse-overlayfs mounts cost ~10x more)
+FAST_POINTS = {"overlay": 60, "fuse-overlayfs": 12}
+
+
+def _sweep_kills(ramdir: pathlib.Path, backend: str, points: int, seed: int) -> Dict[str, Any]:
+    scratch = ck.make_scratch(ramdir / "scratch")
+    home = ramdir / "store"
+    states = ck.reference_states(home, scratch, backend)
+    total = ck.count_events(home, scratch, backend)
+    failures: List[str] = []
+    survived = 0
+    for kill_at in ck.kill_points(total, points, random.Random(seed)):
+        outcome = ck.run_child(home, scratch, backend, kill_at=kill_at)
+        problems = ck.verify_after_crash(home, backend, states, outcome)
+        if problems:
+            failures.append(f"kill at event {kill_at}/{total} ({outcome}): {problems}")
+        elif outcome.killed:
+            survived += 1
+        aufs.Driver(home, backend=backend).cleanup()
+        shutil.rmtree(home)
+    return {"total": total, "survived": survived, "failures": failures}
+
+
+def test_killed_at_spread_event_points(ramdir: pathlib.Path, backend_name: str) -> None:
+    result = _sweep_kills(ramdir, backend_name, FAST_POINTS[backend_name], seed=6)
+    assert not result["failures"], "\n".join(result["failures"][:5])
+    assert result["survived"] >= FAST_POINTS[backend_name] - 1  # the last point may fall after the end
+
+
+@pytest.mark.slow
+def test_killed_at_every_event_point(ramdir: pathlib.Path) -> None:
+    result = _sweep_kills(ramdir, "overlay", 10**9, seed=0)
+    assert not result["failures"], "\n".join(result["failures"][:5])
+
+
+def test_killed_after_random_delays(ramdir: pathlib.Path) -> None:
+    """Kills from outside, at random times: also lands inside C calls (extraction, mounts)."""
+    scratch = ck.make_scratch(ramdir / "scratch")
+    home = ramdir / "store"
+    states = ck.reference_states(home, scratch, "overlay")
+    start = time.monotonic()
+    ck.run_child(home, scratch, "overlay")
+    duration = time.monotonic() - start
+    aufs.Driver(home, backend="overlay").cleanup()
+    shutil.rmtree(home)
+    rng = random.Random(66)
+    failures = []
+    for _ in range(20):
+        outcome = ck.run_child(home, scratch, "overlay", kill_after=rng.uniform(0, duration))
+        problems = ck.verify_after_crash(home, "overlay", states, outcome, check_reuse=False)
+        if problems:
+            failures.append(f"{outcome}: {problems}")
+        aufs.Driver(home, backend="overlay").cleanup()
+        shutil.rmtree(home)
+    assert not failures, "\n".join(failures[:5])
+
+
+_APPLY_LOOP = """
+import sys, aufs
+d = aufs.Driver(sys.argv[1], backend="overlay")
+print("ready", flush=True)
+while True:
+    for tar in sys.argv[2:]:
+        d.apply_diff("victim", tar)
+"""
+
+
+def test_separate_process_killed_while_applying_big_layers(ramdir: pathlib.Path) -> None:
+    """A real interpreter (not a fork) applying layers in a loop, killed at random moments:
+    the victim layer always equals one of the layers' results, never a mix."""
+    home = ramdir / "store"
+    one = build_tar([("dir", "d")] + [("file", f"d/f{i:03d}", bytes([i]) * 20_000) for i in range(150)])
+    two = build_tar([("file", "d/.wh..wh..opq", b"")] + [("file", f"d/g{i:03d}", b"2" * 30_000) for i in range(150)])
+    tars = []
+    for name, data in (("one.tar", one), ("two.tar", two)):
+        (ramdir / name).write_bytes(data)
+        tars.append(str(ramdir / name))
+    d = aufs.Driver(home, backend="overlay")
+    d.create("victim")
+    expected = []
+    for tar in tars:  # the layer after applying one.tar, two.tar, one.tar...: all the states it can be in
+        d.apply_diff("victim", tar)
+        expected.append(snapshot(d._layout.diff_dir("victim"), times=False))
+    d.apply_diff("victim", tars[0])
+    expected.append(snapshot(d._layout.diff_dir("victim"), times=False))
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    rng = random.Random(7)
+    for _ in range(6):
+        proc = subprocess.Popen([sys.executable, "-c", textwrap.dedent(_APPLY_LOOP), str(home), *tars],
+                                env=env, stdout=subprocess.PIPE)
+        assert proc.stdout is not None
+        assert proc.stdout.readline() == b"ready\n"
+        time.sleep(rng.uniform(0.05, 0.6))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        proc.stdout.close()
+        again = aufs.Driver(home, backend="overlay")
+        assert os.listdir(home / "tmp") == []
+        state = snapshot(again._layout.diff_dir("victim"), times=False)
+        assert state in expected
+        assert again.check().clean, str(again.check())
+    assert mounts_below(home) == []

@@ -1,0 +1,164 @@
+"""Snapshots of directory trees and stores, and layer tars built from a description.
+
+Shared by the reliability tests and the long-running tools in ``tools/``: a snapshot is a plain
+dict, so two can be compared with ``==`` and the first difference shown with :func:`first_diff`.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import stat
+import tarfile
+from typing import Any, Dict, Iterable, List, Optional, Tuple, Union
+
+from aufs import mounts
+from aufs.whiteouts import OPAQUE_XATTRS, is_private_xattr
+
+Tree = Dict[str, Tuple[Any, ...]]
+
+
+def snapshot(root: Union[str, "os.PathLike[str]"], *, times: bool = True) -> Tree:
+    """Every entry below ``root`` (root itself as ``"."``) -> what identifies its state.
+
+    Kind, mode, owner, link count, size, content digest, symlink target, device number,
+    xattrs, and (with ``times``) the mtime of non-directories. Directory mtimes are left out:
+    mounting a union may touch them; so are the union's private xattrs (overlayfs stamps an
+    upper directory with a fresh ``trusted.overlay.uuid`` at every mount), opaque flags kept.
+    """
+    root = os.fspath(root)
+    out: Tree = {}
+
+    def visit(path: str, rel: str) -> None:
+        st = os.lstat(path)
+        try:
+            xattrs = tuple(sorted((n, os.getxattr(path, n, follow_symlinks=False))
+                                  for n in os.listxattr(path, follow_symlinks=False)
+                                  if n in OPAQUE_XATTRS or not is_private_xattr(n)))
+        except OSError:
+            xattrs = ()
+        base = (stat.S_IFMT(st.st_mode), stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, xattrs)
+        if stat.S_ISDIR(st.st_mode):
+            out[rel] = ("dir",) + base
+            for name in sorted(os.listdir(path)):
+                visit(os.path.join(path, name), name if rel == "." else f"{rel}/{name}")
+            return
+        mtime = st.st_mtime_ns if times else 0
+        if stat.S_ISREG(st.st_mode):
+            with open(path, "rb") as f:
+                digest = hashlib.sha256(f.read()).hexdigest()
+            out[rel] = ("file",) + base + (st.st_nlink, st.st_size, digest, mtime)
+        elif stat.S_ISLNK(st.st_mode):
+            out[rel] = ("symlink",) + base + (os.readlink(path),)
+        else:
+            out[rel] = ("special",) + base + (st.st_rdev, st.st_nlink)
+
+    visit(root, ".")
+    return out
+
+
+def first_diff(a: Tree, b: Tree) -> Optional[str]:
+    """A line naming the first entry where two snapshots differ, or None if equal."""
+    for key in sorted(set(a) | set(b)):
+        if a.get(key) != b.get(key):
+            return f"{key}: {a.get(key)!r} != {b.get(key)!r}"
+    return None
+
+
+def store_state(home: Union[str, "os.PathLike[str]"]) -> Dict[str, Any]:
+    """Every layer of the store at ``home`` (read from disk, no Driver) -> (layer.json, diff tree)."""
+    import json
+
+    layers_dir = os.path.join(os.fspath(home), "layers")
+    state: Dict[str, Any] = {}
+    for name in sorted(os.listdir(layers_dir)) if os.path.isdir(layers_dir) else []:
+        layer = os.path.join(layers_dir, name)
+        try:
+            with open(os.path.join(layer, "layer.json"), "rb") as f:
+                meta = json.load(f)
+        except (OSError, ValueError) as exc:
+            meta = f"unreadable: {exc}"
+        diff = os.path.join(layer, "diff")
+        # whiteouts are created at apply time: their mtimes differ between two equal applies
+        state[name] = (meta, snapshot(diff, times=False) if os.path.isdir(diff) else None)
+    return state
+
+
+def mounts_below(path: Union[str, "os.PathLike[str]"]) -> List[str]:
+    """Mount points strictly below ``path`` (``path`` itself excluded), one per mount."""
+    top = os.path.abspath(os.fspath(path))
+    return [i.mountpoint for i in mounts.mount_table()
+            if i.mountpoint != top and i.mountpoint.startswith(top.rstrip("/") + "/")]
+
+
+# ----------------------------------------------------------------------------- building tars
+
+Entry = Tuple[Any, ...]
+
+
+def build_tar(entries: Iterable[Entry], *, fmt: int = tarfile.PAX_FORMAT, mtime: int = 1_600_000_000) -> bytes:
+    """A tar from ``(kind, name, ...)`` tuples.
+
+    ``("dir", name[, mode])``, ``("file", name, data[, mode])``, ``("symlink", name, target)``,
+    ``("hardlink", name, target)``, ``("fifo", name)``, ``("chardev", name, major, minor)``.
+    """
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=fmt) as tar:
+        for entry in entries:
+            kind, name = entry[0], entry[1]
+            info = tarfile.TarInfo(name)
+            info.mtime = mtime
+            info.uid = info.gid = 0
+            data: Optional[bytes] = None
+            if kind == "dir":
+                info.type = tarfile.DIRTYPE
+                info.mode = entry[2] if len(entry) > 2 else 0o755
+            elif kind == "file":
+                data = entry[2]
+                info.size = len(data)
+                info.mode = entry[3] if len(entry) > 3 else 0o644
+            elif kind == "symlink":
+                info.type = tarfile.SYMTYPE
+                info.linkname = entry[2]
+                info.mode = 0o777
+            elif kind == "hardlink":
+                info.type = tarfile.LNKTYPE
+                info.linkname = entry[2]
+            elif kind == "fifo":
+                info.type = tarfile.FIFOTYPE
+                info.mode = 0o600
+            elif kind == "chardev":
+                info.type = tarfile.CHRTYPE
+                info.devmajor, info.devminor = entry[2], entry[3]
+                info.mode = 0o600
+            else:
+                raise ValueError(f"unknown entry kind {kind!r}")
+            tar.addfile(info, io.BytesIO(data) if data is not None else None)
+    return buf.getvalue()
+
+
+def gzip_bytes(data: bytes) -> bytes:
+    import gzip
+
+    return gzip.compress(data, compresslevel=1, mtime=0)
+
+
+def sample_layers() -> List[bytes]:
+    """Three layer tars that build on each other: base, app (whiteout, links), app update (opaque)."""
+    base = build_tar([
+        ("dir", "etc"), ("file", "etc/os-release", b"ID=test\n"), ("file", "etc/passwd", b"root:x:0:0\n"),
+        ("dir", "usr"), ("dir", "usr/bin"), ("file", "usr/bin/tool", b"#!/bin/sh\necho hi\n" * 50, 0o755),
+        ("dir", "var"), ("dir", "var/cache"), ("file", "var/cache/a", b"a" * 5000), ("file", "var/cache/b", b"b"),
+        ("symlink", "bin", "usr/bin"),
+    ])
+    app = build_tar([
+        ("dir", "app"), ("file", "app/main.py", b"print('app')\n"), ("hardlink", "app/main-link.py", "app/main.py"),
+        ("file", "etc/.wh.passwd", b""), ("dir", "etc"), ("file", "etc/app.conf", b"x=1\n"),
+        ("symlink", "app/cfg", "../etc/app.conf"), ("file", "big", os.urandom(1) * 200_000),
+    ])
+    update = build_tar([
+        ("file", "app/main.py", b"print('app v2')\n"), ("dir", "var"), ("dir", "var/cache"),
+        ("file", "var/cache/.wh..wh..opq", b""), ("file", "var/cache/new", b"n"),
+        ("file", "app/.wh.cfg", b""), ("dir", "app/data"), ("file", "app/data/blob", bytes(range(256)) * 40),
+    ])
+    return [base, app, update]
