@@ -29,3 +29,35 @@ wheels:
 
 clean:
 	rm -rf build dist wheelhouse wheels/out *.egg-info aufs/_native*.so aufs/_native.c .pytest_cache .hypothesis
+
+# --- reliability (issue 6): see RELIABILITY.md -----------------------------------------------
+# fuzz-asan: the C mount-table parser under ASan+UBSan. A copy of the package with the
+# extension built sanitized goes to $(ASAN_DIR); the fuzz tests run there with gcc's libasan
+# preloaded (python itself is not instrumented) and python allocating with plain malloc, so
+# ASan sees every buffer. Any sanitizer report aborts the run.
+ASAN_DIR ?= /tmp/aufs-asan
+ASAN_FLAGS = -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
+FUZZ_PROFILE ?= thorough
+
+.PHONY: fuzz-asan reliability reliability-long
+
+fuzz-asan:
+	rm -rf $(ASAN_DIR) && mkdir -p $(ASAN_DIR)
+	cp -r aufs $(ASAN_DIR)/ && rm -f $(ASAN_DIR)/aufs/_native*.so && rm -rf $(ASAN_DIR)/aufs/__pycache__
+	AUFS_NATIVE_CFLAGS="$(ASAN_FLAGS)" AUFS_NATIVE_LDFLAGS="-fsanitize=address,undefined" \
+		$(PYTHON) setup.py -q build_ext -b $(ASAN_DIR) -t $(ASAN_DIR)/build
+	cd $(ASAN_DIR) && LD_PRELOAD="$$(gcc -print-file-name=libasan.so)" \
+		ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
+		PYTHONMALLOC=malloc AUFS_EXPECT_SANITIZERS=1 HYPOTHESIS_PROFILE=$(FUZZ_PROFILE) \
+		unshare -m --propagation private $(PYTHON) -m pytest -q -p no:cacheprovider \
+		--rootdir=$(CURDIR) --import-mode=importlib $(CURDIR)/tests/reliability/test_fuzz_mountinfo.py
+
+# reliability: the fast reliability suite (also part of `make test`).
+reliability: setup
+	unshare -m --propagation private $(PYTHON) -m pytest -q $(PYTEST_ARGS) tests/reliability
+
+# reliability-long: the long runs behind the figures in RELIABILITY.md.
+reliability-long:
+	unshare -m --propagation private $(PYTHON) tools/crashloop.py --all
+	unshare -m --propagation private $(PYTHON) tools/fuzz_apply.py --cases 20000
+	unshare -m --propagation private $(PYTHON) tools/stress.py --rounds 20

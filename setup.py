@@ -8,12 +8,12 @@ from __future__ import annotations
 import platform
 import sys
 import sysconfig
-from typing import Any, Dict
+from typing import Any
 
 from setuptools import setup
 
 
-def _bdist_wheel_options() -> Dict[str, Any]:
+def _bdist_wheel_options() -> dict[str, Any]:
     """Tag CPython wheels ``cp39-abi3`` when cffi compiles against the limited API.
 
     cffi defines ``Py_LIMITED_API`` itself (hence ``_native.abi3.so``) except on debug and

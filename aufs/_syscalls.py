@@ -132,7 +132,8 @@ mountpoint_openat2: Callable[[bytes], int] = lib.aufs_mountpoint_openat2
 MountInfoFields = Tuple[int, int, int, int, bytes, bytes, bytes, bytes, bytes, bytes, bytes]
 
 _REC = struct.Struct("@iiII%dN%dN" % (lib.AUFS_MI_NFIELDS, lib.AUFS_MI_NFIELDS))
-assert _REC.size == ffi.sizeof("struct aufs_mountinfo"), "struct aufs_mountinfo layout"
+if _REC.size != ffi.sizeof("struct aufs_mountinfo"):  # pragma: no cover - a build mismatch
+    raise ImportError("aufs._native: struct aufs_mountinfo has an unexpected layout; rebuild")
 
 
 def iter_mountinfo(data: bytes, origin: str = "mountinfo") -> Iterator[MountInfoFields]:
@@ -174,7 +175,7 @@ def unescape(data: bytes) -> bytes:
     return bytes(ffi.buffer(out, n))
 
 
-# Bit of probe_features() -> KernelFeatures field name.
+# KernelFeatures field name -> its bit in probe_features().
 FEATURE_BITS = {
     "statx_mount_root": lib.AUFS_FEAT_STATX_MOUNT_ROOT,
     "openat2": lib.AUFS_FEAT_OPENAT2,
@@ -210,6 +211,8 @@ def rename_noreplace(old: StrPath, new: StrPath) -> None:
 # and libarchive's entry points come from the caller as plain addresses, so neither this module
 # nor the C links against libarchive.
 
+import errno as _errno  # noqa: E402
+
 X_EOF = int(lib.AUFS_X_EOF)
 X_DIR = int(lib.AUFS_X_DIR)
 X_SPECIAL = int(lib.AUFS_X_SPECIAL)
@@ -218,6 +221,10 @@ X_ARCHIVE = int(lib.AUFS_X_ARCHIVE)
 X_UNSAFE = int(lib.AUFS_X_UNSAFE)
 X_LIMIT = int(lib.AUFS_X_LIMIT)
 X_CORRUPT = int(lib.AUFS_X_CORRUPT)
+
+# directory times collected by the C writer between returns (see struct aufs_xctx)
+_DIRBUF_SIZE = 1 << 20
+_DIR_RECORD = struct.Struct("=qqI")
 
 EXTRACT_API_NAMES = (
     "read_next_header", "read_data_block", "entry_pathname", "entry_hardlink", "entry_symlink",
@@ -249,6 +256,9 @@ class Extractor:
         ctx.flags = lib.AUFS_X_REPORT_ALL if report_all else 0
         ctx.max_bytes = -1 if max_bytes is None else max_bytes
         ctx.parent_fd = -1
+        self._dirbuf = ffi.new("char[]", _DIRBUF_SIZE)
+        ctx.dirbuf = self._dirbuf
+        ctx.dirbuf_size = _DIRBUF_SIZE
         self._ctx = ctx
 
     def next(self) -> int:
@@ -262,6 +272,20 @@ class Extractor:
         if link is not None:
             self._ctx.link = link
         return int(lib.aufs_x_write(self._ctx))
+
+    def take_dir_times(self) -> "list[tuple[bytes, int, int]]":
+        """The directories written since the last call, with their mtimes, in archive order."""
+        used = int(self._ctx.dirbuf_used)
+        data = bytes(ffi.buffer(self._dirbuf, used))
+        self._ctx.dirbuf_used = 0
+        out = []
+        pos = 0
+        while pos < used:
+            sec, nsec, length = _DIR_RECORD.unpack_from(data, pos)
+            start = pos + _DIR_RECORD.size
+            out.append((data[start:start + length], sec, nsec))
+            pos += (_DIR_RECORD.size + length + 7) & ~7
+        return out
 
     def forget_parent(self) -> None:
         """Drop the cached parent directory (call before changing the tree behind its back)."""
@@ -302,6 +326,11 @@ class Extractor:
         return int(self._ctx.size)
 
     @property
+    def archive_status(self) -> int:
+        """libarchive's return code behind the last ``X_ARCHIVE``."""
+        return int(self._ctx.archive_status)
+
+    @property
     def bytes_written(self) -> int:
         return int(self._ctx.bytes)
 
@@ -314,7 +343,7 @@ def extract_normalize(name: bytes) -> Optional[bytes]:
     """A tar member name made relative and free of ``.``/``..``; None if it climbs out."""
     buf = ffi.new("char[]", 4096)
     n = lib.aufs_x_normalize(name, buf, 4096)
-    if n == -18:  # EXDEV: ".." above the root
+    if n == -_errno.EXDEV:  # ".." above the root
         return None
     if n < 0:
         raise oserror(n, name)
@@ -335,7 +364,7 @@ def extract_remove(dir_fd: int, name: bytes) -> bool:
     False if there was nothing to remove.
     """
     r = int(lib.aufs_x_remove(dir_fd, name))
-    if r == -2:  # ENOENT
+    if r == -_errno.ENOENT:
         return False
     if r < 0:
         raise oserror(r, name)
@@ -345,5 +374,5 @@ def extract_remove(dir_fd: int, name: bytes) -> bool:
 def extract_dir_times(root_fd: int, path: bytes, sec: int, nsec: int) -> None:
     """Set a directory's times below ``root_fd``; no-op if ``path`` is no longer a directory."""
     r = int(lib.aufs_x_dir_times(root_fd, path, sec, nsec))
-    if r < 0 and r not in (-2, -20):  # ENOENT, ENOTDIR: replaced or removed since
+    if r < 0 and r not in (-_errno.ENOENT, -_errno.ENOTDIR):  # replaced or removed since
         raise oserror(r, path)

@@ -39,7 +39,7 @@ import os
 import stat
 import threading
 import uuid
-from typing import BinaryIO, Dict, Optional, Set, Tuple, Union
+from typing import Any, BinaryIO, Union
 
 from . import _syscalls
 from .compression import MAGIC_LEN, Compression, DecompressingReader, detect_compression
@@ -54,7 +54,7 @@ from .whiteouts import (
     whiteout_target,
 )
 
-__all__ = ["apply_tar", "LayerSource"]
+__all__ = ["LayerSource", "apply_tar"]
 
 LayerSource = Union[str, "os.PathLike[str]", bytes, bytearray, memoryview, BinaryIO]
 """A layer: a path, the bytes themselves, or a readable binary file object (a pipe too)."""
@@ -83,12 +83,12 @@ class _Libarchive:
     bindings log warnings instead of failing, so its function objects are not reused)."""
 
     def __init__(self) -> None:
-        import libarchive.ffi  # loads the shared library; heavy, so only on first apply
+        import libarchive.ffi  # type: ignore[import-untyped]  # loads the library: first apply only
 
         lib = libarchive.ffi.libarchive
         self.lib = lib
 
-        def bind(name: str, restype: object, *argtypes: object) -> "ctypes._NamedFuncPointer":
+        def bind(name: str, restype: object, *argtypes: object) -> Any:
             func = lib["archive_" + name]  # item access: a fresh function object
             func.restype = restype
             func.argtypes = argtypes
@@ -100,7 +100,7 @@ class _Libarchive:
         self.open_fd = bind("read_open_fd", ctypes.c_int, vp, ctypes.c_int, ctypes.c_size_t)
         self.free = bind("read_free", ctypes.c_int, vp)
         self.error_string = bind("error_string", ctypes.c_char_p, vp)
-        self.api: Dict[str, int] = {
+        self.api: dict[str, int] = {
             name: int(ctypes.cast(lib["archive_" + name], ctypes.c_void_p).value or 0)
             for name in _syscalls.EXTRACT_API_NAMES
         }
@@ -110,7 +110,7 @@ class _Libarchive:
         return os.fsdecode(raw) if raw else "unknown libarchive error"
 
 
-_LIBARCHIVE: Optional[_Libarchive] = None
+_LIBARCHIVE: _Libarchive | None = None
 _LIBARCHIVE_LOCK = threading.Lock()
 
 
@@ -138,7 +138,7 @@ class _Feeder:
             fcntl.fcntl(self._write_fd, _F_SETPIPE_SZ, _PIPE_SIZE)
         except OSError:
             pass  # a smaller pipe only costs context switches
-        self.error: Optional[BaseException] = None
+        self.error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="aufs-apply-feeder", daemon=True)
         self._thread.start()
 
@@ -150,7 +150,7 @@ class _Feeder:
                     view = view[os.write(self._write_fd, view):]
         except BrokenPipeError:
             pass  # the extractor stopped reading: it reports why
-        except BaseException as exc:  # noqa: B036 - handed to the extracting thread
+        except BaseException as exc:  # noqa: BLE001 - handed to the extracting thread
             self.error = exc
         finally:
             os.close(self._write_fd)
@@ -163,7 +163,7 @@ class _Feeder:
         if error is not None:
             raise error
 
-    def stop(self) -> Optional[BaseException]:
+    def stop(self) -> BaseException | None:
         """Stop early; the feeder's error, if it had one."""
         if self.read_fd >= 0:
             os.close(self.read_fd)  # a blocked writer gets EPIPE
@@ -173,7 +173,7 @@ class _Feeder:
         return self.error
 
 
-def _open_source(source: LayerSource) -> Tuple[int, Optional[DecompressingReader], Optional[BinaryIO]]:
+def _open_source(source: LayerSource) -> tuple[int, DecompressingReader | None, BinaryIO | None]:
     """A plain tar file's own fd (else -1), or a decompressing reader, and a file to close.
 
     (-1, None, None) means an empty input: an empty layer.
@@ -197,7 +197,7 @@ def _open_source(source: LayerSource) -> Tuple[int, Optional[DecompressingReader
             return fd, None, None  # libarchive reads the file itself: no Python per block
         f = os.fdopen(fd, "rb", buffering=0)
         try:
-            return -1, DecompressingReader(f), f  # type: ignore[arg-type,return-value]
+            return -1, DecompressingReader(f), f
         except BaseException:
             f.close()
             raise
@@ -214,11 +214,11 @@ class _Run:
         self.ex = ex
         self.root_fd = root_fd
         self.fmt = fmt
-        self.dir_times: Dict[bytes, Tuple[int, int]] = {}
+        self.dir_times: dict[bytes, tuple[int, int]] = {}
         # paths this apply wrote, kept only when the target had content before (opaque
         # directories then remove what is not the layer's own)
-        self.unpacked: Optional[Set[bytes]] = set() if track else None
-        self.staging: Optional[bytes] = None
+        self.unpacked: set[bytes] | None = set() if track else None
+        self.staging: bytes | None = None
 
     # -- bookkeeping ------------------------------------------------------------------------
 
@@ -231,7 +231,8 @@ class _Run:
 
     def check(self, code: int, path: bytes) -> None:
         """Raise for an error code of the C writer; directories get their time noted."""
-        if code == _syscalls.X_DIR:
+        if code == _syscalls.X_DIR:  # the C writer's buffer of directory times is full
+            self.take_dir_times()
             self.dir_times[path] = self.ex.mtime
             self.note(path)
         elif code in (0, _syscalls.X_DONE):
@@ -248,6 +249,11 @@ class _Run:
                                "block is impossible", path=os.fsdecode(path))
         else:
             raise AssertionError(f"unexpected extractor code {code}")
+
+    def take_dir_times(self) -> None:
+        for path, sec, nsec in self.ex.take_dir_times():
+            self.dir_times.pop(path, None)  # a directory given twice: the last one counts
+            self.dir_times[path] = (sec, nsec)
 
     # -- reserved names -----------------------------------------------------------------------
 
@@ -290,7 +296,7 @@ class _Run:
             self.staging = _META + b"aufs-apply-" + uuid.uuid4().hex.encode()
         return self.staging + b"/" + rest
 
-    def _parent_fd(self, parent: bytes) -> Optional[int]:
+    def _parent_fd(self, parent: bytes) -> int | None:
         """An O_PATH fd of the directory ``parent`` (created if implied), None if it is no directory."""
         self.ex.forget_parent()  # we are about to change the tree behind the C writer's cache
         try:
@@ -352,6 +358,7 @@ class _Run:
 
     def finish(self) -> None:
         self.ex.forget_parent()
+        self.take_dir_times()
         if self.staging is not None:
             try:
                 _syscalls.extract_remove(self.root_fd, self.staging)
@@ -403,7 +410,7 @@ def _os_error(err: int, path: bytes) -> Exception:
 
 
 def _extract(la: _Libarchive, archive: int, root_fd: int, fmt: WhiteoutFormat,
-             max_bytes: Optional[int], track: bool) -> None:
+             max_bytes: int | None, track: bool) -> None:
     ex = _syscalls.Extractor(archive, la.api, root_fd, max_bytes=max_bytes, report_all=track)
     run = _Run(ex, root_fd, fmt, track)
     try:
@@ -412,7 +419,11 @@ def _extract(la: _Libarchive, archive: int, root_fd: int, fmt: WhiteoutFormat,
             if code == _syscalls.X_EOF:
                 break
             if code == _syscalls.X_ARCHIVE:
-                raise ArchiveError(f"invalid layer tar: {la.message(archive)}")
+                status = {-10: "retry", -20: "warning", -25: "failed", -30: "fatal"}.get(
+                    ex.archive_status, str(ex.archive_status))
+                where = f" near entry {_show(ex.path)}" if ex.entries else ""
+                raise ArchiveError(f"invalid layer tar{where}: {la.message(archive)} "
+                                   f"(libarchive {status})")
             if code == _syscalls.X_SPECIAL:
                 run.special()
                 continue
@@ -425,7 +436,7 @@ def _extract(la: _Libarchive, archive: int, root_fd: int, fmt: WhiteoutFormat,
 
 
 def _read_archive(la: _Libarchive, in_fd: int, root_fd: int, fmt: WhiteoutFormat,
-                  max_bytes: Optional[int], track: bool) -> None:
+                  max_bytes: int | None, track: bool) -> None:
     archive = int(la.read_new() or 0)
     if not archive:
         raise MemoryError("archive_read_new failed")
@@ -440,8 +451,8 @@ def _read_archive(la: _Libarchive, in_fd: int, root_fd: int, fmt: WhiteoutFormat
         la.free(archive)
 
 
-def apply_tar(target_dir: Union[str, "os.PathLike[str]"], source: LayerSource, fmt: WhiteoutFormat,
-              *, max_bytes: Optional[int] = None) -> None:
+def apply_tar(target_dir: str | os.PathLike[str], source: LayerSource, fmt: WhiteoutFormat,
+              *, max_bytes: int | None = None) -> None:
     """Extract the layer tar ``source`` into the directory ``target_dir``, whiteouts in ``fmt``.
 
     ``source`` is a path, the bytes, or a readable binary file object (read as a stream, never
@@ -469,14 +480,15 @@ def apply_tar(target_dir: Union[str, "os.PathLike[str]"], source: LayerSource, f
                           max_bytes, track)
         except BaseException:
             if feeder is not None:
-                # a decompression failure closes the pipe early, so libarchive sees a truncated
-                # tar: the decompressor's error is the real one
+                # a failure of the source or the decompressor closes the pipe early, so
+                # libarchive sees a truncated tar: the feeder's error is the real one
                 feed_error, feeder = feeder.stop(), None
-                if isinstance(feed_error, ArchiveError):
+                if feed_error is not None:
                     raise feed_error
             raise
         if feeder is not None:
-            feeder, running = None, feeder
+            running: _Feeder = feeder
+            feeder = None
             running.finish()
     finally:
         if feeder is not None:

@@ -34,10 +34,11 @@ because ``lower_root`` already shows the union.
 from __future__ import annotations
 
 import enum
+import functools
 import gc
 import os
 import stat
-from typing import Dict, List, NamedTuple, Optional, Set, Tuple, Union
+from typing import NamedTuple, Optional, Union
 
 from .whiteouts import EntryKind, WhiteoutFormat, classify_entry, is_opaque_dir, is_whiteout_stat
 
@@ -85,11 +86,11 @@ class _Below:
     hold whiteouts.
     """
 
-    __slots__ = ("prefix", "names")
+    __slots__ = ("names", "prefix")
 
-    def __init__(self, lower_dir: Optional[str], count: int) -> None:
+    def __init__(self, lower_dir: str | None, count: int) -> None:
         self.prefix = None if lower_dir is None else lower_dir + "/"
-        self.names: Optional[Dict[str, int]] = None
+        self.names: dict[str, int] | None = None
         if lower_dir is not None and count >= _SCAN_LOWER_AT:
             self.names = _scan_lower(lower_dir)
 
@@ -113,12 +114,18 @@ class _Below:
         return self.prefix + name
 
 
-def _scan_lower(lower_dir: str) -> Dict[str, int]:
-    """The names in a directory of the lower view, each _DIR or _NOT_A_DIR (whiteouts left out)."""
-    found: Dict[str, int] = {}
+def _scan_lower(lower_dir: str) -> dict[str, int]:
+    """The names in a directory of the lower view, each _DIR or _NOT_A_DIR.
+
+    Whiteouts (0/0 devices, ``.wh.*`` names) are left out: overlayfs shows a directory that
+    only one lower layer has as it is, and a plain parent diff dir may serve as the view.
+    """
+    found: dict[str, int] = {}
     try:
         with os.scandir(lower_dir) as it:
             for entry in it:
+                if entry.name[:4] == ".wh.":  # markers of a plain diff dir used as the view
+                    continue
                 if entry.is_dir(follow_symlinks=False):
                     found[entry.name] = _DIR
                     continue
@@ -155,12 +162,12 @@ def _same_dir(upper: os.stat_result, lower_path: str) -> bool:
 
 # A directory still to walk: (its path in the layer, its absolute change path ("" for the
 # root), its path in the lower view or None when nothing exists below it)
-_Pending = Tuple[str, str, Optional[str]]
+_Pending = tuple[str, str, Optional[str]]
 
 
 def compute_changes(
-    layer_dir: PathArg, lower_root: Optional[PathArg], fmt: WhiteoutFormat
-) -> List[Change]:
+    layer_dir: PathArg, lower_root: PathArg | None, fmt: WhiteoutFormat
+) -> list[Change]:
     """The changes the layer directory ``layer_dir`` (format ``fmt``) makes to ``lower_root``.
 
     ``lower_root`` is a directory showing the union of the parent chain, or None for a base
@@ -182,14 +189,14 @@ def compute_changes(
             gc.enable()
 
 
-def _compute(root: str, lower: Optional[str], fmt: WhiteoutFormat) -> List[Change]:
+def _compute(root: str, lower: str | None, fmt: WhiteoutFormat) -> list[Change]:
     # the loop below binds everything locally: it runs once per entry of the layer
     add, modify, delete = ChangeKind.ADD, ChangeKind.MODIFY, ChangeKind.DELETE
     whiteout, content = EntryKind.WHITEOUT, EntryKind.CONTENT
-    kinds: Dict[str, ChangeKind] = {}
+    kinds: dict[str, ChangeKind] = {}
     root_opaque = lower is not None and is_opaque_dir(root, fmt)
-    root_names: Set[str] = set()  # what the root provides, to find what an opaque root hides
-    stack: List[_Pending] = [(root, "", lower)]
+    root_names: set[str] = set()  # what the root provides, to find what an opaque root hides
+    stack: list[_Pending] = [(root, "", lower)]
     while stack:
         dir_path, change_dir, lower_dir = stack.pop()
         prefix = change_dir + "/"
@@ -197,6 +204,11 @@ def _compute(root: str, lower: Optional[str], fmt: WhiteoutFormat) -> List[Chang
         added_or_deleted = False
         with os.scandir(dir_path) as it:
             entries = list(it)
+        if lower_dir is None and provided is None:
+            # nothing below: every entry is an ADD, no lookups (the common case of new trees)
+            if _add_all(entries, prefix, fmt, kinds, stack) and change_dir and change_dir not in kinds:
+                kinds[change_dir] = modify  # rule 4
+            continue
         below = _Below(lower_dir, len(entries))
         for entry in entries:
             name = entry.name
@@ -242,14 +254,45 @@ def _compute(root: str, lower: Optional[str], fmt: WhiteoutFormat) -> List[Chang
             kinds[change_dir] = modify  # rule 4
     if root_opaque and lower is not None:
         _delete_hidden(lower, "", root_names, kinds)
-    return list(map(Change._make, sorted(kinds.items())))
+    # tuple.__new__ directly: Change._make would check each length, 100k times
+    return list(map(functools.partial(tuple.__new__, Change), sorted(kinds.items())))
+
+
+def _add_all(
+    entries: list[os.DirEntry[str]], prefix: str, fmt: WhiteoutFormat,
+    kinds: dict[str, ChangeKind], stack: list[_Pending],
+) -> bool:
+    """Record the entries of a directory with nothing below it; True if any was recorded."""
+    add = ChangeKind.ADD
+    recorded = False
+    for entry in entries:
+        name = entry.name
+        if entry.is_dir(follow_symlinks=False):
+            if name[:4] == ".wh.":
+                continue  # AUFS metadata directories (.wh..wh.plnk ...)
+            path = prefix + name
+            kinds[path] = add
+            stack.append((entry.path, path, None))
+        elif name[:4] == ".wh." or not (entry.is_file(follow_symlinks=False) or entry.is_symlink()):
+            kind, target = classify_entry(entry, fmt)
+            if kind is EntryKind.WHITEOUT:
+                assert target is not None
+                kinds.setdefault(prefix + target, ChangeKind.DELETE)
+            elif kind is EntryKind.CONTENT:
+                kinds[prefix + name] = add
+            else:
+                continue
+        else:
+            kinds[prefix + name] = add
+        recorded = True
+    return recorded
 
 
 def _hidden_deletes(
-    dir_path: str, change_dir: str, lower_dir: str, fmt: WhiteoutFormat, kinds: Dict[str, ChangeKind]
+    dir_path: str, change_dir: str, lower_dir: str, fmt: WhiteoutFormat, kinds: dict[str, ChangeKind]
 ) -> None:
     """Rule 5 for an opaque directory: DELETE each lower name the layer does not provide."""
-    provided: Set[str] = set()
+    provided: set[str] = set()
     with os.scandir(dir_path) as it:
         for entry in it:
             kind, target = classify_entry(entry, fmt)
@@ -260,14 +303,17 @@ def _hidden_deletes(
     _delete_hidden(lower_dir, change_dir, provided, kinds)
 
 
-def _delete_hidden(lower_dir: str, change_dir: str, provided: Set[str], kinds: Dict[str, ChangeKind]) -> None:
-    try:
-        with os.scandir(lower_dir) as it:
-            for entry in it:
-                if entry.name not in provided:
-                    kinds.setdefault(change_dir + "/" + entry.name, ChangeKind.DELETE)
-    except (FileNotFoundError, NotADirectoryError):
-        return
+def _delete_hidden(
+    lower_dir: str, change_dir: str, provided: set[str], kinds: dict[str, ChangeKind]
+) -> None:
+    """DELETE every name of ``lower_dir`` not in ``provided``.
+
+    Whiteout devices are skipped: overlayfs passes a directory that only one lower layer has
+    straight through, whiteouts included.
+    """
+    for name in _scan_lower(lower_dir):
+        if name not in provided:
+            kinds.setdefault(change_dir + "/" + name, ChangeKind.DELETE)
 
 
 def diff_size(layer_dir: PathArg, fmt: WhiteoutFormat) -> int:
@@ -279,7 +325,7 @@ def diff_size(layer_dir: PathArg, fmt: WhiteoutFormat) -> int:
     if not os.path.isdir(root):
         raise FileNotFoundError(2, "layer directory not found", root)
     total = 0
-    seen: Set[Tuple[int, int]] = set()
+    seen: set[tuple[int, int]] = set()
     stack = [root]
     while stack:
         with os.scandir(stack.pop()) as it:

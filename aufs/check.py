@@ -335,23 +335,25 @@ class _Checker:
         """Mounts below the store that are neither a layer's union nor live work in progress."""
         layout = self.layout
         home = str(layout.home)
-        layer_unions = [str(layout.mountpoint(i)) for i in self.layers if _mount_depth(str(layout.mountpoint(i)))]
+        # a layer's mountpoint belongs to check_layer_mounts (under the layer's lock: a get may
+        # mount it at any moment); mounts inside a union are its users' (e.g. a runtime's /proc)
+        layer_unions = [str(layout.mountpoint(i)) for i in self.layers]
         for info in mounts.submounts(home):  # deepest first
             point = info.mountpoint
             if point == home or point in layer_unions:
                 continue
             if any(_below(point, union) for union in layer_unions):
-                continue  # mounted inside a live union (e.g. by a container runtime)
+                continue
             rel = os.path.relpath(point, home).split(os.sep)
             if rel[0] == "tmp" and len(rel) > 1:
-                owner = Layout.temp_owner(rel[1])
-                if owner is not None and owner.alive():
-                    continue
+                continue  # live work in progress, or reported with its leftover temporary
             if not os.path.lexists(point) and not _mount_depth(point):
                 continue  # repaired with its parent just now
+            # a mountpoint in mnt/ of no layer goes with its mount
+            tidy = len(rel) == 2 and rel[0] == "mnt"
             self.found("stale-mount", pathlib.Path(point),
                        f"{info.fstype} mount below the store that no layer uses",
-                       fix=lambda p=point: _detach_all(p))  # type: ignore[misc]
+                       fix=lambda p=point, t=tidy: _detach_all(p, remove=t))  # type: ignore[misc]
 
     def check_mountpoints(self) -> None:
         layout = self.layout
@@ -448,7 +450,7 @@ def _unmount_top(target: pathlib.Path, count: int) -> None:
         detach(str(target))
 
 
-def _detach_all(point: str) -> None:
+def _detach_all(point: str, *, remove: bool = False) -> None:
     for info in mounts.submounts(point):
         detach(info.mountpoint)
     while _mount_depth(point):
@@ -458,6 +460,11 @@ def _detach_all(point: str) -> None:
             if exc.errno not in (errno.EINVAL, errno.ENOENT):
                 raise
             break
+    if remove:
+        try:
+            os.rmdir(point)
+        except OSError:
+            pass  # not empty, or gone: check_mountpoints reports what remains
 
 
 def _unlink(path: pathlib.Path) -> None:

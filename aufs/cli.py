@@ -27,6 +27,7 @@ import argparse
 import json
 import os
 import sys
+import traceback
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
@@ -462,7 +463,12 @@ def _common(parser: argparse.ArgumentParser, defaults: bool) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser (exposed for documentation and tests)."""
-    parser = _Parser(prog="aufs", description="Container image layers on disk, mounted as one root filesystem.")
+    parser = _Parser(
+        prog="aufs",
+        description="Container image layers on disk, mounted as one root filesystem.",
+        epilog="exit codes: 0 ok, 1 aufs error, 2 usage, 3 layer not found, 4 layer exists, 5 busy, "
+        "6 bad image, 7 bad layer tar, 8 cannot mount, 9 no space, 10 system error, 130 interrupted",
+    )
     parser.add_argument("--version", action="version", version=f"aufs {__version__}")
     _common(parser, defaults=True)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
@@ -544,11 +550,17 @@ def main(argv: Sequence[str] | None = None, *, stdout: IO[str] | None = None, st
         return EXIT_OK if not args.debug else EXIT_ERROR
     except (AufsError, OSError, ValueError) as exc:
         if args.debug:
-            import traceback
-
             traceback.print_exc(file=stderr)
         stderr.write(f"aufs {args.command}: {_one_line(exc)}\n")
         return exit_code_for(exc)
+    except Exception as exc:  # noqa: BLE001 - a bug: still one line, the traceback on request
+        if args.debug:
+            traceback.print_exc(file=stderr)
+            hint = ""
+        else:
+            hint = " (rerun with --debug for the traceback)"
+        stderr.write(f"aufs {args.command}: internal error: {type(exc).__name__}: {_one_line(exc)}{hint}\n")
+        return EXIT_ERROR
 
 
 def _one_line(exc: BaseException) -> str:

@@ -16,8 +16,8 @@ holds exactly its own changes, so :func:`write_diff` walks it and writes every e
 * **Headers**: libarchive's pax writer; numeric uid/gid only (no user or group names, so the
   bytes do not depend on the host's passwd/group files); mtime in whole seconds (as Docker
   writes layers: a sub-second mtime would cost a pax header per entry); no atime or ctime;
-  xattrs as ``SCHILY.xattr.*`` records only (what GNU tar and Docker read and write); permissions including setuid/setgid/sticky; xattrs (``security.capability`` too)
-  sorted by name; a file whose inode was already written (``st_nlink > 1``) is a hardlink to
+  permissions including setuid/setgid/sticky; xattrs (``security.capability`` too) sorted by
+  name, as ``SCHILY.xattr.*`` records only (what GNU tar and Docker read and write); a file whose inode was already written (``st_nlink > 1``) is a hardlink to
   the first name in walk order. The archive is padded to 10240 bytes like ``tar -c``.
 
 Same layer -> same bytes. GNU tar and bsdtar read the result. No tar code is written here:
@@ -29,9 +29,10 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import io
 import os
 import stat
-from typing import IO, Any, Callable, Dict, List, Optional, Tuple, Union, cast
+from typing import IO, Any, Callable, Optional, Union, cast
 
 import libarchive.ffi as _laffi  # type: ignore[import-untyped]
 
@@ -74,7 +75,7 @@ class _Lib:
         vp, cp, i, ll, sz = ctypes.c_void_p, ctypes.c_char_p, ctypes.c_int, ctypes.c_longlong, ctypes.c_size_t
         time_t = _laffi.c_time_t
 
-        def fn(name: str, argtypes: List[type], restype: Optional[type]) -> Callable[..., int]:
+        def fn(name: str, argtypes: list[type], restype: type | None) -> Callable[..., int]:
             f = getattr(lib, "archive_" + name)
             f.argtypes = argtypes
             f.restype = restype
@@ -113,7 +114,7 @@ class _Lib:
         self.entry_xattr_add_entry = fn("entry_xattr_add_entry", [vp, cp, vp, sz], None)
 
 
-_lib_instance: Optional[_Lib] = None
+_lib_instance: _Lib | None = None
 
 
 def _lib() -> _Lib:
@@ -121,6 +122,10 @@ def _lib() -> _Lib:
     if _lib_instance is None:
         _lib_instance = _Lib()
     return _lib_instance
+
+
+# (tar name, path on disk, lstat; None for a whiteout)
+_Item = tuple[bytes, bytes, Optional[os.stat_result]]
 
 
 class _Walker:
@@ -137,7 +142,7 @@ class _Walker:
         self.entry = self.lib.entry_new()
         if not self.entry:
             raise MemoryError("archive_entry_new failed")
-        self.first_name: Dict[Tuple[int, int], bytes] = {}
+        self.first_name: dict[tuple[int, int], bytes] = {}
         self.buffer = bytearray(_BLOCK_SIZE)
         self.view = memoryview(self.buffer)
         self.cbuffer = (ctypes.c_char * _BLOCK_SIZE).from_buffer(self.buffer)
@@ -169,7 +174,7 @@ class _Walker:
             lib, archive, view, cbuf = self.lib, self.archive, self.view, self.cbuffer
             left = size
             while left > 0:
-                n = os.readv(fd, [view[:left] if left < _BLOCK_SIZE else view])
+                n = _read_into(fd, view[:left] if left < _BLOCK_SIZE else view)
                 if n == 0:
                     break
                 if lib.write_data(archive, cbuf, n) < 0:
@@ -178,38 +183,59 @@ class _Walker:
         finally:
             os.close(fd)
 
-    def walk(self, dir_path: bytes, prefix: bytes) -> None:
-        """Write the entries below ``dir_path`` whose tar names start with ``prefix``."""
-        lib, e, fmt = self.lib, self.entry, self.fmt
-        items: List[Tuple[bytes, bytes, Optional[os.stat_result]]] = []
+    def _scan(self, dir_path: bytes, prefix: bytes) -> tuple[list[_Item], bool]:
+        """The entries to write for one directory, sorted, and whether it holds ``.wh..wh..opq``.
+
+        Whiteouts are turned into their OCI names here (so they sort by those names in both
+        formats); opaque markers, metadata and sockets are left out.
+        """
+        items: list[_Item] = []
+        has_marker = False
         with os.scandir(dir_path) as it:
             for entry in it:
                 name = entry.name
-                st = entry.stat(follow_symlinks=False)
+                try:
+                    st = entry.stat(follow_symlinks=False)
+                except FileNotFoundError:
+                    continue  # removed since readdir (a mounted layer): nothing to write
                 mode = st.st_mode
-                if name[:4] == _WH_PREFIX or (mode & 0o170000 == stat.S_IFCHR and st.st_rdev == 0):
-                    kind, target = classify(os.fsdecode(name), mode, st.st_rdev, fmt)
+                if name[:4] == _WH_PREFIX or (stat.S_ISCHR(mode) and st.st_rdev == 0):
+                    kind, target = classify(os.fsdecode(name), mode, st.st_rdev, self.fmt)
                     if kind is EntryKind.WHITEOUT:
                         assert target is not None
-                        items.append((_WH_PREFIX + os.fsencode(target), entry.path, None))
-                    # opaque markers are written with their directory; metadata never
+                        items.append((prefix + _WH_PREFIX + os.fsencode(target), entry.path, None))
+                    elif kind is EntryKind.OPAQUE_MARKER:
+                        has_marker = True
                     continue
-                if mode & 0o170000 == stat.S_IFSOCK:
+                if stat.S_ISSOCK(mode):
                     continue  # sockets cannot be archived (tar skips them too)
-                items.append((name, entry.path, st))
+                items.append((prefix + name, entry.path, st))
         items.sort(key=_first)
+        return items, has_marker
+
+    def walk(self, root: bytes, root_opaque: bool) -> None:
+        """Write every entry below ``root`` (iteratively: depth is bounded by PATH_MAX only)."""
+        lib, e = self.lib, self.entry
+        if root_opaque:
+            self.marker(_OPAQUE_BYTES)
+        items, _ = self._scan(root, b"")
+        stack = [iter(items)]
         previous = None
-        for name, path, info in items:
-            if name == previous:  # `.wh.X` file beside an X device: one whiteout is enough
+        while stack:
+            item = next(stack[-1], None)
+            if item is None:
+                stack.pop()
                 continue
-            previous = name
-            tar_name = prefix + name
+            tar_name, path, info = item
+            if tar_name == previous:  # `.wh.X` file beside an X device: one whiteout is enough
+                continue
+            previous = tar_name
             if info is None:
                 self.marker(tar_name)
                 continue
             st = info
             mode = st.st_mode
-            is_dir = mode & 0o170000 == stat.S_IFDIR
+            is_dir = stat.S_ISDIR(mode)
             if is_dir:
                 tar_name += b"/"
             lib.entry_clear(e)
@@ -230,25 +256,8 @@ class _Walker:
                     self._header(tar_name)
                     continue
                 self.first_name[inode] = tar_name
-            opaque = False
-            xattrs: List[Tuple[bytes, bytes]] = []
-            for key in _list_xattrs(path):
-                try:
-                    value = os.getxattr(path, key, follow_symlinks=False)
-                except OSError as exc:
-                    if exc.errno == errno.ENODATA:  # removed while we looked
-                        continue
-                    raise
-                if is_private_xattr(key):
-                    opaque = opaque or (key in OPAQUE_XATTRS and value == b"y")
-                    continue
-                # libarchive writes xattrs in the order they were added: sort for determinism
-                xattrs.append((os.fsencode(key), value))
-            if xattrs:
-                xattrs.sort()
-                for key_b, value in xattrs:
-                    lib.entry_xattr_add_entry(e, key_b, value, len(value))
-            if mode & 0o170000 == stat.S_IFREG:
+            opaque = self._add_xattrs(path)
+            if stat.S_ISREG(mode):
                 size = st.st_size
                 lib.entry_set_size(e, size)
                 self._header(tar_name)
@@ -257,17 +266,39 @@ class _Walker:
             elif is_dir:
                 lib.entry_set_size(e, 0)
                 self._header(tar_name)
-                if opaque or _has_opaque_marker(path):
+                children, has_marker = self._scan(path, tar_name)
+                if opaque or has_marker:
                     self.marker(tar_name + _OPAQUE_BYTES)
-                self.walk(path, tar_name)
+                stack.append(iter(children))
             else:
                 lib.entry_set_size(e, 0)
-                if mode & 0o170000 == stat.S_IFLNK:
+                if stat.S_ISLNK(mode):
                     lib.entry_copy_symlink(e, os.readlink(path))
-                elif mode & 0o170000 in (stat.S_IFCHR, stat.S_IFBLK):
+                elif stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
                     lib.entry_set_rdevmajor(e, os.major(st.st_rdev))
                     lib.entry_set_rdevminor(e, os.minor(st.st_rdev))
                 self._header(tar_name)
+
+    def _add_xattrs(self, path: bytes) -> bool:
+        """Put the entry's own xattrs on the archive entry; True if an opaque xattr is set."""
+        opaque = False
+        xattrs: list[tuple[bytes, bytes]] = []
+        for key in _list_xattrs(path):
+            try:
+                value = os.getxattr(path, key, follow_symlinks=False)
+            except OSError as exc:
+                if exc.errno == errno.ENODATA:  # removed while we looked
+                    continue
+                raise
+            if is_private_xattr(key):
+                opaque = opaque or (key in OPAQUE_XATTRS and value == b"y")
+                continue
+            xattrs.append((os.fsencode(key), value))
+        # libarchive writes xattrs in the order they were added: sort for determinism
+        xattrs.sort()
+        for key_b, value in xattrs:
+            self.lib.entry_xattr_add_entry(self.entry, key_b, value, len(value))
+        return opaque
 
 
 _WH_PREFIX = os.fsencode(WHITEOUT_PREFIX)
@@ -275,25 +306,30 @@ _OPAQUE_BYTES = os.fsencode(OPAQUE_NAME)
 _O_READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
-def _first(item: Tuple[bytes, Any, Any]) -> bytes:
+def _readv_into(fd: int, view: memoryview) -> int:
+    return os.readv(fd, [view])
+
+
+def _fileio_into(fd: int, view: memoryview) -> int:
+    # PyPy 3.9 has no os.readv; FileIO.readinto reads into the buffer just the same
+    with io.FileIO(fd, "rb", closefd=False) as f:
+        return f.readinto(view) or 0
+
+
+_read_into = _readv_into if hasattr(os, "readv") else _fileio_into
+
+
+def _first(item: tuple[bytes, Any, Any]) -> bytes:
     return item[0]
 
 
-def _list_xattrs(path: bytes) -> List[str]:
+def _list_xattrs(path: bytes) -> list[str]:
     try:
         return os.listxattr(path, follow_symlinks=False)
     except OSError as exc:
         if exc.errno in (errno.ENOTSUP, errno.EOPNOTSUPP):
             return []
         raise
-
-
-def _has_opaque_marker(path: bytes) -> bool:
-    """Whether the directory at ``path`` holds a regular ``.wh..wh..opq`` file."""
-    try:
-        return stat.S_ISREG(os.lstat(path + b"/" + _OPAQUE_BYTES).st_mode)
-    except FileNotFoundError:
-        return False
 
 
 def _archive_failure(lib: _Lib, archive: int, what: str) -> Exception:
@@ -313,11 +349,11 @@ class _Output:
     ctypes write callback into a file object. Counts the bytes written either way."""
 
     def __init__(self, lib: _Lib, archive: int, out: PathOrFile) -> None:
-        self.fd: Optional[int] = None
-        self.callback: Optional[object] = None  # must outlive archive_write_free
+        self.fd: int | None = None
+        self.callback: object | None = None  # must outlive archive_write_free
         self.written = 0
-        self.error: Optional[BaseException] = None
-        self._fileobj: Optional[IO[bytes]] = None
+        self.error: BaseException | None = None
+        self._fileobj: IO[bytes] | None = None
         if isinstance(out, (str, os.PathLike)):
             self.fd = os.open(os.fspath(out), os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
             if lib.write_open_fd(archive, self.fd) != _ARCHIVE_OK:
@@ -338,7 +374,7 @@ class _Output:
                 done = length if n is None else done + n
             self.written += length
             return length
-        except BaseException as exc:  # libarchive cannot carry a Python exception through C
+        except BaseException as exc:  # noqa: BLE001 -- C cannot carry it: kept, raised after
             self.error = exc
             return -1
 
@@ -358,7 +394,7 @@ class _Output:
             self.fd = None
 
 
-def write_diff(layer_dir: Union[str, "os.PathLike[str]"], out: PathOrFile, fmt: WhiteoutFormat) -> int:
+def write_diff(layer_dir: str | os.PathLike[str], out: PathOrFile, fmt: WhiteoutFormat) -> int:
     """Write the layer directory ``layer_dir`` (format ``fmt``) as a pax layer tar to ``out``.
 
     ``out`` is a path (created or truncated) or a writable binary file object (written
@@ -374,8 +410,8 @@ def write_diff(layer_dir: Union[str, "os.PathLike[str]"], out: PathOrFile, fmt: 
     archive = lib.write_new()
     if not archive:
         raise MemoryError("archive_write_new failed")
-    output: Optional[_Output] = None
-    walker: Optional[_Walker] = None
+    output: _Output | None = None
+    walker: _Walker | None = None
     try:
         if lib.write_set_format_pax(archive) != _ARCHIVE_OK:
             raise _archive_failure(lib, archive, "selecting the pax format")
@@ -386,9 +422,7 @@ def write_diff(layer_dir: Union[str, "os.PathLike[str]"], out: PathOrFile, fmt: 
         output = _Output(lib, archive, out)
         walker = _Walker(archive, fmt)
         try:
-            if is_opaque_dir(root, fmt):
-                walker.marker(_OPAQUE_BYTES)
-            walker.walk(os.fsencode(root), b"")
+            walker.walk(os.fsencode(root), is_opaque_dir(root, fmt))
             if lib.write_close(archive) != _ARCHIVE_OK:
                 raise _archive_failure(lib, archive, "closing the archive")
         except Exception as exc:

@@ -228,8 +228,9 @@ def mounted_via(path: StrPath, method: str, *, mountinfo: StrPath = MOUNTINFO) -
 
 
 def _mounted_in_table(raw: bytes, mountinfo: StrPath) -> bool:
-    """Last resort: is the path, parent resolved but last component not, a mount point listed
-    in the mount table? (Cannot see through a mount that hides an older one's mount point.)"""
+    """Last resort: walk the path, parent resolved but last component not, through the mount
+    tree of the mount table, as the kernel's path walk crosses mounts; True iff the walk
+    steps onto a mount at the last component."""
     try:
         st = os.lstat(raw)
     except OSError as err:
@@ -243,8 +244,40 @@ def _mounted_in_table(raw: bytes, mountinfo: StrPath) -> bool:
         return False
     else:
         target = os.path.join(os.path.realpath(head or b"."), tail)
-    wanted = os.fsdecode(target)
-    return any(info.mountpoint == wanted for info in mount_table(mountinfo))
+    return _visible_mount_at(os.fsdecode(target), list(mount_table(mountinfo)))
+
+
+def _visible_mount_at(target: str, table: list[MountInfo]) -> bool:
+    """Is the absolute, resolved ``target`` the mount point of the mount visible there?
+
+    Follows mounts from the namespace root one path component at a time; at each step the
+    mount on top is the last one mounted on the current mount at that path (a mount stacked on
+    another at the same place has the covered one as its parent). A mount point hidden under a
+    later mount is therefore not reported.
+    """
+    ids = {info.mount_id for info in table}
+    children: dict[tuple[int, str], MountInfo] = {}
+    roots = []
+    for info in table:
+        if info.parent_id not in ids or info.parent_id == info.mount_id:
+            roots.append(info)
+        else:
+            children[(info.parent_id, info.mountpoint)] = info  # later wins: it is on top
+    roots = [info for info in roots if info.mountpoint == "/"] or roots
+    if not roots:
+        return False
+    current = roots[-1]
+    prefixes = ["/"]
+    if target != "/":
+        parts = target.strip("/").split("/")
+        prefixes += ["/" + "/".join(parts[:i]) for i in range(1, len(parts) + 1)]
+    moved_at_last = False
+    for prefix in prefixes:
+        moved_at_last = False
+        while (current.mount_id, prefix) in children:
+            current = children[(current.mount_id, prefix)]
+            moved_at_last = True
+    return moved_at_last or (target == "/" and current.mountpoint == "/")
 
 
 # --------------------------------------------------------------------------- mount/unmount

@@ -14,6 +14,7 @@ import os
 import pathlib
 import shutil
 import stat
+import threading
 import uuid
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, BinaryIO, Union
@@ -29,6 +30,7 @@ from .errors import (
     LayerInUse,
     LayerNotFound,
     MaxDepthExceeded,
+    MountError,
     StoreFormatMismatch,
 )
 from .layout import Layout, is_valid_layer_id, validate_layer_id
@@ -51,12 +53,10 @@ DiffTarget = Union[str, "os.PathLike[str]", BinaryIO]
 
 def _rmtree(path: str | pathlib.Path) -> None:
     """Delete a tree that holds no mounts (fine if it is already gone)."""
-    shutil.rmtree(path, ignore_errors=False, onerror=_ignore_missing)
-
-
-def _ignore_missing(func: Any, path: str, exc_info: Any) -> None:
-    if not isinstance(exc_info[1], FileNotFoundError):
-        raise exc_info[1]
+    try:
+        shutil.rmtree(path)
+    except FileNotFoundError:
+        pass
 
 
 def _rmdir_quietly(path: str | pathlib.Path) -> None:
@@ -71,6 +71,27 @@ def _unlink_quietly(path: str | pathlib.Path) -> None:
         os.unlink(path)
     except FileNotFoundError:
         pass
+
+
+def _is_mount_point(path: str | os.PathLike[str]) -> bool:
+    """:func:`aufs.mounts.mounted`, where a FUSE mount whose daemon died (ENOTCONN) counts."""
+    try:
+        return mounts.mounted(path)
+    except OSError as exc:
+        if exc.errno == errno.ENOTCONN:
+            return True
+        raise
+
+
+def _is_healthy(path: str | os.PathLike[str]) -> bool:
+    """False for a mount whose FUSE daemon is gone (every access fails with ENOTCONN)."""
+    try:
+        os.stat(path)
+    except OSError as exc:
+        if exc.errno == errno.ENOTCONN:
+            return False
+        raise
+    return True
 
 
 def _rename_noreplace(old: pathlib.Path, new: pathlib.Path) -> None:
@@ -140,6 +161,7 @@ class Driver:
         if backend not in BACKEND_NAMES:
             raise ValueError(f"unknown backend {backend!r}; use one of {', '.join(BACKEND_NAMES)}")
         self._layout = Layout(home)
+        self._holder_lock = threading.Lock()
         self._holder_pid = -1
         self._holder_name = ""
         layout = self._layout
@@ -187,8 +209,10 @@ class Driver:
         # per process: a forked child holding the parent's Driver is a different holder
         pid = os.getpid()
         if pid != self._holder_pid:
-            self._holder_name = f"{ProcessToken.current()}:{uuid.uuid4().hex[:12]}"
-            self._holder_pid = pid
+            with self._holder_lock:
+                if pid != self._holder_pid:
+                    self._holder_name = f"{ProcessToken.current()}:{uuid.uuid4().hex[:12]}"
+                    self._holder_pid = pid
         return self._holder_name
 
     # ------------------------------------------------------------------ store metadata
@@ -275,7 +299,7 @@ class Driver:
     def is_mounted(self, layer_id: str) -> bool:
         """True if the layer's union is mounted now (by any holder). LayerNotFound if absent."""
         self._require(layer_id)
-        return mounts.mounted(self._layout.mountpoint(layer_id))
+        return _is_mount_point(self._layout.mountpoint(layer_id))
 
     def status(self) -> dict[str, str]:
         """Facts about the store, as strings: backend, home, format, layers, backing filesystem..."""
@@ -287,7 +311,7 @@ class Driver:
             if (home == point or home.startswith(point.rstrip("/") + "/")) and len(point) > best:
                 best, backing = len(point), info.fstype
         layer_ids = self.layers()
-        mounted = sum(1 for i in layer_ids if mounts.mounted(self._layout.mountpoint(i)))
+        mounted = sum(1 for i in layer_ids if _is_mount_point(self._layout.mountpoint(i)))
         return {
             "backend": self.backend,
             "home": home,
@@ -408,7 +432,10 @@ class Driver:
             pass
         if self._format is WhiteoutFormat.AUFS:
             return False
-        names = os.listxattr(diff, follow_symlinks=False)
+        try:
+            names = os.listxattr(diff, follow_symlinks=False)
+        except FileNotFoundError:
+            return False  # a damaged layer: the mount itself reports it
         if not any(n in OPAQUE_XATTRS for n in names):
             return False
         return root_is_opaque(diff, self._format)
@@ -435,7 +462,7 @@ class Driver:
     def _lowers(self, chain: list[str]) -> tuple[str, ...]:
         if not chain:
             return (str(self._layout.empty_dir),)
-        return tuple(self._backend.lower_path(a) for a in chain)
+        return self._backend.lower_paths(chain)
 
     def _settle(self, layer_id: str) -> None:
         record = self._layout.backend_record(layer_id)
@@ -458,10 +485,8 @@ class Driver:
         """Take the layer's mount down (caller holds the layer lock) and tidy its mountpoint."""
         layout = self._layout
         target = layout.mountpoint(layer_id)
-        if mounts.mounted(target):
-            self._backend.unmount(
-                str(target), record=str(layout.backend_record(layer_id)), upper=str(layout.diff_dir(layer_id))
-            )
+        # no mounted() check first: umount2 tells "not mounted" apart itself (EINVAL)
+        self._backend.unmount(str(target), record=str(layout.backend_record(layer_id)), upper=layout.diff_path(layer_id))
         _rmdir_quietly(target)
 
     def get(self, layer_id: str) -> str:
@@ -478,7 +503,10 @@ class Driver:
             if not self.exists(layer_id):  # removed while we waited for the lock
                 raise LayerNotFound(f"no layer {layer_id!r} in {self.home}", layer_id=layer_id)
             refs = RefTable.load(layout.refs_file(layer_id))
-            if not mounts.mounted(target):
+            if _is_mount_point(target) and not _is_healthy(target):
+                # its daemon died (killed, OOM): the mount is dead for every holder; replace it
+                detach(str(target))
+            if not _is_mount_point(target):
                 self._settle(layer_id)
                 try:
                     os.mkdir(target, 0o755)
@@ -579,12 +607,12 @@ class Driver:
                         wait_recorded_daemon(str(record))
                         self._backend.settle(str(record), str(layout.diff_dir(layer_id)))
                     _unlink_quietly(layout.refs_file(layer_id))
-                    if not mounts.mounted(layout.mountpoint(layer_id)):
+                    if not _is_mount_point(layout.mountpoint(layer_id)):
                         _rmdir_quietly(layout.mountpoint(layer_id))
             self._sweep()
 
     def _unmount_all_below_home(self) -> None:
-        home = str(self.home)
+        home = os.path.realpath(self.home)  # the mount table lists resolved paths
         # a mount may hide others, and lazily detached ones vanish late: repeat until clean
         for _ in range(10):
             points = [i.mountpoint for i in mounts.submounts(home) if i.mountpoint != home]
@@ -596,6 +624,9 @@ class Driver:
                 except OSError as exc:
                     if getattr(exc, "errno", None) not in (errno.ENOENT, errno.EINVAL):
                         raise
+        left = [i.mountpoint for i in mounts.submounts(home) if i.mountpoint != home]
+        if left:
+            raise MountError(f"cannot unmount {', '.join(left[:3])} under {home}", path=left[0])
 
     def _sweep(self) -> None:
         """Remove what dead processes left (caller holds the store lock)."""
@@ -624,7 +655,7 @@ class Driver:
             # a live layer's mountpoint belongs to its get/put (under the layer lock): a get may
             # have just made it; only the mountpoints of layers that are gone are debris
             path = layout.mnt_dir / name
-            if name not in live and not mounts.mounted(path):
+            if name not in live and not _is_mount_point(path):
                 _rmdir_quietly(path)
         try:
             state = os.listdir(layout.state_dir)
@@ -653,7 +684,7 @@ class Driver:
         layout = self._layout
         with locks.hold(layout.lock_file(layer_id)):
             self._layer_meta(layer_id)
-            if mounts.mounted(layout.mountpoint(layer_id)):
+            if _is_mount_point(layout.mountpoint(layer_id)):
                 raise LayerInUse(f"layer {layer_id!r} is mounted: put it before applying a diff", layer_id=layer_id)
             self._settle(layer_id)
             diff_dir = layout.diff_dir(layer_id)

@@ -25,30 +25,30 @@ import enum
 import errno
 import os
 import stat
-from typing import NamedTuple, Optional, Union
+from typing import NamedTuple, Union
 
 __all__ = [
-    "WhiteoutFormat",
-    "EntryKind",
-    "Entry",
-    "WHITEOUT_PREFIX",
+    "AUFS_WHITEOUT_MODE",
     "META_PREFIX",
     "OPAQUE_NAME",
-    "OVERLAY_OPAQUE_XATTR",
     "OPAQUE_XATTRS",
-    "AUFS_WHITEOUT_MODE",
-    "whiteout_name",
-    "whiteout_target",
-    "is_reserved_name",
-    "is_metadata_name",
-    "is_private_xattr",
+    "OVERLAY_OPAQUE_XATTR",
+    "WHITEOUT_PREFIX",
+    "Entry",
+    "EntryKind",
+    "WhiteoutFormat",
     "classify",
     "classify_entry",
-    "is_whiteout_stat",
-    "make_whiteout",
-    "make_opaque",
+    "is_metadata_name",
     "is_opaque_dir",
+    "is_private_xattr",
+    "is_reserved_name",
+    "is_whiteout_stat",
+    "make_opaque",
+    "make_whiteout",
     "root_is_opaque",
+    "whiteout_name",
+    "whiteout_target",
 ]
 
 WHITEOUT_PREFIX = ".wh."
@@ -97,7 +97,7 @@ class Entry(NamedTuple):
     """The meaning of one directory entry; ``target`` is the deleted name for a WHITEOUT."""
 
     kind: EntryKind
-    target: Optional[str] = None
+    target: str | None = None
 
 
 _CONTENT = Entry(EntryKind.CONTENT)
@@ -110,7 +110,7 @@ def whiteout_name(name: str) -> str:
     return WHITEOUT_PREFIX + name
 
 
-def whiteout_target(name: str) -> Optional[str]:
+def whiteout_target(name: str) -> str | None:
     """The name an AUFS/OCI-style whiteout ``.wh.NAME`` deletes, or None if ``name`` is none.
 
     ``.wh..wh..opq`` and other ``.wh..wh.*`` metadata names are not whiteouts.
@@ -182,7 +182,7 @@ def classify(name: str, mode: int, rdev: int, fmt: WhiteoutFormat) -> Entry:
     return _CONTENT
 
 
-def classify_entry(entry: "os.DirEntry[str]", fmt: WhiteoutFormat) -> Entry:
+def classify_entry(entry: os.DirEntry[str], fmt: WhiteoutFormat) -> Entry:
     """:func:`classify` for an ``os.scandir`` entry, calling ``lstat`` only when it must.
 
     Directories, regular files and symlinks are told apart from ``d_type`` alone; only a
@@ -199,7 +199,7 @@ def classify_entry(entry: "os.DirEntry[str]", fmt: WhiteoutFormat) -> Entry:
     return _CONTENT
 
 
-def _lexists_at(dir_fd: int, name: str) -> Optional[os.stat_result]:
+def _lexists_at(dir_fd: int, name: str) -> os.stat_result | None:
     try:
         return os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
     except FileNotFoundError:
@@ -298,7 +298,7 @@ def is_opaque_dir(directory: FdOrPath, fmt: WhiteoutFormat) -> bool:
     """
     if isinstance(directory, int):
         try:
-            st: Optional[os.stat_result] = os.stat(OPAQUE_NAME, dir_fd=directory, follow_symlinks=False)
+            st: os.stat_result | None = os.stat(OPAQUE_NAME, dir_fd=directory, follow_symlinks=False)
         except FileNotFoundError:
             st = None
         target: FdOrPath = directory

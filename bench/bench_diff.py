@@ -29,13 +29,13 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Callable, Dict, List
+from typing import Callable
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from aufs.changes import compute_changes  # noqa: E402
-from aufs.export import write_diff  # noqa: E402
-from aufs.whiteouts import WhiteoutFormat  # noqa: E402
+from aufs.changes import compute_changes
+from aufs.export import write_diff
+from aufs.whiteouts import WhiteoutFormat
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
 
@@ -56,16 +56,16 @@ def _timed(fn: Callable[[], object]) -> float:
     return time.perf_counter() - start
 
 
-def _run(cmd: List[str]) -> None:
+def _run(cmd: list[str]) -> None:
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
 
 
-def bench_diff(root: str, source: str, rounds: int) -> Dict[str, float]:
+def bench_diff(root: str, source: str, rounds: int) -> dict[str, float]:
     layer = os.path.join(root, "layer")
     _run(["cp", "-a", source, layer])
     entries = sum(len(d) + len(f) for _, d, f in os.walk(layer))
     size = sum(os.lstat(os.path.join(p, n)).st_size for p, _, fs in os.walk(layer) for n in fs)
-    times: Dict[str, List[float]] = {"tar -c": [], "write_diff": [], "cp -a": []}
+    times: dict[str, list[float]] = {"tar -c": [], "write_diff": [], "cp -a": []}
     out = os.path.join(root, "out.tar")
     for _ in range(rounds):
         times["tar -c"].append(_timed(lambda: _run(["tar", "-cf", out, "-C", layer, "."])))
@@ -95,7 +95,7 @@ def _make_tree(root: str, files: int, data: bytes) -> None:
             f.write(data)
 
 
-def bench_changes(root: str, files: int, rounds: int) -> Dict[str, float]:
+def bench_changes(root: str, files: int, rounds: int) -> dict[str, float]:
     parent = os.path.join(root, "parent")
     new_layer = os.path.join(root, "new")
     over_layer = os.path.join(root, "over")
@@ -112,7 +112,7 @@ def bench_changes(root: str, files: int, rounds: int) -> Dict[str, float]:
     os.makedirs(empty)
     _mount("overlay", view, "overlay", f"lowerdir={parent}:{empty}")
     try:
-        times: Dict[str, List[float]] = {"find (new)": [], "changes (new)": [], "find (over)": [],
+        times: dict[str, list[float]] = {"find (new)": [], "changes (new)": [], "find (over)": [],
                                          "changes (over)": []}
         counts = {}
         for _ in range(rounds):

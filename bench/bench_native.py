@@ -10,6 +10,7 @@ run the median time per call of:
 
 * ``aufs.mounted(target)``, a line-by-line Python scan of ``/proc/self/mountinfo``,
   ``os.path.ismount(target)``, and ``os.lstat(target)`` (the floor: one path-walking syscall);
+  batches of the different calls are interleaved, so machine load hits them alike;
 * ``list(aufs.mount_table())`` (C parser) and ``parse_mountinfo`` (its pure-Python twin).
 """
 from __future__ import annotations
@@ -51,19 +52,25 @@ def twin_table(_: str) -> bool:
         return bool(mounts.parse_mountinfo(f.read()))
 
 
-def median_us(fn: Callable[[str], object], arg: str, budget: float = 0.5) -> float:
-    """Median over 9 repeats of the mean time per call; each repeat takes about budget/9 s."""
-    t0 = time.perf_counter()
-    fn(arg)
-    one = max(time.perf_counter() - t0, 1e-7)
-    loops = max(1, int(budget / 9 / one))
-    samples = []
-    for _ in range(9):
+def medians_us(calls: dict[str, tuple[Callable[[str], object], str]], repeats: int = 21,
+               batch_seconds: float = 0.02) -> dict[str, float]:
+    """Median per-call time of each call, in µs. The batches of the different calls are
+    interleaved (round-robin, ``repeats`` rounds) so load swings on a shared machine hit them
+    all alike and the ratios stay fair."""
+    loops = {}
+    for name, (fn, arg) in calls.items():
         t0 = time.perf_counter()
-        for _ in range(loops):
-            fn(arg)
-        samples.append((time.perf_counter() - t0) / loops * 1e6)
-    return statistics.median(samples)
+        fn(arg)
+        loops[name] = max(1, int(batch_seconds / max(time.perf_counter() - t0, 1e-7)))
+    samples: dict[str, list[float]] = {name: [] for name in calls}
+    for _ in range(repeats):
+        for name, (fn, arg) in calls.items():
+            n = loops[name]
+            t0 = time.perf_counter()
+            for _ in range(n):
+                fn(arg)
+            samples[name].append((time.perf_counter() - t0) / n * 1e6)
+    return {name: statistics.median(values) for name, values in samples.items()}
 
 
 def run(count: int, base: str) -> dict[str, float]:
@@ -81,14 +88,14 @@ def run(count: int, base: str) -> dict[str, float]:
         os.mkdir(target)
         mounts.mount("tmpfs", target, "tmpfs", 0, "size=1m")
         assert mounts.mounted(target) and python_scan(target) and os.path.ismount(target)
-        return {
-            "mounted": median_us(mounts.mounted, target),
-            "scan": median_us(python_scan, target, budget=2.0),
-            "ismount": median_us(os.path.ismount, target),
-            "lstat": median_us(os.lstat, target),
-            "c_table": median_us(c_table, "", budget=2.0),
-            "twin_table": median_us(twin_table, "", budget=2.0),
-        }
+        return medians_us({
+            "mounted": (mounts.mounted, target),
+            "scan": (python_scan, target),
+            "ismount": (os.path.ismount, target),
+            "lstat": (os.lstat, target),
+            "c_table": (c_table, ""),
+            "twin_table": (twin_table, ""),
+        })
     finally:
         mounts.unmount(base, lazy=True)
 

@@ -125,6 +125,12 @@ struct aufs_xctx {
     int64_t mtime_sec;
     int64_t mtime_nsec;
     int64_t size;
+    int archive_status; /* libarchive's return code behind AUFS_X_ARCHIVE */
+    /* directory times, recorded here instead of returning AUFS_X_DIR while there is room:
+     * records of int64 sec, int64 nsec, uint32 length, the path, padded to 8 bytes */
+    char *dirbuf;
+    size_t dirbuf_size;
+    size_t dirbuf_used;
     char path[AUFS_X_PATH_MAX];        /* normalised path, "" = the root */
     char link[AUFS_X_PATH_MAX];        /* normalised hard-link target */
     char parent_path[AUFS_X_PATH_MAX];

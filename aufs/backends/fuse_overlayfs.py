@@ -20,6 +20,7 @@ mounts on one backend mounts on the other. It is tested with a 500-layer chain.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import stat
@@ -127,13 +128,7 @@ class FuseOverlayfsBackend(Backend):
         return FUSE_MAX_DEPTH
 
     def lower_path(self, layer_id: str) -> str:
-        link = str(self.layout.short_link(layer_id))
-        if not os.path.islink(link):
-            try:
-                os.symlink(self.layout.short_link_target(layer_id), link)
-            except FileExistsError:
-                pass
-        return link
+        return self.short_lower_path(layer_id)
 
     def _reap(self) -> None:
         """Collect children whose mounts someone else took down (no zombies left around)."""
@@ -170,13 +165,17 @@ class FuseOverlayfsBackend(Backend):
                 close_fds=True,
             )
             try:
-                self._wait_mounted(proc, request.target, errors)
+                # recorded before the mount appears: whoever finds the mount finds its daemon
                 if request.record is not None:
                     start = process_start_time(proc.pid)
                     with open(request.record, "w", encoding="ascii") as f:
                         f.write(f"{proc.pid} {start}\n")
+                self._wait_mounted(proc, request.target, errors)
             except BaseException:
                 self._stop(proc, request.target)
+                if request.record is not None:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(request.record)
                 raise
         with self._children_lock:
             self._children[request.target] = proc
@@ -216,6 +215,13 @@ class FuseOverlayfsBackend(Backend):
         how = base.detach(target)
         with self._children_lock:
             proc = self._children.pop(target, None)
+        if how is base.Detached.NOT_MOUNTED:
+            # nothing of ours to wait for here; a record left behind is settle()'s business
+            if proc is not None and proc.poll() is None:
+                with self._children_lock:
+                    self._children.setdefault(target, proc)
+            self._reap()
+            return False
         if how is base.Detached.LAZILY:
             # the daemon serves the busy mount until its last user goes: settle() finishes
             if proc is not None:
@@ -237,7 +243,7 @@ class FuseOverlayfsBackend(Backend):
         if exited and upper is not None and record is not None:
             self._finish(record, upper)
         self._reap()
-        return how is not base.Detached.NOT_MOUNTED
+        return True
 
     def _finish(self, record: str, upper: str) -> None:
         if os.path.isdir(upper):

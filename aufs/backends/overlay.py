@@ -46,16 +46,31 @@ class OverlayBackend(Backend):
             return "kernel overlayfs needs CAP_SYS_ADMIN (run as root) to mount"
         return None
 
+    def _legacy(self) -> bool:
+        """True if this kernel needs all layers in one page of mount(2) data."""
+        return not _lowerdir_plus(len(self.layout.diff_path("x" * 128)))
+
     @property
     def max_depth(self) -> int:
-        longest = len(str(self.layout.diff_dir("x" * 128)))
-        if _lowerdir_plus(longest):
+        if not self._legacy():
             return OVERLAY_MAX_LOWERS + 1
-        # legacy mount(2): every lower costs its path and a ':' out of one page of mount data
+        # legacy mount(2), as Docker's overlay2 does it: lowers named by short links, each
+        # costing its path and a ':' out of one page that also holds upper, work and options
         page = os.sysconf("SC_PAGE_SIZE")
-        per_layer = len(str(self.layout.layers_dir)) + 1 + 128 + len("/diff:")
-        fixed = 2 * per_layer + len(",upperdir=,workdir=,lowerdir=") + sum(len(o) + 1 for o in MOUNT_OPTIONS)
-        return max(1, min(OVERLAY_MAX_LOWERS, (page - fixed) // per_layer) + 1)
+        per_lower = len(str(self.layout.short_link("x"))) + 1
+        longest = len(self.layout.diff_path("x" * 128))
+        fixed = len("lowerdir=,upperdir=,workdir=") + 2 * longest + sum(len(o) + 1 for o in MOUNT_OPTIONS)
+        return max(1, min(OVERLAY_MAX_LOWERS, (page - 1 - fixed) // per_lower) + 1)
+
+    def lower_path(self, layer_id: str) -> str:
+        if self._legacy():
+            return self.short_lower_path(layer_id)
+        return self.layout.diff_path(layer_id)
+
+    def lower_paths(self, layer_ids: list[str]) -> tuple[str, ...]:
+        if self._legacy():
+            return tuple(self.short_lower_path(i) for i in layer_ids)
+        return tuple(self.layout.diff_path(i) for i in layer_ids)
 
     def mount(self, request: MountRequest) -> None:
         lowers = list(request.lowers)

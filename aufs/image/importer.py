@@ -32,7 +32,8 @@ __all__ = ["ProgressCallback", "import_image"]
 #: ``progress(layer_id, done_bytes, total_bytes)``: bytes of the layer's blob (as stored,
 #: usually compressed) read so far out of its size. Called from worker threads, possibly
 #: concurrently for different layers; always ends with ``done_bytes == total_bytes`` for every
-#: layer of the image, including layers the store already had (reported done at once).
+#: layer of the image, including layers the store already had (reported done at once). An
+#: exception raised by the callback aborts the import like any other error.
 ProgressCallback = Callable[[str, int, int], None]
 
 

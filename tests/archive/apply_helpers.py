@@ -9,13 +9,13 @@ import io
 import os
 import stat
 import tarfile
-from typing import Dict, Iterable, List, Optional, Tuple
+from collections.abc import Iterable
 
 
-def entry(name: str, kind: str = "file", *, data: bytes = b"", mode: Optional[int] = None,
+def entry(name: str, kind: str = "file", *, data: bytes = b"", mode: int | None = None,
           uid: int = 0, gid: int = 0, mtime: float = 1_600_000_000, link: str = "",
           devmajor: int = 0, devminor: int = 0,
-          xattrs: Optional[Dict[str, bytes]] = None) -> Tuple[tarfile.TarInfo, Optional[bytes]]:
+          xattrs: dict[str, bytes] | None = None) -> tuple[tarfile.TarInfo, bytes | None]:
     """One tar member: kind is file, dir, symlink, hardlink, char, block or fifo."""
     ti = tarfile.TarInfo(name)
     ti.type = {
@@ -37,7 +37,7 @@ def entry(name: str, kind: str = "file", *, data: bytes = b"", mode: Optional[in
     return ti, None
 
 
-def make_tar(entries: Iterable[Tuple[tarfile.TarInfo, Optional[bytes]]],
+def make_tar(entries: Iterable[tuple[tarfile.TarInfo, bytes | None]],
              fmt: int = tarfile.PAX_FORMAT) -> bytes:
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=fmt, encoding="utf-8",
@@ -47,21 +47,21 @@ def make_tar(entries: Iterable[Tuple[tarfile.TarInfo, Optional[bytes]]],
     return buf.getvalue()
 
 
-def xattrs_of(path: str) -> Dict[str, bytes]:
+def xattrs_of(path: str) -> dict[str, bytes]:
     out = {}
     for name in sorted(os.listxattr(path, follow_symlinks=False)):
         out[name] = os.getxattr(path, name, follow_symlinks=False)
     return out
 
 
-def snapshot(root: str, *, times: bool = True, dir_times: bool = True) -> Dict[str, tuple]:
+def snapshot(root: str, *, times: bool = True, dir_times: bool = True) -> dict[str, tuple]:
     """path -> (type, mode, uid, gid, mtime_ns, payload, xattrs, link-group) for the whole tree.
 
     payload: file content, symlink target or device number. Hard-link groups are numbered in
     walk order so two trees compare equal when they link the same names together.
     """
-    result: Dict[str, tuple] = {}
-    groups: Dict[Tuple[int, int], int] = {}
+    result: dict[str, tuple] = {}
+    groups: dict[tuple[int, int], int] = {}
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames.sort()
         for name in sorted(dirnames + filenames):
@@ -89,5 +89,5 @@ def snapshot(root: str, *, times: bool = True, dir_times: bool = True) -> Dict[s
     return result
 
 
-def names(root: str) -> List[str]:
+def names(root: str) -> list[str]:
     return sorted(snapshot(root, times=False))

@@ -13,7 +13,8 @@ import stat
 import subprocess
 
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
 from aufs.apply import apply_tar
 from aufs.whiteouts import WhiteoutFormat

@@ -332,3 +332,19 @@ def test_docker_unpacklayer_three_layers_aufs(ramdir):
     l3.mkdir()
     apply(l3, [entry(".wh..wh..opq"), entry("new", data=b"")], AUFS)
     assert names(str(l3)) == [".wh..wh..opq", "new"]
+
+
+def test_many_directories_all_get_their_mtimes(ramdir):
+    """More directory records than the C writer buffers between returns (1 MiB)."""
+    entries = []
+    for i in range(4500):
+        d = f"d{i % 30}/" + f"{i:05d}" + "x" * 240
+        entries += [entry(d, "dir", mtime=1000 + i), entry(d + "/f", data=b"")]
+    for i in range(30):
+        entries.append(entry(f"d{i}", "dir", mtime=50 + i))
+    apply(ramdir, entries)
+    for i in range(4500):
+        d = ramdir / f"d{i % 30}" / (f"{i:05d}" + "x" * 240)
+        assert os.stat(d).st_mtime == 1000 + i
+    for i in range(30):
+        assert os.stat(ramdir / f"d{i}").st_mtime == 50 + i

@@ -202,7 +202,7 @@ def test_threads_extract_concurrently(ramdir, expected):
             blob = COMPRESS[["plain", "gzip", "zstd"][i % 3]](TAR)
             apply_tar(out, blob, AUFS)
             assert snapshot(str(out)) == expected
-        except BaseException as exc:  # noqa: B036
+        except BaseException as exc:  # noqa: BLE001
             errors.append(exc)
 
     threads = [threading.Thread(target=work, args=(i,)) for i in range(9)]

@@ -167,7 +167,7 @@ def test_concurrent_hostile_and_honest_extractions(arena):
         except ArchiveError as exc:
             if i % 2:
                 errors.append(exc)
-        except BaseException as exc:  # noqa: B036
+        except BaseException as exc:  # noqa: BLE001
             errors.append(exc)
 
     threads = [threading.Thread(target=work, args=(i,)) for i in range(8)]

@@ -380,3 +380,17 @@ def test_random_stacks_match_the_model(ram_root: pathlib.Path, fmt: WhiteoutForm
         assert got == model_changes(top, below, touched)
     finally:
         shutil.rmtree(work)
+
+
+def test_deep_tree_does_not_recurse(ramdir: pathlib.Path) -> None:
+    layer = ramdir / "layer"
+    deep = str(layer)
+    os.mkdir(deep)
+    for _ in range(1500):  # deeper than Python's recursion limit (os.makedirs would recurse)
+        deep += "/a"
+        os.mkdir(deep)
+    with open(os.path.join(deep, "f"), "wb") as f:
+        f.write(b"bottom")
+    got = compute_changes(layer, None, WhiteoutFormat.OVERLAY)
+    assert len(got) == 1501 and got[-1].path == "/a" * 1500 + "/f"
+    assert diff_size(layer, WhiteoutFormat.OVERLAY) == 6

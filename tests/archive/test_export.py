@@ -9,7 +9,7 @@ import pathlib
 import stat
 import subprocess
 import threading
-from typing import Iterator, List
+from collections.abc import Iterator
 
 import libarchive
 import pytest
@@ -74,7 +74,7 @@ def build_layer(root: pathlib.Path, fmt: WhiteoutFormat) -> None:
     _settle_times(root)
 
 
-def listing(tar: pathlib.Path, tool: str = "tar") -> List[str]:
+def listing(tar: pathlib.Path, tool: str = "tar") -> list[str]:
     out = subprocess.run([tool, "-tf", str(tar)], check=True, capture_output=True).stdout
     return out.decode().splitlines()
 
@@ -138,7 +138,7 @@ def test_deterministic(ramdir: pathlib.Path, fmt: WhiteoutFormat) -> None:
     assert first.read_bytes() == second.getvalue()
 
 
-def _entries(data: bytes) -> List[libarchive.ArchiveEntry]:
+def _entries(data: bytes) -> list[libarchive.ArchiveEntry]:
     with libarchive.memory_reader(data) as archive:
         return [
             {
@@ -307,3 +307,47 @@ def test_no_space_is_nospace(ramdir: pathlib.Path, tiny_fs: pathlib.Path) -> Non
 def test_missing_layer_dir(ramdir: pathlib.Path) -> None:
     with pytest.raises(FileNotFoundError):
         write_diff(ramdir / "nope", io.BytesIO(), WhiteoutFormat.OVERLAY)
+
+
+def test_awkward_names_links_and_ids(ramdir: pathlib.Path) -> None:
+    layer = ramdir / "layer"
+    layer.mkdir()
+    long_dir = layer / ("d" * 120)
+    long_dir.mkdir()
+    (long_dir / ("f" * 200)).write_bytes(b"long")
+    raw = os.fsencode(layer) + b"/not-utf8-\xff\xfe"
+    with open(raw, "wb") as f:
+        f.write(b"bytes")
+    (layer / "new\nline").write_bytes(b"")
+    os.symlink("t" * 300, layer / "long-target")
+    (layer / "big-ids").write_bytes(b"")
+    os.chown(layer / "big-ids", 3_000_000, 4_000_000)  # beyond ustar's 7 octal digits
+    out = ramdir / "out.tar"
+    write_diff(layer, out, WhiteoutFormat.OVERLAY)
+    for tool in ("tar", "bsdtar"):
+        dest = ramdir / f"x-{tool}"
+        dest.mkdir()
+        subprocess.run([tool, "-xpf", str(out), "-C", str(dest)], check=True, capture_output=True)
+        assert (dest / ("d" * 120) / ("f" * 200)).read_bytes() == b"long"
+        with open(os.fsencode(dest) + b"/not-utf8-\xff\xfe", "rb") as f:
+            assert f.read() == b"bytes"
+        assert (dest / "new\nline").exists()
+        assert os.readlink(dest / "long-target") == "t" * 300
+        st = os.lstat(dest / "big-ids")
+        assert (st.st_uid, st.st_gid) == (3_000_000, 4_000_000)
+
+
+def test_deep_tree_does_not_recurse(ramdir: pathlib.Path) -> None:
+    layer = ramdir / "layer"
+    deep = str(layer)
+    os.mkdir(deep)
+    for _ in range(1500):  # deeper than Python's recursion limit (os.makedirs would recurse)
+        deep += "/a"
+        os.mkdir(deep)
+    with open(os.path.join(deep, "f"), "wb") as f:
+        f.write(b"bottom")
+    buf = io.BytesIO()
+    write_diff(layer, buf, WhiteoutFormat.OVERLAY)
+    names = [e["name"] for e in _entries(buf.getvalue())]
+    assert len(names) == 1501
+    assert names[-1] == "a/" * 1500 + "f"

@@ -222,3 +222,20 @@ def test_concurrent_imports_of_one_image(driver: aufs.Driver, ramdir: Path) -> N
     assert results == [EXPECTED_IDS] * 3
     with driver.mount(EXPECTED_IDS[-1]) as root:
         assert (Path(root) / "etc" / "motd").read_bytes() == b"updated"
+
+
+def test_layers_are_processed_in_parallel(driver: aufs.Driver, ramdir: Path) -> None:
+    """All three layers must be in flight at once: each one's first progress report waits at a
+    barrier that only opens when the other two have started too (a serial import would break it)."""
+    tars = [layer_tar([(f"f{i}", os.urandom(1 << 20))]) for i in range(3)]
+    write_layout(ramdir / "img", tars)
+    barrier = threading.Barrier(3, timeout=30)
+    started: set = set()
+
+    def progress(layer_id: str, done: int, total: int) -> None:
+        if layer_id not in started:
+            started.add(layer_id)
+            barrier.wait()
+
+    ids = aufs.import_image(driver, ramdir / "img", progress=progress, workers=3)
+    assert started == set(ids)

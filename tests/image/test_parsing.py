@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import bz2
+import functools
 import gzip
 import hashlib
 import io
@@ -210,6 +211,7 @@ def test_compressed_or_bogus_tarballs_are_refused(ramdir: Path) -> None:
 PAYLOAD = layer_tar([("big", os.urandom(300_000) + b"\0" * 3_000_000), ("small", b"x")])
 
 
+@functools.cache
 def _compressed_forms() -> dict:
     two_members = gzip.compress(PAYLOAD[:100_000]) + gzip.compress(PAYLOAD[100_000:])
     zstd_frames = zstandard.ZstdCompressor().compress(PAYLOAD[:5000]) + zstandard.ZstdCompressor().compress(PAYLOAD[5000:])
@@ -268,3 +270,22 @@ def test_truncated_gzip_is_caught() -> None:
     blob = gzip.compress(PAYLOAD)[:-20]
     with pytest.raises(aufs.ArchiveError, match="truncated"):
         open_layer_stream(io.BytesIO(blob), blob_digest=None, diff_id=None, what="t").verify()
+
+
+def test_oversized_json_is_refused(ramdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from aufs.image import sources
+
+    write_layout(ramdir / "oci", TARS)
+    monkeypatch.setattr(sources, "MAX_JSON_BYTES", 64)
+    with open_source(ramdir / "oci") as src, pytest.raises(aufs.ImageError, match="too large"):
+        resolve_image(src)
+
+
+def test_tarball_links_cannot_reach_outside(ramdir: Path) -> None:
+    """A docker-save tarball whose layer is a symlink member pointing out of the tarball."""
+    _docker_save(ramdir / "d", TARS, ["aaa/layer.tar", "bbb/layer.tar"])
+    (ramdir / "d" / "bbb" / "layer.tar").unlink()
+    os.symlink("../../../../etc/passwd", ramdir / "d" / "bbb" / "layer.tar")
+    tar_directory(ramdir / "d", ramdir / "d.tar")
+    with open_source(ramdir / "d.tar") as src, pytest.raises(aufs.ImageError, match="missing"):
+        resolve_image(src)

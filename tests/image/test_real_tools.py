@@ -59,6 +59,14 @@ def test_zstd_form_same_ids_same_tree(driver: aufs.Driver, umoci_image: dict[str
     _assert_same_tree(umoci_image["rootfs"], driver, ids[-1])
 
 
+def test_oci_archive_tarball_same_ids(driver: aufs.Driver, ramdir: Path, umoci_image: dict[str, Path]) -> None:
+    archive = ramdir / "image.oci.tar"
+    run("skopeo", "copy", "-q", f"oci:{umoci_image['oci']}:t", f"oci-archive:{archive}:t")
+    ids = aufs.import_image(driver, archive)
+    assert ids == aufs.import_image(driver, umoci_image["docker"])
+    assert len(driver.layers()) == 3
+
+
 def test_fuse_overlayfs_backend_shows_the_same_tree(ramdir: Path, umoci_image: dict[str, Path]) -> None:
     try:
         store = aufs.Driver(ramdir / "fuse-store", backend="fuse-overlayfs")

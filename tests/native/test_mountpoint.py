@@ -187,3 +187,23 @@ def test_reentrant_under_threads(root: pathlib.Path, mounter: Mounter) -> None:
 
     with concurrent.futures.ThreadPoolExecutor(4) as pool:
         list(pool.map(work, range(8)))
+
+
+def test_mount_point_hidden_by_a_later_mount(root: pathlib.Path, mounter: Mounter) -> None:
+    # a/b is a mount point, then a new tmpfs covers a: the path a/b now names a plain
+    # directory of the new tmpfs, though the mount table still lists the hidden a/b mount.
+    (root / "a").mkdir()
+    mounter.tmpfs(root / "a")
+    (root / "a" / "b").mkdir()
+    mounter.tmpfs(root / "a" / "b")
+    mounter.tmpfs(root / "a")
+    (root / "a" / "b").mkdir()
+    assert str(root / "a" / "b") in {m.mountpoint for m in mounts.mount_table()}
+    check_all(str(root / "a" / "b"), False)
+    check_all(str(root / "a"), True)
+    # and stacked mounts on one point, and a bind of the covered mount's subtree elsewhere
+    (root / "c").mkdir()
+    mounter.tmpfs(root / "c")
+    mounter.tmpfs(root / "c")
+    mounter.tmpfs(root / "c")
+    check_all(str(root / "c"), True)

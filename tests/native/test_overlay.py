@@ -143,3 +143,15 @@ def test_legacy_fallback_refuses_unrepresentable_paths(root: pathlib.Path,
     (root / "mnt").mkdir()
     with pytest.raises(aufs.MountError):
         mounts.mount_overlay(root / "mnt", [str(root / "a:b"), str(root / "a:b")])
+
+
+def test_kernel_layer_limit_reached_and_explained(root: pathlib.Path, mounter: Mounter) -> None:
+    layers = make_layers(root / "l", 501)
+    (root / "mnt").mkdir()
+    mounter.overlay(root / "mnt", layers[:500])
+    assert len(os.listdir(root / "mnt")) == 501  # 500 files + "shared"
+    mounts.unmount(root / "mnt")
+    with pytest.raises(aufs.MountError) as info:
+        mounts.mount_overlay(root / "mnt", layers)
+    assert info.value.errno == errno.EINVAL
+    assert "limit is 500" in str(info.value)

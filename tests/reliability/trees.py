@@ -18,14 +18,16 @@ from aufs.whiteouts import OPAQUE_XATTRS, is_private_xattr
 Tree = Dict[str, Tuple[Any, ...]]
 
 
-def snapshot(root: Union[str, "os.PathLike[str]"], *, times: bool = True) -> Tree:
+def snapshot(root: Union[str, "os.PathLike[str]"], *, times: bool = True, skip: Iterable[str] = ()) -> Tree:
     """Every entry below ``root`` (root itself as ``"."``) -> what identifies its state.
 
     Kind, mode, owner, link count, size, content digest, symlink target, device number,
     xattrs, and (with ``times``) the mtime of non-directories. Directory mtimes are left out:
     mounting a union may touch them; so are the union's private xattrs (overlayfs stamps an
     upper directory with a fresh ``trusted.overlay.uuid`` at every mount), opaque flags kept.
+    Entries named in ``skip`` (relative paths) are recorded but not descended into or read.
     """
+    skipped = set(skip)
     root = os.fspath(root)
     out: Tree = {}
 
@@ -38,6 +40,9 @@ def snapshot(root: Union[str, "os.PathLike[str]"], *, times: bool = True) -> Tre
         except OSError:
             xattrs = ()
         base = (stat.S_IFMT(st.st_mode), stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, xattrs)
+        if rel in skipped:
+            out[rel] = ("skipped",)
+            return
         if stat.S_ISDIR(st.st_mode):
             out[rel] = ("dir",) + base
             for name in sorted(os.listdir(path)):
@@ -45,8 +50,7 @@ def snapshot(root: Union[str, "os.PathLike[str]"], *, times: bool = True) -> Tre
             return
         mtime = st.st_mtime_ns if times else 0
         if stat.S_ISREG(st.st_mode):
-            with open(path, "rb") as f:
-                digest = hashlib.sha256(f.read()).hexdigest()
+            digest = _digest(path)
             out[rel] = ("file",) + base + (st.st_nlink, st.st_size, digest, mtime)
         elif stat.S_ISLNK(st.st_mode):
             out[rel] = ("symlink",) + base + (os.readlink(path),)
@@ -55,6 +59,19 @@ def snapshot(root: Union[str, "os.PathLike[str]"], *, times: bool = True) -> Tre
 
     visit(root, ".")
     return out
+
+
+def _digest(path: str, limit: int = 8 << 20) -> str:
+    """sha256 of the content (of its first ``limit`` bytes: a fuzzed sparse file may claim TBs)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while limit > 0:
+            chunk = f.read(min(1 << 20, limit))
+            if not chunk:
+                break
+            h.update(chunk)
+            limit -= len(chunk)
+    return h.hexdigest()
 
 
 def first_diff(a: Tree, b: Tree) -> Optional[str]:

@@ -297,3 +297,19 @@ def test_busy_mount_is_detached_lazily_and_its_mountpoint_removed(driver: Driver
         assert sorted(os.listdir(root)) == ["f"]
     names = sorted(os.listdir(driver._layout.diff_dir("top")))
     assert names == ([".wh.lower", "f"] if driver.whiteout_format is WhiteoutFormat.AUFS else ["f", "lower"])
+
+
+def test_failed_mount_raises_mount_error_and_leaves_nothing(driver: Driver) -> None:
+    import shutil
+
+    driver.create("base")
+    driver.create("top", parent="base")
+    shutil.rmtree(driver._layout.diff_dir("base"))  # a broken lower layer: the mount must fail
+    with pytest.raises(aufs.MountError) as info:
+        driver.get("top")
+    assert isinstance(info.value, OSError)
+    assert not driver.is_mounted("top")
+    assert not driver._layout.mountpoint("top").exists()
+    assert not driver._layout.refs_file("top").exists()
+    assert not driver._layout.backend_record("top").exists()
+    driver.put("top")  # the failed get took no reference: nothing to give back

@@ -145,3 +145,62 @@ def test_cleanup_removes_mounts_left_by_a_dead_process(driver: Driver, home: pat
     if driver.backend == "fuse-overlayfs":
         out = subprocess.run(["pgrep", "-f", f"fuse-overlayfs.*{home}"], capture_output=True, text=True, check=False)
         assert out.stdout.strip() == ""  # no daemon outlives its mount
+
+
+def test_a_mount_whose_daemon_died_is_replaced(driver: Driver) -> None:
+    if driver.backend != "fuse-overlayfs":
+        pytest.skip("only a userspace daemon can die under its mount")
+    driver.create("base")
+    driver.create("top", parent="base")
+    path = driver.get("top")
+    with open(f"{path}/f", "w") as f:
+        f.write("kept")
+    pid = int(driver._layout.backend_record("top").read_text().split()[0])
+    os.kill(pid, signal.SIGKILL)
+    time.sleep(0.1)
+    with pytest.raises(OSError):
+        os.listdir(path)
+    assert driver.is_mounted("top")
+    assert driver.get("top") == path  # a fresh daemon
+    assert os.listdir(path) == ["f"]
+    driver.put("top")
+    driver.put("top")
+    assert not driver.is_mounted("top")
+    driver.cleanup()
+    assert mounts.submounts(driver.home) == []
+
+
+def test_killed_inside_apply_diff_leaves_the_layer_as_it_was_or_complete(
+    driver: Driver, home: pathlib.Path, tmp_path: pathlib.Path
+) -> None:
+    pytest.importorskip("aufs.apply")
+    import io
+    import tarfile
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for i in range(3000):
+            info = tarfile.TarInfo(f"dir{i % 10}/file{i}")
+            info.size = 2048
+            tar.addfile(info, io.BytesIO(b"x" * 2048))
+    archive = tmp_path / "layer.tar"
+    archive.write_bytes(buf.getvalue())
+    full = {f"dir{i % 10}/file{i}" for i in range(3000)} | {f"dir{i}" for i in range(10)}
+    for n, delay in enumerate((0.02, 0.08, 0.2, 0.5, 3.0)):
+        layer = f"l{n}"
+        driver.create(layer)
+        (driver._layout.diff_dir(layer) / "old").write_text("old")
+        proc = _python(f"""
+            from aufs.store import Driver
+            Driver({str(home)!r}, backend={driver.backend!r}).apply_diff({layer!r}, {str(archive)!r})
+        """)
+        try:
+            proc.wait(timeout=delay)
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+        d = Driver(home, backend=driver.backend)
+        diff = d._layout.diff_dir(layer)
+        names = {str(p.relative_to(diff)) for p in diff.rglob("*")}
+        assert names in ({"old"}, full | {"old"}), f"partial layer after a kill at {delay}s"
+        assert os.listdir(d._layout.tmp_dir) == []

@@ -68,3 +68,25 @@ def test_lower_view_of_a_deep_chain(driver: Driver) -> None:
         assert len(os.listdir(lower)) == 130  # file-0..128 and common
         with open(f"{lower}/common") as f:
             assert f.read() == "128"
+
+
+def test_overlay_without_lowerdir_plus_uses_short_links_and_one_page(
+    driver: Driver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On kernels before 6.8 all lowers share one page of mount(2) data: the store names them
+    by short links (as Docker's overlay2 does) and refuses at create what would not fit."""
+    import dataclasses
+
+    from aufs import mounts
+
+    if driver.backend != "overlay":
+        pytest.skip("kernel overlayfs only")
+    legacy = dataclasses.replace(mounts.kernel_features(), overlay_lowerdir_plus=False, overlay_layer_fd=False)
+    monkeypatch.setattr(mounts, "kernel_features", lambda: legacy)
+    depth = driver.max_depth
+    full_path = len(driver._layout.diff_path("x" * 128)) + 1
+    assert 2 * (4096 // full_path) < depth < 501  # short links: far more than full paths allow
+    top = _build_chain(driver, depth)
+    _check_read(driver, top, depth)  # a real legacy mount(2) with the data in one page
+    with pytest.raises(aufs.MaxDepthExceeded):
+        driver.create("one-too-many", parent=top)

@@ -1,0 +1,129 @@
+"""Fuzzing apply_diff with mutated layer tars: no crash, no hang, no write outside the layer, and
+only success, ArchiveError, UnsafeArchive or NoSpace as outcomes. Through the store, a failed
+apply leaves the layer exactly as it was.
+
+The suite runs the unmutated seeds, a fixed set of random mutations and a hypothesis search;
+``tools/fuzz_apply.py`` runs as many as you like (see RELIABILITY.md).
+"""
+from __future__ import annotations
+
+import os
+import pathlib
+import random
+import signal
+import sys
+import time
+from typing import Iterator, List, Tuple
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+import aufs
+from aufs import mounts
+
+from . import fuzzkit as fk
+from .trees import snapshot
+
+SEEDS = fk.corpus_seeds() + fk.generated_seeds()
+
+
+@pytest.fixture
+def sandbox(ramdir: pathlib.Path) -> Iterator[fk.Sandbox]:
+    """A sandbox on its own 64 MiB tmpfs, so tar bombs meet a full disk quickly."""
+    disk = ramdir / "fuzz"
+    disk.mkdir()
+    mounts.mount("tmpfs", disk, "tmpfs", data="size=64m,mode=0755")
+    try:
+        yield fk.make_sandbox(disk / "sandbox")
+    finally:
+        mounts.unmount(disk, lazy=True)
+
+
+def test_corpus_is_there() -> None:
+    assert len(fk.corpus_seeds()) >= 40, f"the Go archive/tar corpus is missing at {fk.CORPUS}"
+
+
+@pytest.mark.parametrize("fmt_name", ["overlay", "aufs"])
+def test_every_seed_as_it_is(sandbox: fk.Sandbox, fmt_name: str) -> None:
+    outcomes = {}
+    for index, data in enumerate(SEEDS):
+        outcome, problem = fk.run_case(sandbox, data, fmt_name)
+        assert problem is None, f"seed {index}: {problem}"
+        outcomes[outcome] = outcomes.get(outcome, 0) + 1
+    # the seeds reach every outcome: the defences are exercised, not just the parser
+    assert set(outcomes) == {"ok", "ArchiveError", "UnsafeArchive", "NoSpace"}, outcomes
+
+
+def test_random_mutations(sandbox: fk.Sandbox) -> None:
+    log: List[str] = []
+    counts = fk.fuzz(sandbox, SEEDS, 600, random.Random(2026), log)
+    assert not log, "\n".join(log[:5])
+    assert counts.get("ok", 0) > 60 and counts.get("ArchiveError", 0) > 60, counts
+
+
+ops = st.lists(st.tuples(st.integers(0, fk.N_OPS - 1), st.integers(0, 1 << 20), st.integers(0, 1 << 20)),
+               min_size=1, max_size=6)
+
+
+@given(st.integers(0, len(SEEDS) - 1), ops, st.sampled_from(["overlay", "aufs"]), st.booleans())
+def test_structure_aware_mutations(sandbox: fk.Sandbox, seed: int, mutation: List[Tuple[int, int, int]],
+                                   fmt_name: str, prefill: bool) -> None:
+    _, problem = fk.run_case(sandbox, fk.mutate(SEEDS[seed], mutation), fmt_name, prefill=prefill)
+    assert problem is None, problem
+
+
+def _apply_in_child(d: aufs.Driver, layer: str, data: bytes) -> str:
+    read_fd, write_fd = os.pipe()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        code = "ok"
+        try:
+            d.apply_diff(layer, data)
+        except (aufs.ArchiveError, aufs.NoSpace) as exc:
+            code = type(exc).__name__
+        except BaseException as exc:  # noqa: BLE001
+            code = f"other: {exc!r}"
+        os.write(write_fd, code.encode())
+        os._exit(0)
+    os.close(write_fd)
+    deadline = time.monotonic() + 20
+    while not os.waitpid(pid, os.WNOHANG)[0]:
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            os.close(read_fd)
+            return "hang"
+        time.sleep(0.001)
+    text = os.read(read_fd, 4096).decode()
+    os.close(read_fd)
+    return text
+
+
+def test_failed_applies_through_the_store_change_nothing(ramdir: pathlib.Path) -> None:
+    """Through Driver.apply_diff (staging clone + exchange): a failure leaves the layer as it was."""
+    d = aufs.Driver(ramdir / "store", backend="overlay")
+    d.create("base")
+    d.apply_diff("base", SEEDS[-len(fk.generated_seeds())])  # the sample base layer
+    d.create("victim", parent="base")
+    rng = random.Random(5)
+    failures = []
+    outcomes = {}
+    for case in range(150):
+        seed = rng.randrange(len(SEEDS))
+        mutation = fk.random_ops(rng)
+        before = snapshot(d._layout.diff_dir("victim"))
+        outcome = _apply_in_child(d, "victim", fk.mutate(SEEDS[seed], mutation))
+        outcomes[outcome] = outcomes.get(outcome, 0) + 1
+        if outcome not in fk.ALLOWED:
+            failures.append(f"case {case}: seed {seed} {mutation}: {outcome}")
+        elif outcome != "ok" and snapshot(d._layout.diff_dir("victim")) != before:
+            failures.append(f"case {case}: seed {seed} {mutation}: failed apply changed the layer")
+        if os.listdir(d.home / "tmp"):
+            failures.append(f"case {case}: debris in tmp/: {os.listdir(d.home / 'tmp')}")
+    assert not failures, "\n".join(failures[:5])
+    assert outcomes.get("ok", 0) > 10 and outcomes.get("ArchiveError", 0) > 10, outcomes
+    assert d.check().clean, str(d.check())
+    d.cleanup()
