@@ -48,6 +48,7 @@ from .errors import (
     ImageError,
     LayerExists,
     LayerInUse,
+    InvalidLayerId,
     LayerNotFound,
     MountError,
     NoSpace,
@@ -64,6 +65,7 @@ EXIT_ERROR = 1
 EXIT_USAGE = 2
 EXIT_CODES: tuple[tuple[type, int], ...] = (
     # most specific first
+    (InvalidLayerId, EXIT_USAGE),
     (LayerNotFound, 3),
     (LayerExists, 4),
     (LayerInUse, 5),

@@ -20,6 +20,7 @@ __all__ = [
     "StoreFormatMismatch",
     "StoreLocked",
     "LayerNotFound",
+    "InvalidLayerId",
     "LayerExists",
     "LayerInUse",
     "MaxDepthExceeded",
@@ -67,6 +68,14 @@ class StoreLocked(AufsError, RuntimeError):
 
 class LayerNotFound(AufsError, LookupError):
     """The layer (or the named parent) does not exist in the store."""
+
+
+class InvalidLayerId(LayerNotFound, ValueError):
+    """A layer id that is not well formed (1 to 128 of ``[A-Za-z0-9_.-]``, first alphanumeric).
+
+    It is a ``ValueError`` (the argument is bad) and also a :class:`LayerNotFound` (no such
+    layer can exist), so lookups of a malformed id behave like lookups of a missing one.
+    """
 
 
 class LayerExists(AufsError, FileExistsError):

@@ -16,6 +16,7 @@
       l/SHORT -> ../layers/ID/diff   short links, keeping long lower lists short (fuse-overlayfs)
       empty/                 an empty directory: the lowest lower of every mount
       tmp/KIND.OWNER.RAND    work in progress (staged creates, removes, applies, lower views)
+      image-imports/OWNER.RAND.json  journals of image imports in progress (aufs.image.journal)
 
 Layer ids are 1 to 128 characters of ``[A-Za-z0-9_.-]`` starting with a letter or digit, so an
 id is always a single, non-hidden path component and can never name a temporary entry.
@@ -32,6 +33,7 @@ import re
 import uuid
 from typing import Union
 
+from .errors import InvalidLayerId
 from .owners import ProcessToken
 
 __all__ = ["MAX_ID_LENGTH", "STORE_META_NAME", "Layout", "is_valid_layer_id", "validate_layer_id"]
@@ -50,11 +52,15 @@ def is_valid_layer_id(layer_id: object) -> bool:
 
 
 def validate_layer_id(layer_id: object) -> str:
-    """Return ``layer_id`` if it is valid (see :func:`is_valid_layer_id`), else raise ValueError."""
+    """Return ``layer_id`` if it is valid (see :func:`is_valid_layer_id`).
+
+    Raises :class:`aufs.InvalidLayerId` (a ``ValueError`` and a ``LayerNotFound``) otherwise.
+    """
     if not is_valid_layer_id(layer_id):
-        raise ValueError(
+        raise InvalidLayerId(
             f"invalid layer id {layer_id!r}: use 1 to {MAX_ID_LENGTH} characters of "
-            "[A-Za-z0-9_.-], the first one a letter or digit"
+            "[A-Za-z0-9_.-], the first one a letter or digit",
+            layer_id=layer_id if isinstance(layer_id, str) else None,
         )
     assert isinstance(layer_id, str)
     return layer_id
@@ -73,6 +79,7 @@ class Layout:
         self.links_dir = self.home / "l"
         self.empty_dir = self.home / "empty"
         self.tmp_dir = self.home / "tmp"
+        self.imports_dir = self.home / "image-imports"
         # hot paths (get of a 500-layer chain) build thousands of paths: plain strings are
         # an order of magnitude cheaper than pathlib objects
         self._layers_str = str(self.layers_dir) + "/"

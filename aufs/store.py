@@ -136,7 +136,8 @@ class Driver:
     ``apply_diff`` in a hard-link clone swapped in atomically; opening a store sweeps what a
     dead process left behind. So after a crash a layer is absent, as it was, or complete.
 
-    **Errors.** ``ValueError`` for a malformed id; :class:`aufs.LayerNotFound`,
+    **Errors.** :class:`aufs.InvalidLayerId` for a malformed id (a ``ValueError`` and a
+    :class:`aufs.LayerNotFound`); :class:`aufs.LayerNotFound`,
     :class:`aufs.LayerExists`, :class:`aufs.LayerInUse`, :class:`aufs.MaxDepthExceeded`,
     :class:`aufs.MountError`, :class:`aufs.BackendUnavailable`, :class:`aufs.StoreFormatMismatch`.
 
@@ -329,7 +330,7 @@ class Driver:
 
         The new diff dir is an empty directory owned by uid/gid 0 with mode 0755 (a child
         takes its parent's root owner and mode, so the union's root looks the same). Raises
-        ``ValueError`` for a malformed id, :class:`aufs.LayerExists`, :class:`aufs.LayerNotFound`
+        :class:`aufs.InvalidLayerId` (a ``ValueError``) for a malformed id, :class:`aufs.LayerExists`, :class:`aufs.LayerNotFound`
         for a missing parent, :class:`aufs.MaxDepthExceeded` if the chain would be deeper than
         the backend mounts. Atomic: on any error nothing is left behind.
         """

@@ -27,13 +27,15 @@ from ..owners import ProcessToken
 if TYPE_CHECKING:  # pragma: no cover
     from ..store import Driver
 
+from ..layout import Layout
+
 __all__ = ["JOURNAL_DIR", "ImportJournal", "busy_layers", "recover", "wait_for"]
 
-JOURNAL_DIR = "image-imports"
+JOURNAL_DIR = Layout(".").imports_dir.name
 
 
 def _journal_dir(driver: Driver) -> Path:
-    return Path(driver.home) / JOURNAL_DIR
+    return Layout(driver.home).imports_dir
 
 
 def _read(path: Path) -> list[str]:

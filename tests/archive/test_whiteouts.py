@@ -29,6 +29,7 @@ from aufs.whiteouts import (
 )
 
 FORMATS = list(WhiteoutFormat)
+O_PATH = getattr(os, "O_PATH", 0o10000000)  # PyPy 3.9's os lacks the constant (Linux value)
 
 
 @pytest.fixture
@@ -120,7 +121,7 @@ def test_make_opaque(ramdir: pathlib.Path, fmt: WhiteoutFormat, o_path: bool) ->
     sub = ramdir / "sub"
     sub.mkdir()
     assert not is_opaque_dir(sub, fmt)
-    fd = os.open(sub, (os.O_PATH if o_path else os.O_RDONLY) | os.O_DIRECTORY)
+    fd = os.open(sub, (O_PATH if o_path else os.O_RDONLY) | os.O_DIRECTORY)
     try:
         make_opaque(fd, fmt)
         make_opaque(fd, fmt)

@@ -115,8 +115,11 @@ def test_missing_layer_raises_layer_not_found(driver: Driver, method: str) -> No
 def test_invalid_ids_are_value_errors(driver: Driver, bad: str) -> None:
     with pytest.raises(ValueError):
         driver.create(bad)
-    with pytest.raises(ValueError):
-        driver.get(bad)
+    for method in ("get", "put", "parent", "is_mounted", "remove"):
+        # a malformed id names no layer: both a ValueError and a LayerNotFound
+        with pytest.raises(aufs.InvalidLayerId) as info:
+            getattr(driver, method)(bad)
+        assert isinstance(info.value, ValueError) and isinstance(info.value, aufs.LayerNotFound)
     driver.create("ok")
     with pytest.raises(ValueError):
         driver.create("ok2", parent=bad)
