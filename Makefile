@@ -31,7 +31,8 @@ clean:
 	rm -rf build dist wheelhouse wheels/out *.egg-info aufs/_native*.so aufs/_native.c .pytest_cache .hypothesis
 
 # --- reliability (issue 6): see RELIABILITY.md -----------------------------------------------
-# fuzz-asan: the C mount-table parser under ASan+UBSan. A copy of the package with the
+# fuzz-asan: the C mount-table parser under ASan+UBSan (our memory-safety fuzz tests and the
+# parser's own property tests). A copy of the package with the
 # extension built sanitized goes to $(ASAN_DIR); the fuzz tests run there with gcc's libasan
 # preloaded (python itself is not instrumented) and python allocating with plain malloc, so
 # ASan sees every buffer. Any sanitizer report aborts the run.
@@ -50,7 +51,8 @@ fuzz-asan:
 		ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
 		PYTHONMALLOC=malloc AUFS_EXPECT_SANITIZERS=1 HYPOTHESIS_PROFILE=$(FUZZ_PROFILE) \
 		unshare -m --propagation private $(PYTHON) -m pytest -q -p no:cacheprovider \
-		--rootdir=$(CURDIR) --import-mode=importlib $(CURDIR)/tests/reliability/test_fuzz_mountinfo.py
+		--rootdir=$(CURDIR) --import-mode=importlib $(CURDIR)/tests/reliability/test_fuzz_mountinfo.py \
+		$(CURDIR)/tests/native/test_mountinfo.py
 
 # reliability: the fast reliability suite (also part of `make test`).
 reliability: setup

@@ -8,7 +8,8 @@ The rules are those of Docker's layer-directory ``Changes`` (moby ``pkg/archive`
 down here because they are the contract:
 
 1. A whiteout of NAME is a DELETE of NAME (whether or not NAME exists below).
-2. Any other entry of the layer is a MODIFY if its path exists in ``lower_root``, else an ADD.
+2. Any other entry of the layer is a MODIFY if its path exists in ``lower_root``, else an ADD
+   (so everything inside a directory that replaced a non-directory is an ADD).
 3. A directory that exists below *as a directory* with the same mode, owner and mtime (mtimes
    equal, or equal in whole seconds when either has no sub-second part, as tar writes them)
    is only there because something inside it changed: it is not listed by itself...
@@ -26,14 +27,16 @@ compared (it depends on the filesystem, not on the content) while its owner is (
 is a change); AUFS metadata is skipped at every depth, not only at the root.
 
 Paths are absolute (``/dir/file``) and the list is sorted by path as a plain string
-comparison, so ``/a-b`` comes before ``/a/b``. Cost: one ``lstat`` in ``lower_root`` per
-entry of the layer, none below a directory that does not exist below (everything there is
-an ADD), and one ``scandir`` per opaque directory; the depth of the chain never matters
-because ``lower_root`` already shows the union.
+comparison, so ``/a-b`` comes before ``/a/b``. Cost: at most one lookup in ``lower_root`` per
+entry of the layer (an ``lstat``, or for a directory of 16 entries or more one ``scandir``
+of its lower directory, whose ``d_type`` answers them all), none below a directory that does
+not exist below (everything there is an ADD), plus one ``scandir`` per opaque directory. The
+depth of the chain never matters: ``lower_root`` already shows the union.
 """
 from __future__ import annotations
 
 import enum
+import errno
 import functools
 import gc
 import os
@@ -66,7 +69,7 @@ class Change(NamedTuple):
     kind: ChangeKind
 
     def __str__(self) -> str:
-        return f"{self.kind} {self.path}"
+        return str(self.kind) + " " + self.path
 
 
 _SCAN_LOWER_AT = 16  # entries in a layer directory from which its lower directory is read whole
@@ -130,7 +133,10 @@ def _scan_lower(lower_dir: str) -> dict[str, int]:
                     found[entry.name] = _DIR
                     continue
                 if not (entry.is_file(follow_symlinks=False) or entry.is_symlink()):
-                    st = entry.stat(follow_symlinks=False)
+                    try:
+                        st = entry.stat(follow_symlinks=False)
+                    except FileNotFoundError:
+                        continue  # overlayfs lists a lower whiteout it then refuses to look up
                     if is_whiteout_stat(st.st_mode, st.st_rdev, WhiteoutFormat.OVERLAY):
                         continue
                 found[entry.name] = _NOT_A_DIR
@@ -177,7 +183,7 @@ def compute_changes(
     root = os.fspath(layer_dir)
     lower = os.fspath(lower_root) if lower_root is not None else None
     if not os.path.isdir(root):
-        raise FileNotFoundError(2, "layer directory not found", root)
+        raise FileNotFoundError(errno.ENOENT, "layer directory not found", root)
     # A layer of 100k files makes 100k strings and tuples that all survive: the cyclic
     # collector would rescan them again and again (a fifth of the run) and can find nothing.
     gc_was_enabled = gc.isenabled()
@@ -206,7 +212,8 @@ def _compute(root: str, lower: str | None, fmt: WhiteoutFormat) -> list[Change]:
             entries = list(it)
         if lower_dir is None and provided is None:
             # nothing below: every entry is an ADD, no lookups (the common case of new trees)
-            if _add_all(entries, prefix, fmt, kinds, stack) and change_dir and change_dir not in kinds:
+            added = _add_all(entries, prefix, fmt, kinds, stack)
+            if added and change_dir and change_dir not in kinds:
                 kinds[change_dir] = modify  # rule 4
             continue
         below = _Below(lower_dir, len(entries))
@@ -245,7 +252,8 @@ def _compute(root: str, lower: str | None, fmt: WhiteoutFormat) -> list[Change]:
                 continue
             lower_child = below.path(name)
             opaque = is_opaque_dir(entry.path, fmt)
-            if opaque or path in kinds or not _same_dir(entry.stat(follow_symlinks=False), lower_child):
+            if (opaque or path in kinds
+                    or not _same_dir(entry.stat(follow_symlinks=False), lower_child)):
                 kinds[path] = modify
             stack.append((entry.path, path, lower_child))
             if opaque:
@@ -289,7 +297,8 @@ def _add_all(
 
 
 def _hidden_deletes(
-    dir_path: str, change_dir: str, lower_dir: str, fmt: WhiteoutFormat, kinds: dict[str, ChangeKind]
+    dir_path: str, change_dir: str, lower_dir: str, fmt: WhiteoutFormat,
+    kinds: dict[str, ChangeKind],
 ) -> None:
     """Rule 5 for an opaque directory: DELETE each lower name the layer does not provide."""
     provided: set[str] = set()
@@ -323,7 +332,7 @@ def diff_size(layer_dir: PathArg, fmt: WhiteoutFormat) -> int:
     """
     root = os.fspath(layer_dir)
     if not os.path.isdir(root):
-        raise FileNotFoundError(2, "layer directory not found", root)
+        raise FileNotFoundError(errno.ENOENT, "layer directory not found", root)
     total = 0
     seen: set[tuple[int, int]] = set()
     stack = [root]

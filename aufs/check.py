@@ -48,13 +48,14 @@ alone.
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
 import pathlib
-import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Set
+from typing import TYPE_CHECKING, Any, Callable
 
 from . import locks, mounts
 from .backends.base import detach
@@ -65,7 +66,7 @@ from .refcount import RefTable
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from .store import Driver
 
-__all__ = ["Finding", "CheckReport", "check_store", "KINDS", "UNREPAIRABLE_KINDS"]
+__all__ = ["KINDS", "UNREPAIRABLE_KINDS", "CheckReport", "Finding", "check_store"]
 
 KINDS = (
     "leftover-temporary",
@@ -92,10 +93,10 @@ class Finding:
     kind: str
     path: str
     detail: str
-    layer_id: Optional[str] = None
+    layer_id: str | None = None
     repaired: bool = False
 
-    def as_dict(self) -> Dict[str, Any]:
+    def as_dict(self) -> dict[str, Any]:
         return {"kind": self.kind, "path": self.path, "detail": self.detail,
                 "layer_id": self.layer_id, "repaired": self.repaired}
 
@@ -106,7 +107,7 @@ class CheckReport:
 
     home: str
     repair: bool
-    findings: List[Finding] = field(default_factory=list)
+    findings: list[Finding] = field(default_factory=list)
 
     @property
     def clean(self) -> bool:
@@ -114,7 +115,7 @@ class CheckReport:
         return not self.findings
 
     @property
-    def unrepaired(self) -> List[Finding]:
+    def unrepaired(self) -> list[Finding]:
         """Findings still standing (all of them when ``repair`` was False)."""
         return [f for f in self.findings if not f.repaired]
 
@@ -123,7 +124,7 @@ class CheckReport:
         """True if the store is consistent now (nothing found, or everything repaired)."""
         return not self.unrepaired
 
-    def as_dict(self) -> Dict[str, Any]:
+    def as_dict(self) -> dict[str, Any]:
         return {"home": self.home, "repair": self.repair, "ok": self.ok,
                 "findings": [f.as_dict() for f in self.findings]}
 
@@ -142,28 +143,89 @@ def _remove_tree(path: pathlib.Path) -> None:
     """Unmount whatever is mounted at or below ``path``, then delete it (gone already is fine)."""
     for info in mounts.submounts(str(path)):  # deepest first
         detach(info.mountpoint)
+    delete_tree(path)
+
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def _empty_files(fd: int) -> list[str]:
+    """Unlink every non-directory in the directory ``fd``; the names of its subdirectories."""
+    subdirs = []
+    with os.scandir(fd) as it:
+        for entry in it:
+            if entry.is_dir(follow_symlinks=False):
+                subdirs.append(entry.name)
+            else:
+                try:
+                    os.unlink(entry.name, dir_fd=fd)
+                except FileNotFoundError:
+                    pass
+    return subdirs
+
+
+def delete_tree(path: str | os.PathLike[str]) -> None:
+    """Delete ``path`` and everything below it, however deep (gone already is fine).
+
+    ``shutil.rmtree`` recurses (up to Python 3.11) and works with whole paths, so a hostile
+    layer 1,000 directories deep makes it raise RecursionError, and one deeper than PATH_MAX
+    ENAMETOOLONG. This walks with one directory fd at a time (up through ``..``) and a stack of
+    names, so neither depth nor path length matters; symlinks are removed, never followed.
+    Nothing below ``path`` may be a mount point.
+    """
+    parent, name = os.path.split(os.path.abspath(os.fspath(path)))
+    parent_fd = os.open(parent, _DIR_FLAGS)
+    fd = -1
     try:
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path)
-        else:
-            os.unlink(path)
-    except FileNotFoundError:
-        pass
+        try:
+            fd = os.open(name, _DIR_FLAGS, dir_fd=parent_fd)
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            if exc.errno not in (errno.ENOTDIR, errno.ELOOP):
+                raise
+            os.unlink(name, dir_fd=parent_fd)  # a file or a symlink
+            return
+        stack: list[tuple[str, list[str]]] = []  # (name in its parent, the parent's subdirs left)
+        pending = _empty_files(fd)
+        while pending or stack:
+            if pending:
+                sub = pending.pop()
+                try:
+                    below = os.open(sub, _DIR_FLAGS, dir_fd=fd)
+                except FileNotFoundError:
+                    continue
+                stack.append((sub, pending))
+                os.close(fd)
+                fd, pending = below, _empty_files(below)
+                continue
+            sub, pending = stack.pop()
+            up = os.open("..", _DIR_FLAGS, dir_fd=fd)
+            os.close(fd)
+            fd = up
+            os.rmdir(sub, dir_fd=fd)
+        os.close(fd)
+        fd = -1
+        os.rmdir(name, dir_fd=parent_fd)
+    finally:
+        if fd >= 0:
+            os.close(fd)
+        os.close(parent_fd)
 
 
 class _Checker:
     """One run of the check over one store (the caller holds the store lock)."""
 
-    def __init__(self, driver: "Driver", repair: bool) -> None:
+    def __init__(self, driver: Driver, repair: bool) -> None:
         self.driver = driver
         # the Driver's own layout and helpers: this module is its delegate, not a client
         self.layout: Layout = driver._layout
         self.repair = repair
         self.report = CheckReport(home=str(self.layout.home), repair=repair)
-        self.layers: Set[str] = set()
+        self.layers: set[str] = set()
 
-    def found(self, kind: str, path: pathlib.Path, detail: str, layer_id: Optional[str] = None,
-              fix: Optional[Callable[[], None]] = None) -> None:
+    def found(self, kind: str, path: pathlib.Path, detail: str, layer_id: str | None = None,
+              fix: Callable[[], None] | None = None) -> None:
         """Record a finding, repairing it first when asked and a repair exists."""
         repaired = False
         if self.repair and fix is not None and kind not in UNREPAIRABLE_KINDS:
@@ -226,7 +288,7 @@ class _Checker:
                 self.found("missing-work-directory", work, f"layer {name!r} has no work directory",
                            layer_id=name, fix=lambda w=work: os.mkdir(w, 0o700))  # type: ignore[misc]
 
-    def _discard(self, path: pathlib.Path, layer_id: Optional[str]) -> None:
+    def _discard(self, path: pathlib.Path, layer_id: str | None) -> None:
         """Take a non-layer out of layers/ the way ``remove`` does: unmount, rename away, delete."""
         if layer_id is not None:
             target = self.layout.mountpoint(layer_id)
@@ -237,7 +299,7 @@ class _Checker:
         _remove_tree(trash)
 
     def check_lineage(self) -> None:
-        metas: Dict[str, Dict[str, Any]] = {}
+        metas: dict[str, dict[str, Any]] = {}
         for layer_id in sorted(self.layers):
             path = self.layout.layer_meta(layer_id)
             try:
@@ -255,7 +317,7 @@ class _Checker:
         for layer_id, meta in sorted(metas.items()):
             parent = meta["parent"]
             if parent is None:
-                expected: Optional[List[str]] = []
+                expected: list[str] | None = []
             elif parent not in self.layers:
                 self.found("dangling-parent", self.layout.layer_dir(layer_id),
                            f"layer {layer_id!r} has the parent {parent!r}, which does not exist; "
@@ -270,7 +332,7 @@ class _Checker:
                            f"chain is {expected!r}", layer_id=layer_id,
                            fix=lambda i=layer_id, m=new_meta: self._write_meta(i, m))  # type: ignore[misc]
 
-    def _write_meta(self, layer_id: str, meta: Dict[str, Any]) -> None:
+    def _write_meta(self, layer_id: str, meta: dict[str, Any]) -> None:
         path = self.layout.layer_meta(layer_id)
         tmp = path.with_name(path.name + ".tmp")
         with open(tmp, "w", encoding="ascii") as f:
@@ -281,7 +343,7 @@ class _Checker:
         """Each layer's mount against its reference table, under the layer's lock."""
         layout = self.layout
         for layer_id in sorted(self.layers):
-            with locks.hold(layout.lock_file(layer_id)):
+            with _layer_lock(layout.lock_file(layer_id)) as locked, self._report_only_unless(locked):
                 target = layout.mountpoint(layer_id)
                 refs_path = layout.refs_file(layer_id)
                 raw_holders = _raw_holders(refs_path)
@@ -316,6 +378,16 @@ class _Checker:
                     tmp = refs_path.with_name(refs_path.name + ".tmp")
                     self.found("leftover-temporary", tmp, f"half-written references of layer {layer_id!r}",
                                layer_id=layer_id, fix=lambda p=tmp: _unlink(p))  # type: ignore[misc]
+
+    @contextlib.contextmanager
+    def _report_only_unless(self, locked: bool) -> Iterator[None]:
+        """Without the layer's lock a get may be half done: report, but repair nothing."""
+        repair = self.repair
+        self.repair = repair and locked
+        try:
+            yield
+        finally:
+            self.repair = repair
 
     def _unmount_layer(self, layer_id: str) -> None:
         """Unmount a layer's union every time it is mounted (caller holds the layer lock)."""
@@ -360,12 +432,12 @@ class _Checker:
         for name in sorted(_listdir(layout.mnt_dir)):
             path = layout.mnt_dir / name
             if is_valid_layer_id(name) and name in self.layers:
-                with locks.hold(layout.lock_file(name)):
+                with _layer_lock(layout.lock_file(name)) as locked, self._report_only_unless(locked):
                     self._check_mountpoint(path, name)
             else:
                 self._check_mountpoint(path, None)
 
-    def _check_mountpoint(self, path: pathlib.Path, layer_id: Optional[str]) -> None:
+    def _check_mountpoint(self, path: pathlib.Path, layer_id: str | None) -> None:
         if _mount_depth(str(path)) or not os.path.lexists(path):
             return
         self.found("stale-mountpoint", path, f"mnt/{path.name} is not mounted", layer_id=layer_id,
@@ -406,10 +478,27 @@ class _Checker:
                        layer_id=layer_id, fix=lambda p=path: _remove_tree(p))  # type: ignore[misc]
 
 
-def _chain(parent: str, metas: Dict[str, Dict[str, Any]]) -> Optional[List[str]]:
+@contextlib.contextmanager
+def _layer_lock(path: pathlib.Path) -> Iterator[bool]:
+    """Hold a layer's lock (yields True). On a full disk where its lock file cannot even be
+    created, yield False instead of failing: nobody holds that lock now, though a get may take
+    it as soon as space is freed, so the caller only reports."""
+    held = contextlib.ExitStack()
+    locked = True
+    try:
+        held.enter_context(locks.hold(path))
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT) or os.path.lexists(path):
+            raise
+        locked = False
+    with held:
+        yield locked
+
+
+def _chain(parent: str, metas: dict[str, dict[str, Any]]) -> list[str] | None:
     """[parent, its parent, ...] from the metadata, or None if the chain is broken or cyclic."""
-    chain: List[str] = []
-    current: Optional[str] = parent
+    chain: list[str] = []
+    current: str | None = parent
     while current is not None:
         if current in chain or current not in metas:
             return None
@@ -418,14 +507,14 @@ def _chain(parent: str, metas: Dict[str, Dict[str, Any]]) -> Optional[List[str]]
     return chain
 
 
-def _listdir(path: pathlib.Path) -> List[str]:
+def _listdir(path: pathlib.Path) -> list[str]:
     try:
         return os.listdir(path)
     except FileNotFoundError:
         return []
 
 
-def _raw_holders(path: pathlib.Path) -> Dict[str, Any]:
+def _raw_holders(path: pathlib.Path) -> dict[str, Any]:
     """The holders a reference table names, dead or alive ({} if absent or unreadable)."""
     try:
         with open(path, "rb") as f:
@@ -480,7 +569,7 @@ def _unlink_lock(path: pathlib.Path) -> None:
         locks.unlink_held(path, fd)
 
 
-def check_store(driver: "Driver", *, repair: bool = False) -> CheckReport:
+def check_store(driver: Driver, *, repair: bool = False) -> CheckReport:
     """Check the store of ``driver`` for every kind of inconsistency in :data:`KINDS`.
 
     With ``repair`` each repairable finding is fixed as it is found (and marked ``repaired``);

@@ -17,8 +17,11 @@ holds exactly its own changes, so :func:`write_diff` walks it and writes every e
   bytes do not depend on the host's passwd/group files); mtime in whole seconds (as Docker
   writes layers: a sub-second mtime would cost a pax header per entry); no atime or ctime;
   permissions including setuid/setgid/sticky; xattrs (``security.capability`` too) sorted by
-  name, as ``SCHILY.xattr.*`` records only (what GNU tar and Docker read and write); a file whose inode was already written (``st_nlink > 1``) is a hardlink to
-  the first name in walk order. The archive is padded to 10240 bytes like ``tar -c``.
+  name, as ``SCHILY.xattr.*`` records only (what GNU tar and Docker read and write); a file
+  whose inode was already written (``st_nlink > 1``) is a hardlink to the first name in walk
+  order (which is tar order). The archive is padded to 10240 bytes like ``tar -c``.
+* **Robustness**: the walk is iterative (no recursion limit); an entry removed between
+  readdir and stat is skipped; any other failure raises, leaving ``out`` incomplete.
 
 Same layer -> same bytes. GNU tar and bsdtar read the result. No tar code is written here:
 headers and data go through libarchive (the library python-libarchive-c loads), called via
@@ -32,6 +35,7 @@ import errno
 import io
 import os
 import stat
+from collections.abc import Iterator
 from typing import IO, Any, Callable, Optional, Union, cast
 
 import libarchive.ffi as _laffi  # type: ignore[import-untyped]
@@ -72,7 +76,8 @@ class _Lib:
 
     def __init__(self) -> None:
         lib = ctypes.CDLL(_laffi.libarchive_path)
-        vp, cp, i, ll, sz = ctypes.c_void_p, ctypes.c_char_p, ctypes.c_int, ctypes.c_longlong, ctypes.c_size_t
+        vp, cp, i = ctypes.c_void_p, ctypes.c_char_p, ctypes.c_int
+        ll, sz = ctypes.c_longlong, ctypes.c_size_t
         time_t = _laffi.c_time_t
 
         def fn(name: str, argtypes: list[type], restype: type | None) -> Callable[..., int]:
@@ -88,7 +93,9 @@ class _Lib:
         self.write_set_bytes_in_last_block = fn("write_set_bytes_in_last_block", [vp, i], i)
         self.write_open_fd = fn("write_open_fd", [vp, i], i)
         self.write_open = fn(
-            "write_open", [vp, vp, _laffi.OPEN_CALLBACK, _laffi.WRITE_CALLBACK, _laffi.CLOSE_CALLBACK], i
+            "write_open",
+            [vp, vp, _laffi.OPEN_CALLBACK, _laffi.WRITE_CALLBACK, _laffi.CLOSE_CALLBACK],
+            i,
         )
         self.write_header = fn("write_header", [vp, vp], i)
         self.write_data = fn("write_data", [vp, vp, sz], ctypes.c_ssize_t)
@@ -124,8 +131,8 @@ def _lib() -> _Lib:
     return _lib_instance
 
 
-# (tar name, path on disk, lstat; None for a whiteout)
-_Item = tuple[bytes, bytes, Optional[os.stat_result]]
+# (tar name, name in its directory, lstat; None for a whiteout)
+_Item = tuple[bytes, str, Optional[os.stat_result]]
 
 
 class _Walker:
@@ -167,23 +174,19 @@ class _Walker:
         lib.entry_set_mtime(e, 0, 0)
         self._header(name)
 
-    def _stream(self, path: bytes, size: int, name: bytes) -> None:
-        """Copy exactly ``size`` bytes of the file (libarchive pads if it shrank meanwhile)."""
-        fd = os.open(path, _O_READ)
-        try:
-            lib, archive, view, cbuf = self.lib, self.archive, self.view, self.cbuffer
-            left = size
-            while left > 0:
-                n = _read_into(fd, view[:left] if left < _BLOCK_SIZE else view)
-                if n == 0:
-                    break
-                if lib.write_data(archive, cbuf, n) < 0:
-                    raise _archive_failure(lib, archive, f"writing the data of {name!r}")
-                left -= n
-        finally:
-            os.close(fd)
+    def _stream(self, fd: int, size: int, name: bytes) -> None:
+        """Copy exactly ``size`` bytes of the open file (libarchive pads if it shrank meanwhile)."""
+        lib, archive, view, cbuf = self.lib, self.archive, self.view, self.cbuffer
+        left = size
+        while left > 0:
+            n = _read_into(fd, view[:left] if left < _BLOCK_SIZE else view)
+            if n == 0:
+                break
+            if lib.write_data(archive, cbuf, n) < 0:
+                raise _archive_failure(lib, archive, f"writing the data of {name!r}")
+            left -= n
 
-    def _scan(self, dir_path: bytes, prefix: bytes) -> tuple[list[_Item], bool]:
+    def _scan(self, dir_fd: int, prefix: bytes) -> tuple[list[_Item], bool]:
         """The entries to write for one directory, sorted, and whether it holds ``.wh..wh..opq``.
 
         Whiteouts are turned into their OCI names here (so they sort by those names in both
@@ -191,7 +194,7 @@ class _Walker:
         """
         items: list[_Item] = []
         has_marker = False
-        with os.scandir(dir_path) as it:
+        with os.scandir(dir_fd) as it:
             for entry in it:
                 name = entry.name
                 try:
@@ -199,34 +202,51 @@ class _Walker:
                 except FileNotFoundError:
                     continue  # removed since readdir (a mounted layer): nothing to write
                 mode = st.st_mode
-                if name[:4] == _WH_PREFIX or (stat.S_ISCHR(mode) and st.st_rdev == 0):
-                    kind, target = classify(os.fsdecode(name), mode, st.st_rdev, self.fmt)
+                if name[:4] == WHITEOUT_PREFIX or (stat.S_ISCHR(mode) and st.st_rdev == 0):
+                    kind, target = classify(name, mode, st.st_rdev, self.fmt)
                     if kind is EntryKind.WHITEOUT:
                         assert target is not None
-                        items.append((prefix + _WH_PREFIX + os.fsencode(target), entry.path, None))
+                        tar_name = prefix + _WH_PREFIX + os.fsencode(target)
+                        items.append((tar_name, name, None))
                     elif kind is EntryKind.OPAQUE_MARKER:
                         has_marker = True
                     continue
                 if stat.S_ISSOCK(mode):
                     continue  # sockets cannot be archived (tar skips them too)
-                items.append((prefix + name, entry.path, st))
+                items.append((prefix + os.fsencode(name), name, st))
         items.sort(key=_first)
         return items, has_marker
 
-    def walk(self, root: bytes, root_opaque: bool) -> None:
-        """Write every entry below ``root`` (iteratively: depth is bounded by PATH_MAX only)."""
-        lib, e = self.lib, self.entry
+    def walk(self, root_fd: int, root_opaque: bool) -> None:
+        """Write every entry below the directory open as ``root_fd``.
+
+        Iterative (depth is bounded by PATH_MAX only) and relative to directory fds opened
+        with ``O_NOFOLLOW`` one component at a time, so an entry swapped for a symlink while
+        the walk runs (a mounted layer) can never lead it outside the layer. At most
+        ``_MAX_DIR_FDS`` directory fds stay open; deeper ones are reopened the same way.
+        """
         if root_opaque:
             self.marker(_OPAQUE_BYTES)
-        items, _ = self._scan(root, b"")
-        stack = [iter(items)]
+        items, _ = self._scan(root_fd, b"")
+        stack = [_Dir(iter(items), root_fd, "")]
+        try:
+            self._walk(stack)
+        finally:
+            for frame in stack[1:]:
+                if frame.fd is not None:
+                    os.close(frame.fd)
+
+    def _walk(self, stack: list[_Dir]) -> None:
+        lib, e = self.lib, self.entry
         previous = None
         while stack:
-            item = next(stack[-1], None)
+            item = next(stack[-1].items, None)
             if item is None:
-                stack.pop()
+                frame = stack.pop()
+                if stack and frame.fd is not None:  # never the root: the caller owns it
+                    os.close(frame.fd)
                 continue
-            tar_name, path, info = item
+            tar_name, name, info = item
             if tar_name == previous:  # `.wh.X` file beside an X device: one whiteout is enough
                 continue
             previous = tar_name
@@ -256,36 +276,60 @@ class _Walker:
                     self._header(tar_name)
                     continue
                 self.first_name[inode] = tar_name
-            opaque = self._add_xattrs(path)
+            dir_fd = _dir_fd(stack)
             if stat.S_ISREG(mode):
-                size = st.st_size
-                lib.entry_set_size(e, size)
-                self._header(tar_name)
-                if size:
-                    self._stream(path, size, tar_name)
+                # O_NONBLOCK: a file swapped for a fifo meanwhile must not hang the export
+                fd = os.open(name, _O_FILE, dir_fd=dir_fd)
+                try:
+                    self._add_xattrs(fd)
+                    size = st.st_size
+                    lib.entry_set_size(e, size)
+                    self._header(tar_name)
+                    if size:
+                        self._stream(fd, size, tar_name)
+                finally:
+                    os.close(fd)
             elif is_dir:
-                lib.entry_set_size(e, 0)
-                self._header(tar_name)
-                children, has_marker = self._scan(path, tar_name)
+                fd = os.open(name, _O_DIR, dir_fd=dir_fd)
+                try:
+                    opaque = self._add_xattrs(fd)
+                    lib.entry_set_size(e, 0)
+                    self._header(tar_name)
+                    children, has_marker = self._scan(fd, tar_name)
+                except BaseException:
+                    os.close(fd)
+                    raise
+                stack.append(_Dir(iter(children), fd, name))
                 if opaque or has_marker:
                     self.marker(tar_name + _OPAQUE_BYTES)
-                stack.append(iter(children))
+                spare = len(stack) - 1 - _MAX_DIR_FDS
+                if spare > 0 and stack[spare].fd is not None:
+                    os.close(stack[spare].fd)  # type: ignore[arg-type]
+                    stack[spare].fd = None
             else:
+                # no fd can be opened on these: their xattrs are read through the dir fd
+                self._add_xattrs(f"/proc/self/fd/{dir_fd}/{name}")
                 lib.entry_set_size(e, 0)
                 if stat.S_ISLNK(mode):
-                    lib.entry_copy_symlink(e, os.readlink(path))
+                    lib.entry_copy_symlink(e, os.fsencode(os.readlink(name, dir_fd=dir_fd)))
                 elif stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
                     lib.entry_set_rdevmajor(e, os.major(st.st_rdev))
                     lib.entry_set_rdevminor(e, os.minor(st.st_rdev))
                 self._header(tar_name)
 
-    def _add_xattrs(self, path: bytes) -> bool:
-        """Put the entry's own xattrs on the archive entry; True if an opaque xattr is set."""
+    def _add_xattrs(self, target: int | str) -> bool:
+        """Put the entry's own xattrs on the archive entry; True if an opaque xattr is set.
+
+        ``target`` is an fd, or a path whose last component is not followed.
+        """
         opaque = False
         xattrs: list[tuple[bytes, bytes]] = []
-        for key in _list_xattrs(path):
+        for key in _list_xattrs(target):
             try:
-                value = os.getxattr(path, key, follow_symlinks=False)
+                if isinstance(target, int):
+                    value = os.getxattr(target, key)
+                else:
+                    value = os.getxattr(target, key, follow_symlinks=False)
             except OSError as exc:
                 if exc.errno == errno.ENODATA:  # removed while we looked
                     continue
@@ -301,9 +345,45 @@ class _Walker:
         return opaque
 
 
+class _Dir:
+    """A directory being written: its remaining entries, an fd on it (None while closed to
+    stay under ``_MAX_DIR_FDS``) and its name in its parent."""
+
+    __slots__ = ("fd", "items", "name")
+
+    def __init__(self, items: Iterator[_Item], fd: int | None, name: str) -> None:
+        self.items = items
+        self.fd = fd
+        self.name = name
+
+
+def _dir_fd(stack: list[_Dir]) -> int:
+    """An fd on the directory at the top of ``stack``, reopening closed ones from the nearest
+    open ancestor, one ``O_NOFOLLOW`` component at a time."""
+    top = stack[-1]
+    if top.fd is not None:
+        return top.fd
+    i = len(stack) - 1
+    while stack[i].fd is None:
+        i -= 1
+    fd = stack[i].fd
+    assert fd is not None
+    for j in range(i + 1, len(stack)):
+        opened = os.open(stack[j].name, _O_DIR, dir_fd=fd)
+        if j - 1 > i:
+            os.close(fd)  # an intermediate directory we opened only to get here
+        fd = opened
+    top.fd = fd
+    return fd
+
+
+_MAX_DIR_FDS = 128
+_O_FILE = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+_O_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
 _WH_PREFIX = os.fsencode(WHITEOUT_PREFIX)
 _OPAQUE_BYTES = os.fsencode(OPAQUE_NAME)
-_O_READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 def _readv_into(fd: int, view: memoryview) -> int:
@@ -323,9 +403,11 @@ def _first(item: tuple[bytes, Any, Any]) -> bytes:
     return item[0]
 
 
-def _list_xattrs(path: bytes) -> list[str]:
+def _list_xattrs(target: int | str) -> list[str]:
     try:
-        return os.listxattr(path, follow_symlinks=False)
+        if isinstance(target, int):
+            return os.listxattr(target)
+        return os.listxattr(target, follow_symlinks=False)
     except OSError as exc:
         if exc.errno in (errno.ENOTSUP, errno.EOPNOTSUPP):
             return []
@@ -355,13 +437,15 @@ class _Output:
         self.error: BaseException | None = None
         self._fileobj: IO[bytes] | None = None
         if isinstance(out, (str, os.PathLike)):
-            self.fd = os.open(os.fspath(out), os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+            flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
+            self.fd = os.open(os.fspath(out), flags, 0o644)
             if lib.write_open_fd(archive, self.fd) != _ARCHIVE_OK:
                 raise _archive_failure(lib, archive, "opening the output")
             return
         self._fileobj = out
         self.callback = _laffi.WRITE_CALLBACK(self._on_write)
-        if lib.write_open(archive, None, _laffi.NO_OPEN_CB, self.callback, _laffi.NO_CLOSE_CB) != _ARCHIVE_OK:
+        rc = lib.write_open(archive, None, _laffi.NO_OPEN_CB, self.callback, _laffi.NO_CLOSE_CB)
+        if rc != _ARCHIVE_OK:
             raise _archive_failure(lib, archive, "opening the output")
 
     def _on_write(self, _archive: int, _ctx: int, buffer: int, length: int) -> int:
@@ -422,7 +506,11 @@ def write_diff(layer_dir: str | os.PathLike[str], out: PathOrFile, fmt: Whiteout
         output = _Output(lib, archive, out)
         walker = _Walker(archive, fmt)
         try:
-            walker.walk(os.fsencode(root), is_opaque_dir(root, fmt))
+            root_fd = os.open(root, _O_DIR)
+            try:
+                walker.walk(root_fd, is_opaque_dir(root_fd, fmt))
+            finally:
+                os.close(root_fd)
             if lib.write_close(archive) != _ARCHIVE_OK:
                 raise _archive_failure(lib, archive, "closing the archive")
         except Exception as exc:

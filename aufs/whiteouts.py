@@ -16,8 +16,10 @@ fuse-overlayfs (which the store runs over AUFS-format layers) mixes both: as roo
 it uses ``user.overlay.opaque``/``user.fuseoverlayfs.opaque`` and ``.wh.NAME`` files. So in
 either format a 0/0 character device and a ``.wh.NAME`` regular file are whiteouts, and every
 opaque marker counts. Names starting with ``.wh.`` are reserved by the OCI image spec: such a
-name is never ordinary content (a 0/0 device can therefore never be content either). The extractor (``aufs.apply``), the store, ``aufs.export``
-and ``aufs.changes`` all classify entries through :func:`classify` so they agree.
+name is never ordinary content (a 0/0 device can therefore never be content either).
+
+The extractor (``aufs.apply``), the store, ``aufs.export`` and ``aufs.changes`` all classify
+entries through :func:`classify` / :func:`classify_entry` so they agree.
 """
 from __future__ import annotations
 
@@ -125,7 +127,7 @@ def whiteout_target(name: str) -> str | None:
 
 
 def is_reserved_name(name: str) -> bool:
-    """True if ``name`` starts with ``.wh.``: a whiteout, opaque marker or metadata, never content."""
+    """True if ``name`` starts with ``.wh.``: a whiteout, opaque marker or metadata, not content."""
     return name.startswith(WHITEOUT_PREFIX)
 
 
@@ -191,7 +193,8 @@ def classify_entry(entry: os.DirEntry[str], fmt: WhiteoutFormat) -> Entry:
     name = entry.name
     if name.startswith(WHITEOUT_PREFIX):
         return _classify_reserved(name, entry.is_file(follow_symlinks=False))
-    if entry.is_dir(follow_symlinks=False) or entry.is_file(follow_symlinks=False) or entry.is_symlink():
+    if (entry.is_dir(follow_symlinks=False) or entry.is_file(follow_symlinks=False)
+            or entry.is_symlink()):
         return _CONTENT
     st = entry.stat(follow_symlinks=False)
     if is_whiteout_stat(st.st_mode, st.st_rdev, fmt):
@@ -298,7 +301,9 @@ def is_opaque_dir(directory: FdOrPath, fmt: WhiteoutFormat) -> bool:
     """
     if isinstance(directory, int):
         try:
-            st: os.stat_result | None = os.stat(OPAQUE_NAME, dir_fd=directory, follow_symlinks=False)
+            st: os.stat_result | None = os.stat(
+                OPAQUE_NAME, dir_fd=directory, follow_symlinks=False
+            )
         except FileNotFoundError:
             st = None
         target: FdOrPath = directory

@@ -74,7 +74,7 @@ def bench_diff(root: str, source: str, rounds: int) -> dict[str, float]:
         tar_bytes = os.path.getsize(out)
         os.unlink(out)
         copy = os.path.join(root, "copy")
-        times["cp -a"].append(_timed(lambda: _run(["cp", "-a", layer, copy])))
+        times["cp -a"].append(_timed(lambda copy=copy: _run(["cp", "-a", layer, copy])))
         shutil.rmtree(copy)
     med = {k: statistics.median(v) for k, v in times.items()}
     print(f"diff: {source} copied to tmpfs, {entries} entries, {size / 1e6:.0f} MB of file data, "

@@ -13,7 +13,7 @@ import pathlib
 import sys
 import tempfile
 import uuid
-from typing import Iterator
+from collections.abc import Iterator
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:

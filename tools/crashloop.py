@@ -5,6 +5,7 @@ SIGKILL at many points and check the store after every kill (tests/reliability/c
     python3 tools/crashloop.py --all                 # every event point, overlay backend
     python3 tools/crashloop.py --points 200 --backend fuse-overlayfs
     python3 tools/crashloop.py --random 500          # kills after random delays
+    python3 tools/crashloop.py --points 500 --double # and kill each recovery as well
 
 Prints one summary line per run and exits 1 if any kill left a store that fails a check.
 """
@@ -20,12 +21,14 @@ import time
 import _reliability_common as common
 
 
-def main(argv: "list[str] | None" = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backend", default="overlay")
     parser.add_argument("--points", type=int, default=100, help="event points to kill at (spread)")
     parser.add_argument("--all", action="store_true", help="kill at every event point")
     parser.add_argument("--random", type=int, default=0, help="also kill after N random delays")
+    parser.add_argument("--double", action="store_true",
+                        help="after each kill, kill the recovery (open, check(repair=True), cleanup) too")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
@@ -54,6 +57,8 @@ def main(argv: "list[str] | None" = None) -> int:
                 outcome = ck.run_child(home, scratch, args.backend, kill_at=int(where))
             else:
                 outcome = ck.run_child(home, scratch, args.backend, kill_after=float(where))
+            if args.double:
+                kills += ck.kill_recovery(home, args.backend, rng.randrange(1, 400))
             problems = ck.verify_after_crash(home, args.backend, states, outcome)
             kills += outcome.killed
             completed += not outcome.killed
@@ -67,7 +72,7 @@ def main(argv: "list[str] | None" = None) -> int:
                 print(f"  {index + 1}/{len(plan)} runs, {len(failures)} failures", file=sys.stderr, flush=True)
     summary = {
         "backend": args.backend, "events_per_run": total, "runs": len(plan), "kills": kills,
-        "survived": survived, "completed_unkilled": completed, "failures": len(failures),
+        "survived": survived, "double": args.double, "completed_unkilled": completed, "failures": len(failures),
         "seconds": round(time.monotonic() - start, 1), "steps": [name for name, _ in ck.SCENARIO],
     }
     if args.json:

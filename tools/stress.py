@@ -27,7 +27,7 @@ def operations_per_round() -> int:
     return per(tc.THREADS) + tc.PROCESSES * per(tc.THREADS_PER_PROCESS)
 
 
-def main(argv: "list[str] | None" = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args(argv)

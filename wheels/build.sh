@@ -15,7 +15,8 @@
 #
 # Usage: wheels/build.sh [--out DIR] [--cpython-only]
 # Environment: PYTHON (default python3), PYPY (default pypy3),
-#              AUFS_WHEELS_TOOLS (cached tool venv, default wheels/.venv-tools).
+#              AUFS_WHEELS_TOOLS (cached tool venv, default wheels/.venv-tools),
+#              AUFS_WHEELS_ABI3_PYTHONS (more CPythons to smoke-test the abi3 wheel on).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
@@ -184,7 +185,9 @@ done
 
 # ---- 4. smoke tests in fresh virtual environments --------------------------------------------
 smoke() {
-    local interpreter="$1" wheel="$2" debian_package="$3" venv="$WORK/smoke-$(basename "$1")"
+    local interpreter="$1" wheel="$2" debian_package="$3"
+    local venv
+    venv="$(mktemp -d "$WORK/smoke-venv.XXXX")"
     say "smoke test of $(basename "$wheel") in a fresh $interpreter venv"
     make_venv "$interpreter" "$venv" "$debian_package"
     quiet "$venv/bin/python" -m pip install --disable-pip-version-check -q "$wheel"
@@ -200,5 +203,23 @@ smoke() {
 }
 smoke "$PYTHON" "$CP_WHEEL" python3-venv
 [ "$WITH_PYPY" = 1 ] && smoke "$PYPY" "$PP_WHEEL" pypy3-venv
+
+# The abi3 promise: the one CPython wheel runs on every CPython >= 3.9. Smoke-test it on each
+# other CPython that is here and starts (pyenv shims of versions not selected do not), and on
+# those listed in AUFS_WHEELS_ABI3_PYTHONS (paths or names, space-separated).
+cpython_version() {
+    "$1" -c 'import sys
+ok = sys.implementation.name == "cpython" and sys.version_info >= (3, 9)
+print("%d.%d" % sys.version_info[:2] if ok else "")' 2>/dev/null
+}
+tested=" $(cpython_version "$PYTHON") "
+for candidate in ${AUFS_WHEELS_ABI3_PYTHONS:-} python3.9 python3.10 python3.11 python3.12 python3.13 python3.14; do
+    version="$(cpython_version "$candidate" || true)"
+    case "$tested" in *" $version "*) continue ;; esac
+    [ -n "$version" ] || continue
+    tested="$tested$version "
+    smoke "$candidate" "$CP_WHEEL" python3-venv
+done
+say "abi3 wheel smoke-tested on CPython$tested"
 
 say "done: $(cd "$OUT" && ls | tr '\n' ' ')"

@@ -342,6 +342,8 @@ def test_deep_tree_does_not_recurse(ramdir: pathlib.Path) -> None:
     deep = str(layer)
     os.mkdir(deep)
     for _ in range(1500):  # deeper than Python's recursion limit (os.makedirs would recurse)
+        with open(os.path.join(deep, "z"), "wb") as f:  # written after the way down and back
+            f.write(b"z")
         deep += "/a"
         os.mkdir(deep)
     with open(os.path.join(deep, "f"), "wb") as f:
@@ -349,5 +351,9 @@ def test_deep_tree_does_not_recurse(ramdir: pathlib.Path) -> None:
     buf = io.BytesIO()
     write_diff(layer, buf, WhiteoutFormat.OVERLAY)
     names = [e["name"] for e in _entries(buf.getvalue())]
-    assert len(names) == 1501
-    assert names[-1] == "a/" * 1500 + "f"
+    assert len(names) == 3001
+    assert names[1499] == "a/" * 1500
+    assert names[1500] == "a/" * 1500 + "f"
+    assert names[1501] == "a/" * 1499 + "z"
+    assert names[-1] == "z"
+    assert len(os.listdir("/proc/self/fd")) < 64  # no descriptor left open

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import pathlib
-from typing import Iterator, List
+from collections.abc import Iterator
 
 import pytest
 
@@ -10,9 +10,9 @@ from aufs.backends import BACKENDS
 from aufs.store import Driver
 
 
-def usable_backends() -> List[object]:
+def usable_backends() -> list[object]:
     """overlay first (the fast one the long runs use), each skipped with its reason if unusable."""
-    params: List[object] = []
+    params: list[object] = []
     for name in ("overlay", "fuse-overlayfs"):
         reason = BACKENDS[name].unavailable_reason()
         marks = [pytest.mark.skip(reason=f"{name}: {reason}")] if reason else []

@@ -10,6 +10,9 @@ what it mounted). It is killed in one of two ways:
 * after a random delay, from the parent (catches what the hook cannot see: the C extractor
   halfway through an entry, a mount syscall in flight).
 
+:func:`kill_recovery` then kills the recovery too (a new Driver's sweep, ``check(repair=True)``
+and ``cleanup()``), so a crash during the clean-up of a crash is covered as well.
+
 Before each step the child writes the step's index to a pipe and after it the index + 1, so
 the parent knows that the store must be in the state after ``done`` steps or, if the step in
 flight had finished but not yet said so, after ``done + 1``: never anything else.
@@ -28,14 +31,15 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable
 
 import aufs
 from aufs import mounts
 
 from .trees import first_diff, gzip_bytes, mounts_below, sample_layers, store_state
 
-Step = Tuple[str, Callable[[aufs.Driver, "Scratch"], None]]
+StepFunction = Callable[[aufs.Driver, "Scratch"], object]
+Step = tuple[str, StepFunction]
 
 
 @dataclass
@@ -43,7 +47,7 @@ class Scratch:
     """Files the scenario reads and writes outside the store (tars in, diffs out)."""
 
     root: pathlib.Path
-    tars: List[pathlib.Path] = field(default_factory=list)
+    tars: list[pathlib.Path] = field(default_factory=list)
 
 
 def make_scratch(root: pathlib.Path) -> Scratch:
@@ -56,22 +60,22 @@ def make_scratch(root: pathlib.Path) -> Scratch:
     return scratch
 
 
-def _apply_path(layer: str, index: int) -> Callable[[aufs.Driver, Scratch], None]:
-    return lambda d, s: None if d.apply_diff(layer, s.tars[index]) is None else None
+def _apply_path(layer: str, index: int) -> StepFunction:
+    return lambda d, s: d.apply_diff(layer, s.tars[index])
 
 
-def _apply_gzip(layer: str, index: int) -> Callable[[aufs.Driver, Scratch], None]:
-    return lambda d, s: None if d.apply_diff(layer, gzip_bytes(s.tars[index].read_bytes())) is None else None
+def _apply_gzip(layer: str, index: int) -> StepFunction:
+    return lambda d, s: d.apply_diff(layer, gzip_bytes(s.tars[index].read_bytes()))
 
 
-def _diff(layer: str) -> Callable[[aufs.Driver, Scratch], None]:
+def _diff(layer: str) -> StepFunction:
     def run(d: aufs.Driver, s: Scratch) -> None:
         with open(s.root / f"out-{os.getpid()}.tar", "wb") as out:
             d.diff(layer, out)
     return run
 
 
-def _mount_cycle(layer: str) -> Callable[[aufs.Driver, Scratch], None]:
+def _mount_cycle(layer: str) -> StepFunction:
     def run(d: aufs.Driver, s: Scratch) -> None:
         with d.mount(layer) as root:
             os.listdir(root)
@@ -79,16 +83,18 @@ def _mount_cycle(layer: str) -> Callable[[aufs.Driver, Scratch], None]:
 
 
 # Every store operation, several on one layer, and the re-use of an id after its removal.
-SCENARIO: List[Step] = [
+SCENARIO: list[Step] = [
     ("create base", lambda d, s: d.create("base")),
     ("apply base (tar file)", _apply_path("base", 0)),
     ("create app", lambda d, s: d.create("app", parent="base")),
     ("apply app (gzip bytes)", _apply_gzip("app", 1)),
     ("get/put app", _mount_cycle("app")),
     ("diff app", _diff("app")),
-    ("changes app", lambda d, s: None if d.changes("app") is None else None),
+    ("changes app", lambda d, s: d.changes("app")),
     ("apply app update", _apply_path("app", 2)),
-    ("get base (held)", lambda d, s: None if d.get("base") is None else None),
+    ("get base (held)", lambda d, s: d.get("base")),
+    ("cleanup (base held)", lambda d, s: d.cleanup()),
+    ("get base again (held)", lambda d, s: d.get("base")),
     ("remove app", lambda d, s: d.remove("app")),
     ("put base", lambda d, s: d.put("base")),
     ("remove base", lambda d, s: d.remove("base")),
@@ -97,7 +103,7 @@ SCENARIO: List[Step] = [
 ]
 
 
-def reference_states(home: pathlib.Path, scratch: Scratch, backend: str) -> List[Dict[str, Any]]:
+def reference_states(home: pathlib.Path, scratch: Scratch, backend: str) -> list[dict[str, Any]]:
     """The store's state before the scenario and after each step, from an undisturbed run."""
     d = aufs.Driver(home, backend=backend)
     states = [store_state(home)]
@@ -134,8 +140,8 @@ def _count_events_and_die_at(kill_at: int) -> None:
     sys.setprofile(hook)
 
 
-def _child(home: pathlib.Path, scratch: Scratch, backend: str, kill_at: Optional[int], progress: int,
-           count_fd: Optional[int]) -> None:
+def _child(home: pathlib.Path, scratch: Scratch, backend: str, kill_at: int | None, progress: int,
+           count_fd: int | None) -> None:
     """Run the scenario (never returns). With ``count_fd`` the event total is written there."""
     code = 0
     try:
@@ -159,7 +165,7 @@ def _child(home: pathlib.Path, scratch: Scratch, backend: str, kill_at: Optional
         sys.setprofile(None)
         if count_fd is not None:
             os.write(count_fd, str(count[0]).encode())
-    except BaseException:  # noqa: B036 - the child reports and exits, never returns to pytest
+    except BaseException:  # noqa: BLE001 - the child reports and exits, never returns to pytest
         sys.setprofile(None)
         import traceback
 
@@ -169,18 +175,50 @@ def _child(home: pathlib.Path, scratch: Scratch, backend: str, kill_at: Optional
         os._exit(code)
 
 
+def _recovery_child(home: pathlib.Path, backend: str, kill_at: int) -> None:
+    """Open the store (its sweep), check(repair=True) and cleanup(), killed at event ``kill_at``."""
+    code = 0
+    try:
+        _count_events_and_die_at(kill_at)
+        d = aufs.Driver(home, backend=backend)
+        d.check(repair=True)
+        d.cleanup()
+        sys.setprofile(None)
+    except BaseException:  # noqa: BLE001 - the child reports and exits, never returns to pytest
+        sys.setprofile(None)
+        import traceback
+
+        traceback.print_exc()
+        code = 3
+    finally:
+        os._exit(code)
+
+
+def kill_recovery(home: pathlib.Path, backend: str, kill_at: int) -> bool:
+    """Run the recovery of a crashed store in a child and kill it too; True if it was killed."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        _recovery_child(home, backend, kill_at)
+    _, status = os.waitpid(pid, 0)
+    if os.WIFEXITED(status) and os.WEXITSTATUS(status) != 0:
+        raise RuntimeError("the recovery child failed (see its traceback above)")
+    return os.WIFSIGNALED(status)
+
+
 @dataclass
 class Outcome:
     """What happened to one child: how it ended and how far it got."""
 
     killed: bool
-    exit_code: Optional[int]
+    exit_code: int | None
     done: int
     in_flight: bool
 
 
-def run_child(home: pathlib.Path, scratch: Scratch, backend: str, *, kill_at: Optional[int] = None,
-              kill_after: Optional[float] = None, timeout: float = 60.0) -> Outcome:
+def run_child(home: pathlib.Path, scratch: Scratch, backend: str, *, kill_at: int | None = None,
+              kill_after: float | None = None, timeout: float = 60.0) -> Outcome:
     """Fork a child running the scenario; kill it at event ``kill_at`` or after ``kill_after`` s."""
     read_fd, write_fd = os.pipe()
     sys.stdout.flush()
@@ -253,10 +291,10 @@ def count_events(home: pathlib.Path, scratch: Scratch, backend: str) -> int:
 TOLERATED_AFTER_CRASH = {"stale-mount", "stale-references", "stale-state", "stale-mountpoint"}
 
 
-def verify_after_crash(home: pathlib.Path, backend: str, states: List[Dict[str, Any]], outcome: Outcome,
-                       *, check_reuse: bool = True) -> List[str]:
+def verify_after_crash(home: pathlib.Path, backend: str, states: list[dict[str, Any]], outcome: Outcome,
+                       *, check_reuse: bool = True) -> list[str]:
     """Every property the store must have after the child died; returns the problems found."""
-    problems: List[str] = []
+    problems: list[str] = []
     allowed = [outcome.done] + ([outcome.done + 1] if outcome.in_flight and outcome.done + 1 < len(states) else [])
     try:
         d = aufs.Driver(home, backend=backend)
@@ -305,7 +343,7 @@ def _is_refs_tmp_of_live_layer(path: str, d: aufs.Driver) -> bool:
     return name.endswith(".refs.tmp") and d.exists(name[: -len(".refs.tmp")])
 
 
-def _state_diff(a: Dict[str, Any], b: Dict[str, Any]) -> str:
+def _state_diff(a: dict[str, Any], b: dict[str, Any]) -> str:
     if set(a) != set(b):
         return f"layers {sorted(a)} != {sorted(b)}"
     for key in a:
@@ -316,7 +354,7 @@ def _state_diff(a: Dict[str, Any], b: Dict[str, Any]) -> str:
     return "equal"
 
 
-def _verify_reuse(d: aufs.Driver) -> List[str]:
+def _verify_reuse(d: aufs.Driver) -> list[str]:
     """Every surviving id can be removed and created again, and the new layer mounts."""
     problems = []
     present = d.layers()
@@ -340,7 +378,7 @@ def _verify_reuse(d: aufs.Driver) -> List[str]:
     return problems
 
 
-def kill_points(total: int, count: int, rng: random.Random) -> List[int]:
+def kill_points(total: int, count: int, rng: random.Random) -> list[int]:
     """``count`` event numbers spread over ``1..total`` (evenly, each jittered within its slot)."""
     if count >= total:
         return list(range(1, total + 1))
@@ -352,5 +390,17 @@ def scratch_dir() -> pathlib.Path:
     return pathlib.Path(tempfile.mkdtemp(prefix="aufs-crash-"))
 
 
-__all__ = ["SCENARIO", "Scratch", "make_scratch", "reference_states", "run_child", "count_events",
-           "verify_after_crash", "kill_points", "Outcome", "TOLERATED_AFTER_CRASH", "mounts"]
+__all__ = [
+    "SCENARIO",
+    "TOLERATED_AFTER_CRASH",
+    "Outcome",
+    "Scratch",
+    "count_events",
+    "kill_points",
+    "kill_recovery",
+    "make_scratch",
+    "mounts",
+    "reference_states",
+    "run_child",
+    "verify_after_crash",
+]

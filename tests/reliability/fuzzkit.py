@@ -27,14 +27,16 @@ import sys
 import tarfile
 import time
 import traceback
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Tuple
 
 from .trees import Tree, build_tar, first_diff, sample_layers, snapshot
 
-CORPUS = pathlib.Path(__file__).resolve().parents[3] / "shared" / "corpus" / "go-archive-tar"
+# beside the project (../shared/corpus), or where AUFS_GO_TAR_CORPUS says (as tests/archive)
+CORPUS = pathlib.Path(os.environ.get(
+    "AUFS_GO_TAR_CORPUS", pathlib.Path(__file__).resolve().parents[3] / "shared" / "corpus" / "go-archive-tar"))
 
-Op = Tuple[int, int, int]  # (operation, position, value): all interpreted modulo what they index
+Op = tuple[int, int, int]  # (operation, position, value): all interpreted modulo what they index
 
 HOSTILE_NAMES = [
     b"../escape", b"../../../../../../tmp/escape", b"/abs/file", b"/", b"a/../../b", b"./", b"", b".",
@@ -62,7 +64,7 @@ PAX_RECORDS = [
 N_OPS = 12
 
 
-def corpus_seeds() -> List[bytes]:
+def corpus_seeds() -> list[bytes]:
     """The Go archive/tar corpus (empty if the corpus is not checked out beside the project)."""
     seeds = []
     if CORPUS.is_dir():
@@ -74,7 +76,7 @@ def corpus_seeds() -> List[bytes]:
     return seeds
 
 
-def generated_seeds() -> List[bytes]:
+def generated_seeds() -> list[bytes]:
     """Archives built here: ordinary layers, and hostile ones that exercise every defence."""
     seeds = sample_layers()
     seeds.append(build_tar([("symlink", "evil", "../sentinel"), ("file", "evil/x", b"owned")]))
@@ -109,7 +111,7 @@ def _is_header(block: bytes) -> bool:
     return stored == sum(block[:148]) + 256 + sum(block[156:512])
 
 
-def _headers(data: bytes) -> List[int]:
+def _headers(data: bytes) -> list[int]:
     return [off for off in range(0, len(data) - 511, 512) if _is_header(data[off:off + 512])]
 
 
@@ -210,7 +212,7 @@ def mutate(data: bytes, ops: Sequence[Op]) -> bytes:
     return bytes(out)
 
 
-def random_ops(rng: random.Random) -> List[Op]:
+def random_ops(rng: random.Random) -> list[Op]:
     return [(rng.randrange(N_OPS), rng.randrange(1 << 20), rng.randrange(1 << 20))
             for _ in range(rng.choice((1, 1, 2, 3, 5)))]
 
@@ -279,7 +281,7 @@ def _extract_in_child(sandbox: Sandbox, data: bytes, fmt_name: str, result_w: in
 
 
 def run_case(sandbox: Sandbox, data: bytes, fmt_name: str, *, prefill: bool = False,
-             timeout: float = 20.0) -> Tuple[str, Optional[str]]:
+             timeout: float = 20.0) -> tuple[str, str | None]:
     """Extract ``data`` into a fresh ``layer/``: (outcome, None if all is well else what went wrong)."""
     layer = sandbox.layer
     if layer.exists():
@@ -331,10 +333,10 @@ def run_case(sandbox: Sandbox, data: bytes, fmt_name: str, *, prefill: bool = Fa
     return (text if text in ALLOWED else "other"), ("; ".join(problems) or None)
 
 
-def fuzz(sandbox: Sandbox, seeds: List[bytes], cases: int, rng: random.Random,
-         log: Optional[List[str]] = None) -> Dict[str, int]:
+def fuzz(sandbox: Sandbox, seeds: list[bytes], cases: int, rng: random.Random,
+         log: list[str] | None = None) -> dict[str, int]:
     """Run ``cases`` random mutations; counts per outcome, and ``failed`` for the findings."""
-    counts: Dict[str, int] = {}
+    counts: dict[str, int] = {}
     for index in range(cases):
         seed_index = rng.randrange(len(seeds))
         ops = random_ops(rng)
@@ -349,5 +351,16 @@ def fuzz(sandbox: Sandbox, seeds: List[bytes], cases: int, rng: random.Random,
     return counts
 
 
-__all__ = ["corpus_seeds", "generated_seeds", "mutate", "random_ops", "make_sandbox", "run_case", "fuzz",
-           "Sandbox", "ALLOWED", "N_OPS", "io"]
+__all__ = [
+    "ALLOWED",
+    "N_OPS",
+    "Sandbox",
+    "corpus_seeds",
+    "fuzz",
+    "generated_seeds",
+    "io",
+    "make_sandbox",
+    "mutate",
+    "random_ops",
+    "run_case",
+]

@@ -16,7 +16,7 @@ import sys
 import threading
 import time
 import traceback
-from typing import Callable, List
+from typing import Callable
 
 import aufs
 from aufs.refcount import RefTable
@@ -36,7 +36,7 @@ def _mount_count(path: str) -> int:
         return sum(1 for line in f if line.split(b" ", 5)[4] == needle.strip())
 
 
-def _worker(home: pathlib.Path, n: int, prefix: str, shared_driver: aufs.Driver, errors: List[str],
+def _worker(home: pathlib.Path, n: int, prefix: str, shared_driver: aufs.Driver, errors: list[str],
             hold: Callable[[aufs.Driver], None]) -> None:
     """One thread's work; failures are collected, never raised (so every thread finishes)."""
     rng = random.Random(f"{prefix}{n}")
@@ -72,7 +72,7 @@ def _worker(home: pathlib.Path, n: int, prefix: str, shared_driver: aufs.Driver,
 
 def _child(home: pathlib.Path, index: int, held_w: int, release_r: int, result_w: int) -> None:
     """A process with THREADS_PER_PROCESS threads; reports 'held' and waits to be released."""
-    errors: List[str] = []
+    errors: list[str] = []
     try:
         shared = aufs.Driver(home, backend="overlay")
         held = threading.Semaphore(0)
@@ -124,7 +124,7 @@ def test_256_threads_and_4_processes_on_one_store(ramdir: pathlib.Path) -> None:
             os.close(fd)
         children.append((pid, held_r, release_w, result_r))
 
-    errors: List[str] = []
+    errors: list[str] = []
     held = threading.Semaphore(0)
     go = threading.Event()
 

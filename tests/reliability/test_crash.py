@@ -17,7 +17,7 @@ import subprocess
 import sys
 import textwrap
 import time
-from typing import Any, Dict, List
+from typing import Any
 
 import aufs
 
@@ -30,12 +30,12 @@ ROOT = str(pathlib.Path(__file__).resolve().parents[2])
 FAST_POINTS = {"overlay": 60, "fuse-overlayfs": 12}
 
 
-def _sweep_kills(ramdir: pathlib.Path, backend: str, points: int, seed: int) -> Dict[str, Any]:
+def _sweep_kills(ramdir: pathlib.Path, backend: str, points: int, seed: int) -> dict[str, Any]:
     scratch = ck.make_scratch(ramdir / "scratch")
     home = ramdir / "store"
     states = ck.reference_states(home, scratch, backend)
     total = ck.count_events(home, scratch, backend)
-    failures: List[str] = []
+    failures: list[str] = []
     survived = 0
     for kill_at in ck.kill_points(total, points, random.Random(seed)):
         outcome = ck.run_child(home, scratch, backend, kill_at=kill_at)
@@ -53,6 +53,25 @@ def test_killed_at_spread_event_points(ramdir: pathlib.Path, backend_name: str) 
     result = _sweep_kills(ramdir, backend_name, FAST_POINTS[backend_name], seed=6)
     assert not result["failures"], "\n".join(result["failures"][:5])
     assert result["survived"] >= FAST_POINTS[backend_name] - 1  # the last point may fall after the end
+
+
+def test_killed_again_while_recovering(ramdir: pathlib.Path) -> None:
+    """The process that opens, repairs and cleans up a crashed store is killed too."""
+    scratch = ck.make_scratch(ramdir / "scratch")
+    home = ramdir / "store"
+    states = ck.reference_states(home, scratch, "overlay")
+    total = ck.count_events(home, scratch, "overlay")
+    rng = random.Random(9)
+    failures = []
+    for kill_at in ck.kill_points(total, 25, rng):
+        outcome = ck.run_child(home, scratch, "overlay", kill_at=kill_at)
+        ck.kill_recovery(home, "overlay", rng.randrange(1, 400))
+        problems = ck.verify_after_crash(home, "overlay", states, outcome, check_reuse=False)
+        if problems:
+            failures.append(f"kill at {kill_at}/{total} ({outcome}): {problems}")
+        aufs.Driver(home, backend="overlay").cleanup()
+        shutil.rmtree(home)
+    assert not failures, "\n".join(failures[:5])
 
 
 def test_killed_after_random_delays(ramdir: pathlib.Path) -> None:

@@ -13,7 +13,7 @@ of the package with ``--import-mode=importlib``.
 from __future__ import annotations
 
 import os
-from typing import Any, List, Optional, Tuple
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -42,7 +42,7 @@ def _exact(data: bytes) -> Any:
     return buf
 
 
-def parse_at(data: bytes, pos: int, outlen: int) -> Tuple[int, Optional[List[Tuple[int, int]]]]:
+def parse_at(data: bytes, pos: int, outlen: int) -> tuple[int, list[tuple[int, int]] | None]:
     """One call of aufs_mountinfo_next on exact buffers; (return value, field spans if parsed)."""
     src = _exact(data)
     out = ffi.new(f"char[{outlen}]")
@@ -92,7 +92,7 @@ def test_every_prefix_and_every_start_of_valid_lines() -> None:
         for data in (line, line + b"\n", line + b"\n" + line):
             for cut in range(len(data) + 1):
                 prefix = data[:cut]
-                for pos in range(0, cut + 1):
+                for pos in range(cut + 1):
                     check_bounds(prefix, pos, len(prefix))
                 check_bounds(prefix, 0, 0)
                 check_bounds(prefix, 0, max(0, cut // 2))
@@ -111,7 +111,7 @@ _pieces = st.sampled_from([b" ", b"-", b" - ", b"\n", b"\\", b"\\0", b"\\04", b"
 
 @given(st.sampled_from(VALID), st.lists(st.tuples(st.integers(0, 200), _pieces, st.booleans()), max_size=8),
        st.integers(0, 300))
-def test_mutated_valid_lines(line: bytes, edits: List[Tuple[int, bytes, bool]], outlen: int) -> None:
+def test_mutated_valid_lines(line: bytes, edits: list[tuple[int, bytes, bool]], outlen: int) -> None:
     data = bytearray(line)
     for where, piece, replace in edits:
         where = min(where, len(data))

@@ -41,7 +41,7 @@ def big_layer() -> bytes:
     return build_tar([("dir", "data")] + [("file", f"data/{i:04d}", bytes([i % 256]) * 65536) for i in range(384)])
 
 
-def _feed(pipe: "subprocess.IO[bytes]", data: bytes, chunk: int, pause: float) -> None:
+def _feed(pipe: subprocess.IO[bytes], data: bytes, chunk: int, pause: float) -> None:
     try:
         for at in range(0, len(data), chunk):
             pipe.write(data[at:at + chunk])

@@ -10,15 +10,16 @@ import io
 import os
 import stat
 import tarfile
-from typing import Any, Dict, Iterable, List, Optional, Tuple, Union
+from collections.abc import Iterable
+from typing import Any
 
 from aufs import mounts
 from aufs.whiteouts import OPAQUE_XATTRS, is_private_xattr
 
-Tree = Dict[str, Tuple[Any, ...]]
+Tree = dict[str, tuple[Any, ...]]
 
 
-def snapshot(root: Union[str, "os.PathLike[str]"], *, times: bool = True, skip: Iterable[str] = ()) -> Tree:
+def snapshot(root: str | os.PathLike[str], *, times: bool = True, skip: Iterable[str] = ()) -> Tree:
     """Every entry below ``root`` (root itself as ``"."``) -> what identifies its state.
 
     Kind, mode, owner, link count, size, content digest, symlink target, device number,
@@ -74,7 +75,7 @@ def _digest(path: str, limit: int = 8 << 20) -> str:
     return h.hexdigest()
 
 
-def first_diff(a: Tree, b: Tree) -> Optional[str]:
+def first_diff(a: Tree, b: Tree) -> str | None:
     """A line naming the first entry where two snapshots differ, or None if equal."""
     for key in sorted(set(a) | set(b)):
         if a.get(key) != b.get(key):
@@ -82,12 +83,12 @@ def first_diff(a: Tree, b: Tree) -> Optional[str]:
     return None
 
 
-def store_state(home: Union[str, "os.PathLike[str]"]) -> Dict[str, Any]:
+def store_state(home: str | os.PathLike[str]) -> dict[str, Any]:
     """Every layer of the store at ``home`` (read from disk, no Driver) -> (layer.json, diff tree)."""
     import json
 
     layers_dir = os.path.join(os.fspath(home), "layers")
-    state: Dict[str, Any] = {}
+    state: dict[str, Any] = {}
     for name in sorted(os.listdir(layers_dir)) if os.path.isdir(layers_dir) else []:
         layer = os.path.join(layers_dir, name)
         try:
@@ -101,7 +102,7 @@ def store_state(home: Union[str, "os.PathLike[str]"]) -> Dict[str, Any]:
     return state
 
 
-def mounts_below(path: Union[str, "os.PathLike[str]"]) -> List[str]:
+def mounts_below(path: str | os.PathLike[str]) -> list[str]:
     """Mount points strictly below ``path`` (``path`` itself excluded), one per mount."""
     top = os.path.abspath(os.fspath(path))
     return [i.mountpoint for i in mounts.mount_table()
@@ -110,7 +111,7 @@ def mounts_below(path: Union[str, "os.PathLike[str]"]) -> List[str]:
 
 # ----------------------------------------------------------------------------- building tars
 
-Entry = Tuple[Any, ...]
+Entry = tuple[Any, ...]
 
 
 def build_tar(entries: Iterable[Entry], *, fmt: int = tarfile.PAX_FORMAT, mtime: int = 1_600_000_000) -> bytes:
@@ -126,7 +127,7 @@ def build_tar(entries: Iterable[Entry], *, fmt: int = tarfile.PAX_FORMAT, mtime:
             info = tarfile.TarInfo(name)
             info.mtime = mtime
             info.uid = info.gid = 0
-            data: Optional[bytes] = None
+            data: bytes | None = None
             if kind == "dir":
                 info.type = tarfile.DIRTYPE
                 info.mode = entry[2] if len(entry) > 2 else 0o755
@@ -160,7 +161,7 @@ def gzip_bytes(data: bytes) -> bytes:
     return gzip.compress(data, compresslevel=1, mtime=0)
 
 
-def sample_layers() -> List[bytes]:
+def sample_layers() -> list[bytes]:
     """Three layer tars that build on each other: base, app (whiteout, links), app update (opaque)."""
     base = build_tar([
         ("dir", "etc"), ("file", "etc/os-release", b"ID=test\n"), ("file", "etc/passwd", b"root:x:0:0\n"),
