@@ -237,7 +237,8 @@ class _Walker:
                     os.close(frame.fd)
 
     def _walk(self, stack: list[_Dir]) -> None:
-        lib, e = self.lib, self.entry
+        lib, e, archive = self.lib, self.entry, self.archive
+        write_header = lib.write_header
         previous = None
         while stack:
             item = next(stack[-1].items, None)
@@ -276,15 +277,22 @@ class _Walker:
                     self._header(tar_name)
                     continue
                 self.first_name[inode] = tar_name
-            dir_fd = _dir_fd(stack)
+            dir_fd = stack[-1].fd
+            if dir_fd is None:
+                dir_fd = _dir_fd(stack)
             if stat.S_ISREG(mode):
                 # O_NONBLOCK: a file swapped for a fifo meanwhile must not hang the export
                 fd = os.open(name, _O_FILE, dir_fd=dir_fd)
                 try:
-                    self._add_xattrs(fd)
+                    keys = _list_xattrs(fd)
+                    if keys:  # most files have none
+                        self._add_xattrs(fd, keys)
                     size = st.st_size
                     lib.entry_set_size(e, size)
-                    self._header(tar_name)
+                    rc = write_header(archive, e)
+                    # ARCHIVE_WARN: a name not valid in the locale's charset, stored as binary
+                    if rc != _ARCHIVE_OK and rc != _ARCHIVE_WARN:
+                        raise _archive_failure(lib, archive, f"writing the header of {tar_name!r}")
                     if size:
                         self._stream(fd, size, tar_name)
                 finally:
@@ -317,14 +325,15 @@ class _Walker:
                     lib.entry_set_rdevminor(e, os.minor(st.st_rdev))
                 self._header(tar_name)
 
-    def _add_xattrs(self, target: int | str) -> bool:
+    def _add_xattrs(self, target: int | str, keys: list[str] | None = None) -> bool:
         """Put the entry's own xattrs on the archive entry; True if an opaque xattr is set.
 
-        ``target`` is an fd, or a path whose last component is not followed.
+        ``target`` is an fd, or a path whose last component is not followed; ``keys`` its
+        xattr names if already listed.
         """
         opaque = False
         xattrs: list[tuple[bytes, bytes]] = []
-        for key in _list_xattrs(target):
+        for key in _list_xattrs(target) if keys is None else keys:
             try:
                 if isinstance(target, int):
                     value = os.getxattr(target, key)

@@ -66,7 +66,7 @@ OVERLAY_OPAQUE_XATTR = "trusted.overlay.opaque"
 """The xattr kernel overlayfs (and fuse-overlayfs as root) reads for an opaque directory."""
 
 OPAQUE_XATTRS = (OVERLAY_OPAQUE_XATTR, "user.overlay.opaque", "user.fuseoverlayfs.opaque")
-"""Every xattr that marks a directory opaque in an overlay-format layer (first one is written)."""
+"""Every xattr that marks a directory opaque (read in both formats; the first one is written)."""
 
 # xattr namespaces that belong to the union filesystem, not to the file's content
 _PRIVATE_XATTR_PREFIXES = ("trusted.overlay.", "user.overlay.", "user.fuseoverlayfs.")

@@ -6,9 +6,12 @@ would reach, ``<tmp>/dest`` is where the archive is applied.
 from __future__ import annotations
 
 import os
+import shutil
 import threading
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from aufs import ArchiveError, UnsafeArchive
 from aufs.apply import apply_tar
@@ -177,3 +180,21 @@ def test_concurrent_hostile_and_honest_extractions(arena):
         t.join()
     assert errors == []
     assert victim_state(arena)[:6] == before[:6]
+
+
+_PARTS = st.sampled_from(["a", "l", "..", ".", "", "victim", "hello", ".wh.a", ".wh..wh..opq",
+                          ".wh..wh.plnk", "loophole-victim"])
+_NAMES = st.lists(_PARTS, min_size=1, max_size=5).map("/".join) | st.sampled_from(["/../victim/hello", "/"])
+_LINKS = _NAMES | st.sampled_from(["/VICTIM", "/VICTIM/hello", "../victim", "/proc/self/root/VICTIM"])
+_KINDS = st.sampled_from(["file", "dir", "symlink", "hardlink", "fifo"])
+
+
+@settings(max_examples=200)
+@given(ops=st.lists(st.tuples(_KINDS, _NAMES, _LINKS), min_size=1, max_size=12),
+       fmt=st.sampled_from(list(WhiteoutFormat)))
+def test_random_hostile_archives_never_escape(arena, ops, fmt):
+    dest = arena / "dest"
+    shutil.rmtree(dest)
+    dest.mkdir()
+    entries = [entry(name, kind, data=b"owned", link=link) for kind, name, link in ops]
+    run_case(arena, entries, fmt)

@@ -326,7 +326,13 @@ def test_diff_then_apply_reproduces_the_layer(ram_root: pathlib.Path, backend: s
         size = driver.apply_diff("y", first.getvalue())
         assert size == driver.diff_size("x")
         with driver.mount("y") as root:
-            assert snapshot(root) == expected
+            got = snapshot(root)
+        if backend == "fuse-overlayfs":
+            # fuse-overlayfs reports a copied-up file with its lower inode number, so a
+            # hardlink made in the layer to a lower file shows as two inodes in x's view and
+            # as one in y's. The layers themselves agree: diff(y) == diff(x) below.
+            del got["<hardlinks>"], expected["<hardlinks>"]
+        assert got == expected
         second = io.BytesIO()
         driver.diff("y", second)
         assert second.getvalue() == first.getvalue()

@@ -18,7 +18,10 @@ import time
 import traceback
 from typing import Callable
 
+import pytest
+
 import aufs
+from aufs.backends import BACKENDS
 from aufs.refcount import RefTable
 
 from .trees import build_tar, mounts_below
@@ -28,6 +31,8 @@ PROCESSES = 4
 THREADS_PER_PROCESS = 16
 ROUNDS = 3
 SHARED = ("s0", "s1")
+# fuse-overlayfs runs a daemon per mount: the same load, scaled down
+FUSE_LOAD = (32, 2, 8)
 
 
 def _mount_count(path: str) -> int:
@@ -36,12 +41,12 @@ def _mount_count(path: str) -> int:
         return sum(1 for line in f if line.split(b" ", 5)[4] == needle.strip())
 
 
-def _worker(home: pathlib.Path, n: int, prefix: str, shared_driver: aufs.Driver, errors: list[str],
-            hold: Callable[[aufs.Driver], None]) -> None:
+def _worker(home: pathlib.Path, backend: str, n: int, prefix: str, shared_driver: aufs.Driver,
+            errors: list[str], hold: Callable[[aufs.Driver], None]) -> None:
     """One thread's work; failures are collected, never raised (so every thread finishes)."""
     rng = random.Random(f"{prefix}{n}")
     try:
-        d = shared_driver if n % 4 == 0 else aufs.Driver(home, backend="overlay")
+        d = shared_driver if n % 4 == 0 else aufs.Driver(home, backend=backend)
         own = f"{prefix}-t{n}"
         for i in range(ROUNDS):
             layer = rng.choice(SHARED)
@@ -70,11 +75,12 @@ def _worker(home: pathlib.Path, n: int, prefix: str, shared_driver: aufs.Driver,
         errors.append(f"{prefix}{n}: {traceback.format_exc()}")
 
 
-def _child(home: pathlib.Path, index: int, held_w: int, release_r: int, result_w: int) -> None:
-    """A process with THREADS_PER_PROCESS threads; reports 'held' and waits to be released."""
+def _child(home: pathlib.Path, backend: str, threads_here: int, index: int, held_w: int, release_r: int,
+           result_w: int) -> None:
+    """A process with ``threads_here`` threads; reports 'held' and waits to be released."""
     errors: list[str] = []
     try:
-        shared = aufs.Driver(home, backend="overlay")
+        shared = aufs.Driver(home, backend=backend)
         held = threading.Semaphore(0)
         go = threading.Event()
 
@@ -84,8 +90,8 @@ def _child(home: pathlib.Path, index: int, held_w: int, release_r: int, result_w
             go.wait()
             d.put("s0")
 
-        threads = [threading.Thread(target=_worker, args=(home, n, f"p{index}", shared, errors, hold))
-                   for n in range(THREADS_PER_PROCESS)]
+        threads = [threading.Thread(target=_worker, args=(home, backend, n, f"p{index}", shared, errors, hold))
+                   for n in range(threads_here)]
         for t in threads:
             t.start()
         for _ in threads:
@@ -103,8 +109,18 @@ def _child(home: pathlib.Path, index: int, held_w: int, release_r: int, result_w
 
 
 def test_256_threads_and_4_processes_on_one_store(ramdir: pathlib.Path) -> None:
+    run_load(ramdir, "overlay", THREADS, PROCESSES, THREADS_PER_PROCESS)
+
+
+@pytest.mark.skipif(BACKENDS["fuse-overlayfs"].unavailable_reason() is not None, reason="no fuse-overlayfs")
+def test_the_same_load_on_fuse_overlayfs(ramdir: pathlib.Path) -> None:
+    run_load(ramdir, "fuse-overlayfs", *FUSE_LOAD)
+
+
+def run_load(ramdir: pathlib.Path, backend: str, threads_main: int, processes: int, threads_child: int) -> None:
+    """``threads_main`` threads here and ``processes`` x ``threads_child`` threads in children."""
     home = ramdir / "store"
-    setup = aufs.Driver(home, backend="overlay")
+    setup = aufs.Driver(home, backend=backend)
     setup.create("s0")
     setup.apply_diff("s0", build_tar([("dir", "etc"), ("file", "etc/os-release", b"ID=shared\n")]))
     setup.create("s1", parent="s0")
@@ -113,13 +129,13 @@ def test_256_threads_and_4_processes_on_one_store(ramdir: pathlib.Path) -> None:
     children = []
     sys.stdout.flush()
     sys.stderr.flush()
-    for index in range(PROCESSES):  # forked before any thread of this process starts
+    for index in range(processes):  # forked before any thread of this process starts
         held_r, held_w = os.pipe()
         release_r, release_w = os.pipe()
         result_r, result_w = os.pipe()
         pid = os.fork()
         if pid == 0:  # pragma: no cover - the child
-            _child(home, index, held_w, release_r, result_w)
+            _child(home, backend, threads_child, index, held_w, release_r, result_w)
         for fd in (held_w, release_r, result_w):
             os.close(fd)
         children.append((pid, held_r, release_w, result_r))
@@ -134,9 +150,10 @@ def test_256_threads_and_4_processes_on_one_store(ramdir: pathlib.Path) -> None:
         go.wait()
         d.put("s0")
 
-    shared = aufs.Driver(home, backend="overlay")
+    shared = aufs.Driver(home, backend=backend)
     start = time.monotonic()
-    threads = [threading.Thread(target=_worker, args=(home, n, "m", shared, errors, hold)) for n in range(THREADS)]
+    threads = [threading.Thread(target=_worker, args=(home, backend, n, "m", shared, errors, hold))
+               for n in range(threads_main)]
     for t in threads:
         t.start()
     try:
@@ -144,11 +161,12 @@ def test_256_threads_and_4_processes_on_one_store(ramdir: pathlib.Path) -> None:
             assert held.acquire(timeout=300), f"threads did not all reach the hold: {errors[:3]}"
         for _, held_r, _, _ in children:
             assert os.read(held_r, 1) == b"h"
-        # every holder now holds s0: one mount, exactly 320 references across 4 + 65 Drivers
+        # every holder now holds s0: one mount, exactly one reference per thread (320 with the
+        # default load, across 4 + 65 Drivers)
         target = str(setup._layout.mountpoint("s0"))
         assert _mount_count(target) == 1
         table = RefTable.load(setup._layout.refs_file("s0"))
-        assert table.total == THREADS + PROCESSES * THREADS_PER_PROCESS
+        assert table.total == threads_main + processes * threads_child
         assert not setup.is_mounted("s1")
     finally:
         go.set()
@@ -170,4 +188,4 @@ def test_256_threads_and_4_processes_on_one_store(ramdir: pathlib.Path) -> None:
     assert [n for n in os.listdir(home / "state") if ".refs" in n] == []
     assert setup.layers() == ["s0", "s1"]
     assert setup.check().clean, str(setup.check())
-    print(f"{THREADS + PROCESSES * THREADS_PER_PROCESS} workers, {elapsed:.1f}s")
+    print(f"{backend}: {threads_main + processes * threads_child} workers, {elapsed:.1f}s")

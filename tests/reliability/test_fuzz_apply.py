@@ -13,7 +13,7 @@ import random
 import signal
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 from hypothesis import given
@@ -23,7 +23,7 @@ import aufs
 from aufs import mounts
 
 from . import fuzzkit as fk
-from .trees import snapshot
+from .trees import build_tar, snapshot
 
 SEEDS = fk.corpus_seeds() + fk.generated_seeds()
 
@@ -128,3 +128,22 @@ def test_failed_applies_through_the_store_change_nothing(ramdir: pathlib.Path) -
     assert outcomes.get("ok", 0) > 10 and outcomes.get("ArchiveError", 0) > 10, outcomes
     assert d.check().clean, str(d.check())
     d.cleanup()
+
+
+# Cases the long fuzz runs found (tools/fuzz_apply.py prints seed index and operations).
+FOUND = [
+    # AUFS pseudo-link whose data is cut short: libarchive's read error came back from the
+    # C writer as AUFS_X_ARCHIVE inside apply._Run.special(), which only expected write
+    # results -> AssertionError("unexpected extractor code 4") instead of ArchiveError
+    ("truncated .wh..wh.plnk entry", lambda: build_tar(
+        [("file", ".wh..wh.plnk/7.7", b"real" * 300), ("hardlink", "name", ".wh..wh.plnk/7.7")])[:512 + 600]),
+    ("sparse entry renamed into .wh..wh.plnk", lambda: fk.mutate(
+        fk.corpus_seeds()[4] if fk.CORPUS.is_dir() else b"", [(2, 748671, 232344), (5, 129372, 304035)])),
+]
+
+
+@pytest.mark.parametrize("name,make", FOUND, ids=[n for n, _ in FOUND])
+@pytest.mark.parametrize("fmt_name", ["overlay", "aufs"])
+def test_cases_found_by_fuzzing(sandbox: fk.Sandbox, name: str, make: Callable[[], bytes], fmt_name: str) -> None:
+    _, problem = fk.run_case(sandbox, make(), fmt_name)
+    assert problem is None, problem

@@ -72,9 +72,12 @@ def test_signal_during_a_slow_apply_leaves_the_layer_as_it_was(
     chunks = 200
     feeder = threading.Thread(target=_feed, args=(proc.stdin, data, len(data) // chunks + 1, 0.01), daemon=True)
     feeder.start()
-    time.sleep(0.6)  # about a third of the way through the archive
-    # the staging clone is there: the apply is in progress, not finished nor yet started
-    assert any(n.startswith("apply.") for n in os.listdir(home / "tmp")), "apply not in progress when signalled"
+    deadline = time.monotonic() + 20
+    while not any(n.startswith("apply.") for n in os.listdir(home / "tmp")):  # its staging clone
+        assert time.monotonic() < deadline and proc.poll() is None, "the apply never started"
+        time.sleep(0.01)
+    time.sleep(0.4)  # well into the archive (it takes ~2 s to arrive)
+    assert feeder.is_alive(), "the whole archive was sent before the signal"
     proc.send_signal(signal.SIGINT if how == "SIGINT" else signal.SIGTERM)
     try:
         out, err = proc.communicate(timeout=30)
