@@ -376,3 +376,144 @@ def extract_dir_times(root_fd: int, path: bytes, sec: int, nsec: int) -> None:
     r = int(lib.aufs_x_dir_times(root_fd, path, sec, nsec))
     if r < 0 and r not in (-_errno.ENOENT, -_errno.ENOTDIR):  # replaced or removed since
         raise oserror(r, path)
+
+
+# --- walk ---
+# Owned by aufs.export and aufs.changes: directory scans, tar entries written in one call each,
+# and the change list computed in C (csrc/walk.c). libarchive entry points come from the caller
+# as plain addresses, like the extraction section's.
+
+import errno as _errno  # noqa: E402,F811
+import sys  # noqa: E402
+
+W_OPAQUE = int(lib.AUFS_W_OPAQUE)
+W_ARCHIVE = int(lib.AUFS_W_ARCHIVE)
+
+_WREC = struct.Struct("=QQQQqqIIIIII")
+
+WALK_API_NAMES = (
+    "entry_clear", "entry_copy_pathname", "entry_copy_symlink", "entry_copy_hardlink",
+    "entry_set_mode", "entry_set_size", "entry_set_uid", "entry_set_gid", "entry_set_mtime",
+    "entry_set_rdevmajor", "entry_set_rdevminor", "entry_xattr_add_entry", "write_header",
+    "write_data",
+)
+"""The libarchive functions (without the ``archive_`` prefix) :class:`EntryWriter` needs."""
+
+# (name, mode, uid, gid, mtime_sec, mtime_nsec, size, rdev, nlink, ino, dev)
+ScanRecord = Tuple[bytes, int, int, int, int, int, int, int, int, int, int]
+
+
+class DirScanner:
+    """Reads whole directories (``getdents64`` + ``fstatat``, never following symlinks) into a
+    buffer it owns; one scanner per thread."""
+
+    def __init__(self, size: int = 1 << 18) -> None:
+        self._size = size
+        self._buf = ffi.new("char[]", size)
+
+    def scan(self, dir_fd: int) -> "list[ScanRecord]":
+        """Every entry of the directory open as ``dir_fd`` but ``.``/``..``, with its lstat
+        fields; entries removed between readdir and lstat are left out. Order: readdir's."""
+        while True:
+            n = int(lib.aufs_w_scan(dir_fd, lib.AUFS_W_STAT, self._buf, self._size))
+            if n != -_errno.ENOBUFS:
+                break
+            self._size *= 4
+            self._buf = ffi.new("char[]", self._size)
+        if n < 0:
+            raise oserror(n, f"/proc/self/fd/{dir_fd}")
+        data = ffi.buffer(self._buf, n)[:]
+        out = []
+        unpack = _WREC.unpack_from
+        head = _WREC.size
+        pos = 0
+        while pos < n:
+            ino, dev, size, rdev, sec, nsec, mode, uid, gid, nlink, namelen, reclen = unpack(data, pos)
+            start = pos + head
+            out.append((data[start:start + namelen], mode, uid, gid, sec, nsec, size, rdev,
+                        nlink, ino, dev))
+            pos += reclen
+        return out
+
+
+class EntryWriter:
+    """Writes tar entries into an open libarchive write handle, one C call per entry.
+
+    ``api`` maps each name of :data:`WALK_API_NAMES` to the address of that libarchive
+    function; ``archive`` and ``entry`` are the ``struct archive *`` and a
+    ``struct archive_entry *`` (reused for every entry) as addresses.
+    """
+
+    def __init__(self, archive: int, entry: int, api: "dict[str, int]",
+                 buffer_size: int = 1 << 20) -> None:
+        self._api = ffi.new("struct aufs_wapi *")
+        for name in WALK_API_NAMES:
+            setattr(self._api, name, ffi.cast("void *", api[name]))
+        self._buf = ffi.new("char[]", buffer_size)
+        ctx = ffi.new("struct aufs_wctx *")
+        ctx.api = self._api
+        ctx.archive = ffi.cast("void *", archive)
+        ctx.entry = ffi.cast("void *", entry)
+        ctx.buf = self._buf
+        ctx.buflen = buffer_size
+        self._ctx = ctx
+        self._write = lib.aufs_w_entry
+        self._null = ffi.NULL
+
+    def write(self, dir_fd: int, fd: int, name: Optional[bytes], tar_name: bytes,
+              hardlink: Optional[bytes], mode: int, uid: int, gid: int, mtime: int,
+              size: int, rdev: int) -> int:
+        """Write one entry: a marker when ``name`` is None (no inode), a hard link when
+        ``hardlink`` is given, else the inode ``name`` in ``dir_fd`` (a directory's xattrs
+        are read from ``fd``). Returns 0, :data:`W_OPAQUE` for a directory with an opaque
+        xattr, or :data:`W_ARCHIVE` (see :attr:`archive_status`); ``OSError`` on failure."""
+        null = self._null
+        rc = self._write(self._ctx, dir_fd, fd, null if name is None else name, tar_name,
+                         null if hardlink is None else hardlink, mode, uid, gid, mtime, size,
+                         rdev)
+        if rc < 0:
+            raise oserror(rc, tar_name)
+        return int(rc)
+
+    @property
+    def archive_status(self) -> int:
+        """libarchive's return code behind the last :data:`W_ARCHIVE`."""
+        return int(self._ctx.archive_status)
+
+
+W_MODIFY = int(lib.AUFS_W_MODIFY)
+W_ADD = int(lib.AUFS_W_ADD)
+W_DELETE = int(lib.AUFS_W_DELETE)
+
+# output buffers are filled by C before they are read: no need to clear them
+_alloc_raw = ffi.new_allocator(should_clear_after_alloc=False)
+
+
+def walk_changes(layer_fd: int, lower_fd: Optional[int],
+                 expected: int = 1 << 20) -> "Tuple[list[str], bytes]":
+    """The change list of the layer directory ``layer_fd`` against the lower view
+    ``lower_fd`` (None: nothing below), unsorted: absolute paths (decoded like
+    ``os.fsdecode``) and one kind byte each (:data:`W_MODIFY`, :data:`W_ADD`,
+    :data:`W_DELETE`). ``expected`` sizes the first buffers (only the pages
+    touched are committed; they grow as needed, at the cost of another walk)."""
+    count = max(expected, 1024)
+    used = ffi.new("size_t *")
+    while True:
+        paths = _alloc_raw("char[]", count * 64)
+        kinds = _alloc_raw("unsigned char[]", count)
+        n = int(lib.aufs_w_changes(layer_fd, -1 if lower_fd is None else lower_fd,
+                                   paths, count * 64, used, kinds, count))
+        if n != -_errno.ENOBUFS:
+            break
+        count *= 4
+    if n < 0:
+        raise oserror(n, f"/proc/self/fd/{layer_fd}")
+    if n == 0:
+        return [], b""
+    # every path ends in a NUL: drop the last one so split gives exactly n paths
+    text = ffi.buffer(paths, used[0] - 1)[:].decode(_FS_ENCODING, _FS_ERRORS)
+    return text.split("\0"), ffi.buffer(kinds, n)[:]
+
+
+_FS_ENCODING = sys.getfilesystemencoding()
+_FS_ERRORS = sys.getfilesystemencodeerrors()

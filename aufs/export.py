@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import ctypes
 import errno
-import io
 import os
 import stat
 from collections.abc import Iterator
@@ -40,17 +39,16 @@ from typing import IO, Any, Callable, Optional, Union, cast
 
 import libarchive.ffi as _laffi  # type: ignore[import-untyped]
 
+from . import _syscalls
 from .errors import ArchiveError, NoSpace
 from .whiteouts import (
     AUFS_WHITEOUT_MODE,
     OPAQUE_NAME,
-    OPAQUE_XATTRS,
     WHITEOUT_PREFIX,
     EntryKind,
     WhiteoutFormat,
     classify,
     is_opaque_dir,
-    is_private_xattr,
 )
 
 __all__ = ["write_diff"]
@@ -67,7 +65,8 @@ _ARCHIVE_WARN = -20
 
 
 class _Lib:
-    """ctypes prototypes for the libarchive calls made per entry and per block.
+    """ctypes prototypes for the libarchive calls made from Python, plus the addresses of the
+    per-entry calls that the C entry writer (:class:`aufs._syscalls.EntryWriter`) makes.
 
     A private ``CDLL`` handle on the same library python-libarchive-c loaded: its function
     objects are ours, so setting prototypes here never changes python-libarchive-c's, and
@@ -77,8 +76,7 @@ class _Lib:
     def __init__(self) -> None:
         lib = ctypes.CDLL(_laffi.libarchive_path)
         vp, cp, i = ctypes.c_void_p, ctypes.c_char_p, ctypes.c_int
-        ll, sz = ctypes.c_longlong, ctypes.c_size_t
-        time_t = _laffi.c_time_t
+        ll = ctypes.c_longlong
 
         def fn(name: str, argtypes: list[type], restype: type | None) -> Callable[..., int]:
             f = getattr(lib, "archive_" + name)
@@ -97,28 +95,17 @@ class _Lib:
             [vp, vp, _laffi.OPEN_CALLBACK, _laffi.WRITE_CALLBACK, _laffi.CLOSE_CALLBACK],
             i,
         )
-        self.write_header = fn("write_header", [vp, vp], i)
-        self.write_data = fn("write_data", [vp, vp, sz], ctypes.c_ssize_t)
-        self.write_finish_entry = fn("write_finish_entry", [vp], i)
         self.write_close = fn("write_close", [vp], i)
         self.write_free = fn("write_free", [vp], i)
         self.filter_bytes = fn("filter_bytes", [vp, i], ll)
         self.errno = fn("errno", [vp], i)
         self.error_string = fn("error_string", [vp], cp)
         self.entry_new = fn("entry_new", [], vp)
-        self.entry_clear = fn("entry_clear", [vp], vp)
         self.entry_free = fn("entry_free", [vp], None)
-        self.entry_copy_pathname = fn("entry_copy_pathname", [vp, cp], None)
-        self.entry_copy_symlink = fn("entry_copy_symlink", [vp, cp], None)
-        self.entry_copy_hardlink = fn("entry_copy_hardlink", [vp, cp], None)
-        self.entry_set_mode = fn("entry_set_mode", [vp, ctypes.c_uint], None)
-        self.entry_set_size = fn("entry_set_size", [vp, ll], None)
-        self.entry_set_uid = fn("entry_set_uid", [vp, ll], None)
-        self.entry_set_gid = fn("entry_set_gid", [vp, ll], None)
-        self.entry_set_mtime = fn("entry_set_mtime", [vp, time_t, ctypes.c_long], None)
-        self.entry_set_rdevmajor = fn("entry_set_rdevmajor", [vp, ctypes.c_uint], None)
-        self.entry_set_rdevminor = fn("entry_set_rdevminor", [vp, ctypes.c_uint], None)
-        self.entry_xattr_add_entry = fn("entry_xattr_add_entry", [vp, cp, vp, sz], None)
+        self.api: dict[str, int] = {
+            name: int(ctypes.cast(getattr(lib, "archive_" + name), ctypes.c_void_p).value or 0)
+            for name in _syscalls.WALK_API_NAMES
+        }
 
 
 _lib_instance: _Lib | None = None
@@ -131,15 +118,18 @@ def _lib() -> _Lib:
     return _lib_instance
 
 
-# (tar name, name in its directory, lstat; None for a whiteout)
-_Item = tuple[bytes, str, Optional[os.stat_result]]
+# (tar name, name in its directory, scan record; None for a whiteout)
+_Item = tuple[bytes, bytes, Optional[_syscalls.ScanRecord]]
+
+_MARKER_MODE = _AE_IFREG | AUFS_WHITEOUT_MODE
 
 
 class _Walker:
-    """One export run: the archive handle, the entry object, the inode map and a data buffer.
+    """One export run: the archive handle, the entry writer, the directory scanner and the
+    inode map.
 
-    The per-entry path is deliberately flat (local names, few calls): for trees of small files
-    the cost is Python and ctypes overhead per entry, not data.
+    The per-entry path is deliberately flat (local names, one C call per entry): for trees of
+    small files the cost is per entry, not data.
     """
 
     def __init__(self, archive: int, fmt: WhiteoutFormat) -> None:
@@ -149,42 +139,21 @@ class _Walker:
         self.entry = self.lib.entry_new()
         if not self.entry:
             raise MemoryError("archive_entry_new failed")
+        self.writer = _syscalls.EntryWriter(archive, self.entry, self.lib.api, _BLOCK_SIZE)
+        self.scanner = _syscalls.DirScanner()
         self.first_name: dict[tuple[int, int], bytes] = {}
-        self.buffer = bytearray(_BLOCK_SIZE)
-        self.view = memoryview(self.buffer)
-        self.cbuffer = (ctypes.c_char * _BLOCK_SIZE).from_buffer(self.buffer)
 
     def close(self) -> None:
-        self.view.release()
         self.lib.entry_free(self.entry)
 
-    def _header(self, name: bytes) -> None:
-        rc = self.lib.write_header(self.archive, self.entry)
-        # ARCHIVE_WARN: pax stored a name that is not valid in the locale's charset as binary
-        if rc != _ARCHIVE_OK and rc != _ARCHIVE_WARN:
-            raise _archive_failure(self.lib, self.archive, f"writing the header of {name!r}")
+    def _failed(self, rc: int, name: bytes) -> None:
+        if rc == _syscalls.W_ARCHIVE:
+            raise _archive_failure(self.lib, self.archive, f"writing {name!r}")
 
     def marker(self, name: bytes) -> None:
         """An OCI whiteout or opaque marker: empty regular file with normalised metadata."""
-        lib, e = self.lib, self.entry
-        lib.entry_clear(e)
-        lib.entry_copy_pathname(e, name)
-        lib.entry_set_mode(e, _AE_IFREG | AUFS_WHITEOUT_MODE)
-        lib.entry_set_size(e, 0)
-        lib.entry_set_mtime(e, 0, 0)
-        self._header(name)
-
-    def _stream(self, fd: int, size: int, name: bytes) -> None:
-        """Copy exactly ``size`` bytes of the open file (libarchive pads if it shrank meanwhile)."""
-        lib, archive, view, cbuf = self.lib, self.archive, self.view, self.cbuffer
-        left = size
-        while left > 0:
-            n = _read_into(fd, view[:left] if left < _BLOCK_SIZE else view)
-            if n == 0:
-                break
-            if lib.write_data(archive, cbuf, n) < 0:
-                raise _archive_failure(lib, archive, f"writing the data of {name!r}")
-            left -= n
+        self._failed(self.writer.write(-1, -1, None, name, None, _MARKER_MODE, 0, 0, 0, 0, 0),
+                     name)
 
     def _scan(self, dir_fd: int, prefix: bytes) -> tuple[list[_Item], bool]:
         """The entries to write for one directory, sorted, and whether it holds ``.wh..wh..opq``.
@@ -194,26 +163,20 @@ class _Walker:
         """
         items: list[_Item] = []
         has_marker = False
-        with os.scandir(dir_fd) as it:
-            for entry in it:
-                name = entry.name
-                try:
-                    st = entry.stat(follow_symlinks=False)
-                except FileNotFoundError:
-                    continue  # removed since readdir (a mounted layer): nothing to write
-                mode = st.st_mode
-                if name[:4] == WHITEOUT_PREFIX or (stat.S_ISCHR(mode) and st.st_rdev == 0):
-                    kind, target = classify(name, mode, st.st_rdev, self.fmt)
-                    if kind is EntryKind.WHITEOUT:
-                        assert target is not None
-                        tar_name = prefix + _WH_PREFIX + os.fsencode(target)
-                        items.append((tar_name, name, None))
-                    elif kind is EntryKind.OPAQUE_MARKER:
-                        has_marker = True
-                    continue
-                if stat.S_ISSOCK(mode):
-                    continue  # sockets cannot be archived (tar skips them too)
-                items.append((prefix + os.fsencode(name), name, st))
+        for rec in self.scanner.scan(dir_fd):
+            name = rec[0]
+            mode = rec[1]
+            if name[:4] == _WH_PREFIX or (stat.S_ISCHR(mode) and rec[7] == 0):
+                kind, target = classify(os.fsdecode(name), mode, rec[7], self.fmt)
+                if kind is EntryKind.WHITEOUT:
+                    assert target is not None
+                    items.append((prefix + _WH_PREFIX + os.fsencode(target), name, None))
+                elif kind is EntryKind.OPAQUE_MARKER:
+                    has_marker = True
+                continue
+            if stat.S_ISSOCK(mode):
+                continue  # sockets cannot be archived (tar skips them too)
+            items.append((prefix + name, name, rec))
         items.sort(key=_first)
         return items, has_marker
 
@@ -228,7 +191,7 @@ class _Walker:
         if root_opaque:
             self.marker(_OPAQUE_BYTES)
         items, _ = self._scan(root_fd, b"")
-        stack = [_Dir(iter(items), root_fd, "")]
+        stack = [_Dir(iter(items), root_fd, b"")]
         try:
             self._walk(stack)
         finally:
@@ -237,8 +200,9 @@ class _Walker:
                     os.close(frame.fd)
 
     def _walk(self, stack: list[_Dir]) -> None:
-        lib, e, archive = self.lib, self.entry, self.archive
-        write_header = lib.write_header
+        write = self.writer.write
+        first_name = self.first_name
+        s_isdir = stat.S_ISDIR
         previous = None
         while stack:
             item = next(stack[-1].items, None)
@@ -247,111 +211,50 @@ class _Walker:
                 if stack and frame.fd is not None:  # never the root: the caller owns it
                     os.close(frame.fd)
                 continue
-            tar_name, name, info = item
+            tar_name, name, rec = item
             if tar_name == previous:  # `.wh.X` file beside an X device: one whiteout is enough
                 continue
             previous = tar_name
-            if info is None:
+            if rec is None:
                 self.marker(tar_name)
                 continue
-            st = info
-            mode = st.st_mode
-            is_dir = stat.S_ISDIR(mode)
+            _, mode, uid, gid, mtime, _, size, rdev, nlink, ino, dev = rec
+            # mtime in whole seconds, as Docker writes layers (a sub-second part costs a pax
+            # record): the scan's seconds are already the floor
+            is_dir = s_isdir(mode)
             if is_dir:
                 tar_name += b"/"
-            lib.entry_clear(e)
-            lib.entry_copy_pathname(e, tar_name)
-            lib.entry_set_mode(e, mode)
-            if st.st_uid:
-                lib.entry_set_uid(e, st.st_uid)
-            if st.st_gid:
-                lib.entry_set_gid(e, st.st_gid)
-            # whole seconds, as Docker writes layers (a sub-second part costs a pax record)
-            lib.entry_set_mtime(e, st.st_mtime_ns // 1_000_000_000, 0)
-            if st.st_nlink > 1 and not is_dir:
-                inode = (st.st_dev, st.st_ino)
-                first = self.first_name.get(inode)
+            elif nlink > 1:
+                inode = (dev, ino)
+                first = first_name.get(inode)
                 if first is not None:  # the inode's data and xattrs went with its first name
-                    lib.entry_copy_hardlink(e, first)
-                    lib.entry_set_size(e, 0)
-                    self._header(tar_name)
+                    self._failed(write(-1, -1, name, tar_name, first, mode, uid, gid, mtime,
+                                       0, 0), tar_name)
                     continue
-                self.first_name[inode] = tar_name
+                first_name[inode] = tar_name
             dir_fd = stack[-1].fd
             if dir_fd is None:
                 dir_fd = _dir_fd(stack)
-            if stat.S_ISREG(mode):
-                # O_NONBLOCK: a file swapped for a fifo meanwhile must not hang the export
-                fd = os.open(name, _O_FILE, dir_fd=dir_fd)
-                try:
-                    keys = _list_xattrs(fd)
-                    if keys:  # most files have none
-                        self._add_xattrs(fd, keys)
-                    size = st.st_size
-                    lib.entry_set_size(e, size)
-                    rc = write_header(archive, e)
-                    # ARCHIVE_WARN: a name not valid in the locale's charset, stored as binary
-                    if rc != _ARCHIVE_OK and rc != _ARCHIVE_WARN:
-                        raise _archive_failure(lib, archive, f"writing the header of {tar_name!r}")
-                    if size:
-                        self._stream(fd, size, tar_name)
-                finally:
-                    os.close(fd)
-            elif is_dir:
-                fd = os.open(name, _O_DIR, dir_fd=dir_fd)
-                try:
-                    opaque = self._add_xattrs(fd)
-                    lib.entry_set_size(e, 0)
-                    self._header(tar_name)
-                    children, has_marker = self._scan(fd, tar_name)
-                except BaseException:
-                    os.close(fd)
-                    raise
-                stack.append(_Dir(iter(children), fd, name))
-                if opaque or has_marker:
-                    self.marker(tar_name + _OPAQUE_BYTES)
-                spare = len(stack) - 1 - _MAX_DIR_FDS
-                if spare > 0 and stack[spare].fd is not None:
-                    os.close(stack[spare].fd)  # type: ignore[arg-type]
-                    stack[spare].fd = None
-            else:
-                # no fd can be opened on these: their xattrs are read through the dir fd
-                self._add_xattrs(f"/proc/self/fd/{dir_fd}/{name}")
-                lib.entry_set_size(e, 0)
-                if stat.S_ISLNK(mode):
-                    lib.entry_copy_symlink(e, os.fsencode(os.readlink(name, dir_fd=dir_fd)))
-                elif stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
-                    lib.entry_set_rdevmajor(e, os.major(st.st_rdev))
-                    lib.entry_set_rdevminor(e, os.minor(st.st_rdev))
-                self._header(tar_name)
-
-    def _add_xattrs(self, target: int | str, keys: list[str] | None = None) -> bool:
-        """Put the entry's own xattrs on the archive entry; True if an opaque xattr is set.
-
-        ``target`` is an fd, or a path whose last component is not followed; ``keys`` its
-        xattr names if already listed.
-        """
-        opaque = False
-        xattrs: list[tuple[bytes, bytes]] = []
-        for key in _list_xattrs(target) if keys is None else keys:
-            try:
-                if isinstance(target, int):
-                    value = os.getxattr(target, key)
-                else:
-                    value = os.getxattr(target, key, follow_symlinks=False)
-            except OSError as exc:
-                if exc.errno == errno.ENODATA:  # removed while we looked
-                    continue
-                raise
-            if is_private_xattr(key):
-                opaque = opaque or (key in OPAQUE_XATTRS and value == b"y")
+            if not is_dir:
+                rc = write(dir_fd, -1, name, tar_name, None, mode, uid, gid, mtime, size, rdev)
+                if rc:
+                    self._failed(rc, tar_name)
                 continue
-            xattrs.append((os.fsencode(key), value))
-        # libarchive writes xattrs in the order they were added: sort for determinism
-        xattrs.sort()
-        for key_b, value in xattrs:
-            self.lib.entry_xattr_add_entry(self.entry, key_b, value, len(value))
-        return opaque
+            fd = os.open(name, _O_DIR, dir_fd=dir_fd)
+            try:
+                rc = write(dir_fd, fd, name, tar_name, None, mode, uid, gid, mtime, 0, 0)
+                self._failed(rc, tar_name)
+                children, has_marker = self._scan(fd, tar_name)
+            except BaseException:
+                os.close(fd)
+                raise
+            stack.append(_Dir(iter(children), fd, name))
+            if rc == _syscalls.W_OPAQUE or has_marker:
+                self.marker(tar_name + _OPAQUE_BYTES)
+            spare = len(stack) - 1 - _MAX_DIR_FDS
+            if spare > 0 and stack[spare].fd is not None:
+                os.close(stack[spare].fd)  # type: ignore[arg-type]
+                stack[spare].fd = None
 
 
 class _Dir:
@@ -360,7 +263,7 @@ class _Dir:
 
     __slots__ = ("fd", "items", "name")
 
-    def __init__(self, items: Iterator[_Item], fd: int | None, name: str) -> None:
+    def __init__(self, items: Iterator[_Item], fd: int | None, name: bytes) -> None:
         self.items = items
         self.fd = fd
         self.name = name
@@ -387,7 +290,6 @@ def _dir_fd(stack: list[_Dir]) -> int:
 
 
 _MAX_DIR_FDS = 128
-_O_FILE = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 _O_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
@@ -395,32 +297,8 @@ _WH_PREFIX = os.fsencode(WHITEOUT_PREFIX)
 _OPAQUE_BYTES = os.fsencode(OPAQUE_NAME)
 
 
-def _readv_into(fd: int, view: memoryview) -> int:
-    return os.readv(fd, [view])
-
-
-def _fileio_into(fd: int, view: memoryview) -> int:
-    # PyPy 3.9 has no os.readv; FileIO.readinto reads into the buffer just the same
-    with io.FileIO(fd, "rb", closefd=False) as f:
-        return f.readinto(view) or 0
-
-
-_read_into = _readv_into if hasattr(os, "readv") else _fileio_into
-
-
 def _first(item: tuple[bytes, Any, Any]) -> bytes:
     return item[0]
-
-
-def _list_xattrs(target: int | str) -> list[str]:
-    try:
-        if isinstance(target, int):
-            return os.listxattr(target)
-        return os.listxattr(target, follow_symlinks=False)
-    except OSError as exc:
-        if exc.errno in (errno.ENOTSUP, errno.EOPNOTSUPP):
-            return []
-        raise
 
 
 def _archive_failure(lib: _Lib, archive: int, what: str) -> Exception:

@@ -144,4 +144,65 @@ int aufs_x_write(struct aufs_xctx *ctx);
 int aufs_x_next(struct aufs_xctx *ctx);
 int aufs_x_dir_times(int root_fd, const char *path, int64_t sec, int64_t nsec);
 
+/* walk */
+/* ---- walk.c: layer directories read fast for export and the change list ---- */
+#define AUFS_W_STAT 1    /* aufs_w_scan flag: lstat every entry (else d_type only) */
+#define AUFS_W_OPAQUE 1  /* aufs_w_entry: the directory carries an opaque xattr "y" */
+#define AUFS_W_ARCHIVE 2 /* aufs_w_entry: libarchive failed (ctx->archive_status) */
+
+/* One directory entry; the NUL-terminated name follows, records are 8-byte aligned */
+struct aufs_wrec {
+    uint64_t ino;
+    uint64_t dev;
+    uint64_t size;
+    uint64_t rdev;
+    int64_t mtime_sec;
+    int64_t mtime_nsec;
+    uint32_t mode;
+    uint32_t uid;
+    uint32_t gid;
+    uint32_t nlink;
+    uint32_t namelen;
+    uint32_t reclen;
+};
+
+/* libarchive entry points, from the libarchive the caller loaded (no link-time dependency) */
+struct aufs_wapi {
+    void *entry_clear;
+    void *entry_copy_pathname;
+    void *entry_copy_symlink;
+    void *entry_copy_hardlink;
+    void *entry_set_mode;
+    void *entry_set_size;
+    void *entry_set_uid;
+    void *entry_set_gid;
+    void *entry_set_mtime;
+    void *entry_set_rdevmajor;
+    void *entry_set_rdevminor;
+    void *entry_xattr_add_entry;
+    void *write_header;
+    void *write_data;
+};
+
+struct aufs_wctx {
+    const struct aufs_wapi *api;
+    void *archive;      /* struct archive *, opened for writing */
+    void *entry;        /* a struct archive_entry * reused for every entry */
+    char *buf;          /* scratch and data buffer, at least 128 KiB */
+    size_t buflen;
+    int archive_status; /* libarchive's return code behind AUFS_W_ARCHIVE */
+};
+
+/* change kinds, Docker's values */
+#define AUFS_W_MODIFY 0
+#define AUFS_W_ADD 1
+#define AUFS_W_DELETE 2
+
+ssize_t aufs_w_scan(int dir_fd, int flags, char *out, size_t outlen);
+ssize_t aufs_w_changes(int layer_fd, int lower_fd, char *paths, size_t paths_len,
+                       size_t *paths_used, unsigned char *kinds, size_t kinds_len);
+int aufs_w_entry(struct aufs_wctx *ctx, int dir_fd, int fd, const char *name,
+                 const char *tar_name, const char *hardlink, unsigned int mode, int64_t uid,
+                 int64_t gid, int64_t mtime, int64_t size, uint64_t rdev);
+
 #endif

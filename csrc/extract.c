@@ -160,6 +160,29 @@ int aufs_x_remove(int dir_fd, const char *name)
     return unlinkat(dir_fd, name, AT_REMOVEDIR) < 0 ? -errno : 0;
 }
 
+/* chmod `name` in `dir_fd` without following it if it is a symlink (fchmodat would; its
+ * AT_SYMLINK_NOFOLLOW needs a new kernel or glibc): through an O_PATH fd and its magic link. */
+static int x_chmod_nofollow(int dir_fd, const char *name, mode_t mode)
+{
+    char procpath[64];
+    struct stat st;
+    int fd = openat(dir_fd, name, O_PATH | O_NOFOLLOW | O_CLOEXEC);
+    int r = 0;
+    if (fd < 0)
+        return -errno;
+    if (fstat(fd, &st) < 0)
+        r = -errno;
+    else if (S_ISLNK(st.st_mode))
+        r = -ELOOP;
+    else {
+        snprintf(procpath, sizeof procpath, "/proc/self/fd/%d", fd);
+        if (chmod(procpath, mode) < 0)
+            r = -errno;
+    }
+    close(fd);
+    return r;
+}
+
 /* Create the missing directories of `path` (0755, owned by us) below the root; returns an
  * O_PATH fd of the deepest one. A component that exists but resolves to nothing (a dangling
  * symlink) gives -ENOENT, one that is not a directory -ENOTDIR. */
@@ -186,15 +209,16 @@ static int x_make_dirs(int root_fd, const char *path)
             start = i;
             while (start > 0 && buf[start - 1] != '/')
                 start--;
-            if (mkdirat(cur, buf + start, 0755) < 0 && errno != EEXIST) {
-                next = -errno;
-            } else {
+            if (mkdirat(cur, buf + start, 0755) == 0) {
                 /* the umask must not decide the mode of implied directories */
-                if (fchmodat(cur, buf + start, 0755, 0) < 0 && errno != ENOENT && errno != ENOTDIR) {
-                    next = -errno;
-                } else {
+                next = x_chmod_nofollow(cur, buf + start, 0755);
+                if (next == 0)
                     next = x_resolve(root_fd, buf, O_PATH | O_DIRECTORY);
-                }
+            } else if (errno == EEXIST) {
+                /* a symlink that leads nowhere inside the root: resolving again says so */
+                next = x_resolve(root_fd, buf, O_PATH | O_DIRECTORY);
+            } else {
+                next = -errno;
             }
         }
         if (next < 0) {
@@ -234,6 +258,8 @@ static int x_parent(struct aufs_xctx *ctx, const char *path, const char **name)
     int fd;
 
     if (!slash) {
+        /* the entry may replace the cached directory's ancestor: never keep a stale fd */
+        aufs_x_forget_parent(ctx);
         *name = path;
         return ctx->root_fd;
     }
@@ -324,9 +350,11 @@ static int x_meta_at(struct aufs_xctx *ctx, int dir_fd, const char *name, int ch
     int r;
     if (fchownat(dir_fd, name, (uid_t)ctx->uid, (gid_t)ctx->gid, AT_SYMLINK_NOFOLLOW) < 0)
         return -errno;
-    /* only for devices and fifos this call just created: nothing can have swapped them */
-    if (chmod_too && fchmodat(dir_fd, name, (mode_t)(ctx->mode & 07777), 0) < 0)
-        return -errno;
+    if (chmod_too) {
+        r = x_chmod_nofollow(dir_fd, name, (mode_t)(ctx->mode & 07777));
+        if (r < 0)
+            return r;
+    }
     r = x_xattrs(ctx, -1, dir_fd, name);
     if (r < 0)
         return r;

@@ -348,3 +348,14 @@ def test_many_directories_all_get_their_mtimes(ramdir):
         assert os.stat(d).st_mtime == 1000 + i
     for i in range(30):
         assert os.stat(ramdir / f"d{i}").st_mtime == 50 + i
+
+
+@pytest.mark.parametrize("depth", ["", "top/"])
+def test_directory_replaced_by_symlink_then_entry_below(ramdir, depth):
+    apply(ramdir, [
+        entry(f"{depth}real", "dir"), entry(f"{depth}d", "dir"), entry(f"{depth}d/x", data=b"1"),
+        entry(f"{depth}d", "symlink", link=f"/{depth}real"), entry(f"{depth}d/y", data=b"2"),
+    ])
+    assert os.path.islink(ramdir / f"{depth}d")
+    assert (ramdir / f"{depth}real/y").read_bytes() == b"2"
+    assert not (ramdir / f"{depth}real/x").exists()

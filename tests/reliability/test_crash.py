@@ -141,3 +141,32 @@ def test_separate_process_killed_while_applying_big_layers(ramdir: pathlib.Path)
         assert state in expected
         assert again.check().clean, str(again.check())
     assert mounts_below(home) == []
+
+
+def _open_new_store_and_die_at(home: pathlib.Path, kill_at: int) -> bool:
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        try:
+            ck._count_events_and_die_at(kill_at)
+            aufs.Driver(home, backend="overlay")
+        finally:
+            os._exit(0)
+    _, status = os.waitpid(pid, 0)
+    return os.WIFSIGNALED(status)
+
+
+def test_killed_while_creating_a_new_store(ramdir: pathlib.Path) -> None:
+    """Killed while the very first Driver lays out a new store: the next one opens it."""
+    kills = 0
+    for kill_at in range(1, 400, 3):
+        home = ramdir / f"store{kill_at}"
+        if not _open_new_store_and_die_at(home, kill_at):
+            break  # the open finished before the kill point: all points covered
+        kills += 1
+        d = aufs.Driver(home, backend="overlay")
+        assert d.check().clean, str(d.check())
+        d.create("x")
+        assert d.layers() == ["x"]
+    assert kills > 10

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+import random
 import signal
 import subprocess
 import sys
@@ -101,3 +102,42 @@ def test_signal_during_a_slow_apply_leaves_the_layer_as_it_was(
     assert mounts_below(home) == []
     again.apply_diff("victim", big_layer)  # and the layer takes the full apply afterwards
     assert len(os.listdir(again._layout.diff_dir("victim") / "data")) == 384
+
+
+_MOUNT_LOOP = """
+import sys, aufs
+d = aufs.Driver(sys.argv[1], backend=sys.argv[2])
+print("ready", flush=True)
+while True:
+    with d.mount("app") as root:
+        pass
+"""
+
+
+@pytest.mark.parametrize("backend", ["overlay", "fuse-overlayfs"])
+def test_sigint_during_mount_cycles_leaves_nothing(ramdir: pathlib.Path, backend: str) -> None:
+    """Ctrl-C in a program that mounts and unmounts in a loop (``with driver.mount(...)``):
+    Python unwinds, so whatever get or put was doing must be finished or undone: no mount, no
+    reference, no mountpoint left behind (a KeyboardInterrupt is no crash)."""
+    if aufs.store.BACKENDS[backend].unavailable_reason() is not None:
+        pytest.skip(f"{backend} is unavailable")
+    home = ramdir / "store"
+    d = aufs.Driver(home, backend=backend)
+    d.create("base")
+    d.create("app", parent="base")
+    rng = random.Random(12)
+    left = []
+    for i in range(12):
+        proc = subprocess.Popen([sys.executable, "-c", textwrap.dedent(_MOUNT_LOOP), str(home), backend],
+                                env=dict(os.environ, PYTHONPATH=ROOT), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        assert proc.stdout is not None
+        assert proc.stdout.readline() == b"ready\n"
+        time.sleep(rng.uniform(0.02, 0.25))
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+        assert b"KeyboardInterrupt" in err, err[-2000:]
+        report = d.check(repair=True)
+        if report.findings or mounts_below(home):
+            left.append(f"interrupt {i}: {[(f.kind, f.path) for f in report.findings]} "
+                        f"(interrupted in: {err.decode(errors='replace').splitlines()[-3:]})")
+    assert not left, "\n".join(left)

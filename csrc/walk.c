@@ -1,0 +1,851 @@
+/* walk.c: reading a layer directory fast, for export (Driver.diff) and the change list.
+ *
+ * - aufs_w_scan: one directory's entries with their lstat fields, in one call (getdents64 +
+ *   fstatat relative to the directory fd, never following a symlink).
+ * - aufs_w_entry: one tar entry (header, xattrs, file data) through libarchive entry points
+ *   the caller passes as addresses, so there is no link-time dependency on libarchive.
+ * - aufs_w_changes: the whole change list of a layer directory against a lower view
+ *   (Docker's rules, see aufs/changes.py), as NUL-separated paths plus one kind byte each.
+ *
+ * Every directory is opened with O_DIRECTORY|O_NOFOLLOW relative to its parent's fd, so an
+ * entry swapped for a symlink while a walk runs never leads it outside the tree.
+ * Reentrant: all state lives in the caller's structs or in memory freed before returning.
+ */
+#include "aufs_native.h"
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/sysmacros.h>
+#include <sys/xattr.h>
+#include <unistd.h>
+
+#define W_O_DIR (O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
+#define W_DENTS 32768
+
+struct w_dirent64 {
+    uint64_t d_ino;
+    int64_t d_off;
+    unsigned short d_reclen;
+    unsigned char d_type;
+    char d_name[];
+};
+
+static int w_is_dot(const char *name)
+{
+    return name[0] == '.' && (name[1] == 0 || (name[1] == '.' && name[2] == 0));
+}
+
+/* ------------------------------------------------------------------ scan */
+
+static size_t w_align8(size_t n) { return (n + 7) & ~(size_t)7; }
+
+ssize_t aufs_w_scan(int dir_fd, int flags, char *out, size_t outlen)
+{
+    char *dents = malloc(W_DENTS);
+    size_t used = 0;
+    ssize_t rc = 0;
+
+    if (dents == NULL)
+        return -ENOMEM;
+    if (lseek(dir_fd, 0, SEEK_SET) < 0) {
+        free(dents);
+        return -errno;
+    }
+    for (;;) {
+        long n = syscall(SYS_getdents64, dir_fd, dents, W_DENTS);
+        if (n < 0) {
+            rc = -errno;
+            break;
+        }
+        if (n == 0)
+            break;
+        for (long pos = 0; pos < n;) {
+            struct w_dirent64 *d = (struct w_dirent64 *)(dents + pos);
+            pos += d->d_reclen;
+            if (w_is_dot(d->d_name))
+                continue;
+            size_t namelen = strlen(d->d_name);
+            size_t reclen = w_align8(sizeof(struct aufs_wrec) + namelen + 1);
+            if (used + reclen > outlen) {
+                rc = -ENOBUFS;
+                goto out;
+            }
+            struct aufs_wrec *r = (struct aufs_wrec *)(out + used);
+            memset(r, 0, sizeof(*r));
+            r->ino = d->d_ino;
+            r->mode = (uint32_t)d->d_type << 12; /* DTTOIF */
+            if ((flags & AUFS_W_STAT) || d->d_type == DT_UNKNOWN || d->d_type == DT_CHR) {
+                struct stat st;
+                if (fstatat(dir_fd, d->d_name, &st, AT_SYMLINK_NOFOLLOW) < 0) {
+                    if (errno == ENOENT)
+                        continue; /* removed since readdir: nothing to report */
+                    rc = -errno;
+                    goto out;
+                }
+                r->ino = st.st_ino;
+                r->dev = st.st_dev;
+                r->size = (uint64_t)st.st_size;
+                r->rdev = st.st_rdev;
+                r->mtime_sec = st.st_mtim.tv_sec;
+                r->mtime_nsec = st.st_mtim.tv_nsec;
+                r->mode = st.st_mode;
+                r->uid = st.st_uid;
+                r->gid = st.st_gid;
+                r->nlink = (uint32_t)st.st_nlink;
+            }
+            r->namelen = (uint32_t)namelen;
+            r->reclen = (uint32_t)reclen;
+            memcpy(r + 1, d->d_name, namelen + 1);
+            used += reclen;
+        }
+    }
+out:
+    free(dents);
+    return rc < 0 ? rc : (ssize_t)used;
+}
+
+/* ---------------------------------------------------------------- export */
+
+typedef void *(*w_entry_clear_t)(void *);
+typedef void (*w_entry_str_t)(void *, const char *);
+typedef void (*w_entry_mode_t)(void *, mode_t);
+typedef void (*w_entry_i64_t)(void *, int64_t);
+typedef void (*w_entry_mtime_t)(void *, time_t, long);
+typedef void (*w_entry_dev_t)(void *, dev_t);
+typedef void (*w_entry_xattr_t)(void *, const char *, const void *, size_t);
+typedef int (*w_write_header_t)(void *, void *);
+typedef ssize_t (*w_write_data_t)(void *, const void *, size_t);
+
+#define W_ARCHIVE_OK 0
+#define W_ARCHIVE_WARN (-20)
+#define W_XATTR_MAX 65536 /* XATTR_LIST_MAX and XATTR_SIZE_MAX */
+#define W_MAX_XATTRS 1024
+
+static const char *const w_private_prefixes[] = {"trusted.overlay.", "user.overlay.",
+                                                 "user.fuseoverlayfs."};
+static const char *const w_opaque_xattrs[] = {"trusted.overlay.opaque", "user.overlay.opaque",
+                                              "user.fuseoverlayfs.opaque"};
+
+static int w_is_private(const char *key)
+{
+    for (size_t i = 0; i < 3; i++)
+        if (strncmp(key, w_private_prefixes[i], strlen(w_private_prefixes[i])) == 0)
+            return 1;
+    return 0;
+}
+
+static int w_is_opaque_key(const char *key)
+{
+    for (size_t i = 0; i < 3; i++)
+        if (strcmp(key, w_opaque_xattrs[i]) == 0)
+            return 1;
+    return 0;
+}
+
+/* Adds the xattrs of fd (or of path, not followed) to the entry, sorted by name, leaving the
+ * union filesystem's own out. Returns 1 if an opaque xattr is "y", 0, or -errno. */
+static int w_xattrs(struct aufs_wctx *ctx, int fd, const char *path)
+{
+    char *list = ctx->buf, *value = ctx->buf + W_XATTR_MAX;
+    const char *keys[W_MAX_XATTRS];
+    size_t nkeys = 0;
+    int opaque = 0;
+    ssize_t len = fd >= 0 ? flistxattr(fd, list, W_XATTR_MAX) : llistxattr(path, list, W_XATTR_MAX);
+
+    if (len < 0)
+        return (errno == ENOTSUP || errno == EOPNOTSUPP) ? 0 : -errno;
+    for (ssize_t pos = 0; pos < len; pos += (ssize_t)strlen(list + pos) + 1) {
+        if (nkeys == W_MAX_XATTRS)
+            return -E2BIG;
+        /* insertion sort: entries hold a handful of xattrs */
+        size_t i = nkeys++;
+        while (i > 0 && strcmp(keys[i - 1], list + pos) > 0) {
+            keys[i] = keys[i - 1];
+            i--;
+        }
+        keys[i] = list + pos;
+    }
+    for (size_t i = 0; i < nkeys; i++) {
+        ssize_t vlen = fd >= 0 ? fgetxattr(fd, keys[i], value, W_XATTR_MAX)
+                               : lgetxattr(path, keys[i], value, W_XATTR_MAX);
+        if (vlen < 0) {
+            if (errno == ENODATA) /* removed while we looked */
+                continue;
+            return -errno;
+        }
+        if (w_is_private(keys[i])) {
+            if (w_is_opaque_key(keys[i]) && vlen == 1 && value[0] == 'y')
+                opaque = 1;
+            continue;
+        }
+        ((w_entry_xattr_t)ctx->api->entry_xattr_add_entry)(ctx->entry, keys[i], value,
+                                                          (size_t)vlen);
+    }
+    return opaque;
+}
+
+static int w_header(struct aufs_wctx *ctx)
+{
+    int rc = ((w_write_header_t)ctx->api->write_header)(ctx->archive, ctx->entry);
+    /* ARCHIVE_WARN: pax stored a name that is not valid in the locale's charset as binary */
+    if (rc != W_ARCHIVE_OK && rc != W_ARCHIVE_WARN) {
+        ctx->archive_status = rc;
+        return AUFS_W_ARCHIVE;
+    }
+    return 0;
+}
+
+/* Copies exactly size bytes of fd (libarchive pads if the file shrank meanwhile). */
+static int w_data(struct aufs_wctx *ctx, int fd, int64_t size)
+{
+    w_write_data_t write_data = (w_write_data_t)ctx->api->write_data;
+    uint64_t left = (uint64_t)size;
+
+    while (left > 0) {
+        size_t want = left < ctx->buflen ? (size_t)left : ctx->buflen;
+        ssize_t n = read(fd, ctx->buf, want);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            return -errno;
+        }
+        if (n == 0)
+            break;
+        ssize_t w = write_data(ctx->archive, ctx->buf, (size_t)n);
+        if (w < 0) {
+            ctx->archive_status = (int)w;
+            return AUFS_W_ARCHIVE;
+        }
+        left -= (uint64_t)n;
+    }
+    return 0;
+}
+
+int aufs_w_entry(struct aufs_wctx *ctx, int dir_fd, int fd, const char *name,
+                 const char *tar_name, const char *hardlink, unsigned int mode, int64_t uid,
+                 int64_t gid, int64_t mtime, int64_t size, uint64_t rdev)
+{
+    const struct aufs_wapi *api = ctx->api;
+    void *e = ctx->entry;
+    int rc, opaque = 0;
+
+    if (ctx->buflen < 2 * W_XATTR_MAX)
+        return -EINVAL;
+    ((w_entry_clear_t)api->entry_clear)(e);
+    ((w_entry_str_t)api->entry_copy_pathname)(e, tar_name);
+    ((w_entry_mode_t)api->entry_set_mode)(e, (mode_t)mode);
+    if (uid)
+        ((w_entry_i64_t)api->entry_set_uid)(e, uid);
+    if (gid)
+        ((w_entry_i64_t)api->entry_set_gid)(e, gid);
+    ((w_entry_mtime_t)api->entry_set_mtime)(e, (time_t)mtime, 0);
+    if (name == NULL) { /* a whiteout or opaque marker: no inode behind it */
+        ((w_entry_i64_t)api->entry_set_size)(e, 0);
+        return w_header(ctx);
+    }
+    if (hardlink != NULL) { /* the inode's data and xattrs went with its first name */
+        ((w_entry_str_t)api->entry_copy_hardlink)(e, hardlink);
+        ((w_entry_i64_t)api->entry_set_size)(e, 0);
+        return w_header(ctx);
+    }
+    if (S_ISREG(mode)) {
+        /* O_NONBLOCK: a file swapped for a fifo meanwhile must not hang the export */
+        int file = openat(dir_fd, name, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+        if (file < 0)
+            return -errno;
+        rc = w_xattrs(ctx, file, NULL);
+        if (rc >= 0) {
+            ((w_entry_i64_t)api->entry_set_size)(e, size);
+            rc = w_header(ctx);
+            if (rc == 0 && size > 0)
+                rc = w_data(ctx, file, size);
+        }
+        close(file);
+        return rc;
+    }
+    if (S_ISDIR(mode)) {
+        opaque = rc = w_xattrs(ctx, fd, NULL);
+    } else {
+        /* no fd can be opened on these: their xattrs are read through the directory fd */
+        char path[64 + 256];
+        if (snprintf(path, sizeof(path), "/proc/self/fd/%d/%s", dir_fd, name) >= (int)sizeof(path))
+            return -ENAMETOOLONG;
+        rc = w_xattrs(ctx, -1, path);
+    }
+    if (rc < 0)
+        return rc;
+    ((w_entry_i64_t)api->entry_set_size)(e, 0);
+    if (S_ISLNK(mode)) {
+        /* the value buffer half of ctx->buf is free again once the xattrs are added */
+        char *target = ctx->buf;
+        ssize_t n = readlinkat(dir_fd, name, target, ctx->buflen - 1);
+        if (n < 0)
+            return -errno;
+        target[n] = 0;
+        ((w_entry_str_t)api->entry_copy_symlink)(e, target);
+    } else if (S_ISCHR(mode) || S_ISBLK(mode)) {
+        ((w_entry_dev_t)api->entry_set_rdevmajor)(e, major(rdev));
+        ((w_entry_dev_t)api->entry_set_rdevminor)(e, minor(rdev));
+    }
+    rc = w_header(ctx);
+    return rc ? rc : opaque;
+}
+
+/* --------------------------------------------------------------- changes */
+
+#define W_PATH_MAX 65536
+#define W_MAX_OPEN 64 /* frames that keep their directory fds open; deeper ones reopen */
+
+enum { W_CONTENT, W_WHITEOUT, W_SKIP };
+
+struct w_ent {
+    size_t name;   /* offset in the directory's names */
+    size_t target; /* offset of a whiteout's target (the name, or the name after ".wh.") */
+    uint32_t mode; /* S_IFMT bits only, unless a stat was needed */
+    int kind;
+};
+
+/* One directory's entries, read whole. */
+struct w_dir {
+    char *names;
+    size_t used, cap;
+    struct w_ent *ents;
+    size_t n, ncap;
+};
+
+/* A directory to descend into, named in its parent's w_dir. */
+struct w_child {
+    const char *name;
+    int has_lower;  /* exists below as a directory: compare with it */
+    int forced;     /* its parent also holds a whiteout of the same name */
+    int emitted;    /* already listed (ADD, or MODIFY of a directory replacing a file) */
+};
+
+struct w_frame {
+    int fd, lower_fd;     /* -1 while closed (or for lower_fd: when has_lower is 0) */
+    int has_lower;
+    int emitted;
+    int forced;
+    size_t path_len;      /* its change path is out path[0:path_len] */
+    const char *name;     /* in the parent's w_dir */
+    struct w_dir dir;
+    struct w_child *children;
+    size_t nchildren, next_child;
+};
+
+struct w_out {
+    char *paths;
+    size_t paths_len, paths_used;
+    unsigned char *kinds;
+    size_t kinds_len, count;
+    char *path; /* the current change path, W_PATH_MAX bytes */
+};
+
+static void w_dir_free(struct w_dir *d)
+{
+    free(d->names);
+    free(d->ents);
+    memset(d, 0, sizeof(*d));
+}
+
+static int w_dir_add(struct w_dir *d, const char *name, uint32_t mode, int kind)
+{
+    size_t len = strlen(name) + 1;
+    if (d->used + len > d->cap) {
+        size_t cap = d->cap ? d->cap * 2 : 4096;
+        while (cap < d->used + len)
+            cap *= 2;
+        char *p = realloc(d->names, cap);
+        if (p == NULL)
+            return -ENOMEM;
+        d->names = p;
+        d->cap = cap;
+    }
+    if (d->n == d->ncap) {
+        size_t cap = d->ncap ? d->ncap * 2 : 64;
+        struct w_ent *p = realloc(d->ents, cap * sizeof(*p));
+        if (p == NULL)
+            return -ENOMEM;
+        d->ents = p;
+        d->ncap = cap;
+    }
+    struct w_ent *e = &d->ents[d->n++];
+    e->name = d->used;
+    e->target = d->used + (kind == W_WHITEOUT && strncmp(name, ".wh.", 4) == 0 ? 4 : 0);
+    e->mode = mode;
+    e->kind = kind;
+    memcpy(d->names + d->used, name, len);
+    d->used += len;
+    return 0;
+}
+
+/* The meaning of a layer entry (aufs.whiteouts.classify): both formats accept both kinds of
+ * whiteout, so the format does not matter here. */
+static int w_classify(const char *name, uint32_t mode, uint64_t rdev)
+{
+    if (strncmp(name, ".wh.", 4) == 0) {
+        const char *target = name + 4;
+        if (strncmp(name, ".wh..wh.", 8) == 0) /* metadata, or the opaque marker */
+            return W_SKIP;
+        if (target[0] == 0 || w_is_dot(target) || !S_ISREG(mode))
+            return W_SKIP;
+        return W_WHITEOUT;
+    }
+    if (S_ISCHR(mode) && rdev == 0)
+        return W_WHITEOUT;
+    return W_CONTENT;
+}
+
+/* Reads the directory fd. Layer mode (lower == 0): classifies entries, and reports a regular
+ * ".wh..wh..opq" in *marker. Lower mode: keeps only names a lookup would find (no ".wh."
+ * names, no whiteout devices, nothing that vanished). */
+static int w_read_dir(int fd, int lower, struct w_dir *d, int *marker)
+{
+    char dents[16384];
+    for (;;) {
+        long n = syscall(SYS_getdents64, fd, dents, sizeof(dents));
+        if (n < 0)
+            return -errno;
+        if (n == 0)
+            return 0;
+        for (long pos = 0; pos < n;) {
+            struct w_dirent64 *de = (struct w_dirent64 *)(dents + pos);
+            pos += de->d_reclen;
+            if (w_is_dot(de->d_name))
+                continue;
+            uint32_t mode = (uint32_t)de->d_type << 12;
+            uint64_t rdev = 1;
+            if (lower && strncmp(de->d_name, ".wh.", 4) == 0)
+                continue; /* markers of a plain diff dir used as the view */
+            if (de->d_type != DT_DIR && de->d_type != DT_REG && de->d_type != DT_LNK) {
+                struct stat st;
+                if (fstatat(fd, de->d_name, &st, AT_SYMLINK_NOFOLLOW) < 0) {
+                    if (errno == ENOENT)
+                        continue; /* removed since readdir, or a lower whiteout overlayfs lists */
+                    return -errno;
+                }
+                mode = st.st_mode;
+                rdev = st.st_rdev;
+            }
+            int kind;
+            if (lower) {
+                if (S_ISCHR(mode) && rdev == 0)
+                    continue;
+                kind = W_CONTENT;
+            } else {
+                kind = w_classify(de->d_name, mode, rdev);
+                if (strcmp(de->d_name, ".wh..wh..opq") == 0 && S_ISREG(mode))
+                    *marker = 1;
+                if (kind == W_SKIP)
+                    continue;
+            }
+            int rc = w_dir_add(d, de->d_name, mode, kind);
+            if (rc < 0)
+                return rc;
+        }
+    }
+}
+
+static int w_emit(struct w_out *out, size_t path_len, const char *name, int kind)
+{
+    size_t len = path_len, nlen = name ? strlen(name) : 0;
+    if (name) {
+        if (path_len + 1 + nlen + 1 > W_PATH_MAX)
+            return -ENAMETOOLONG;
+        out->path[path_len] = '/';
+        memcpy(out->path + path_len + 1, name, nlen);
+        len += 1 + nlen;
+    }
+    if (out->paths_used + len + 1 > out->paths_len || out->count == out->kinds_len)
+        return -ENOBUFS;
+    memcpy(out->paths + out->paths_used, out->path, len);
+    out->paths[out->paths_used + len] = 0;
+    out->paths_used += len + 1;
+    out->kinds[out->count++] = (unsigned char)kind;
+    return 0;
+}
+
+/* a name and its mode, sorted by name (the name first, so w_cmp_str compares these too) */
+struct w_named {
+    const char *name;
+    uint32_t mode;
+};
+
+#define W_SCAN_LOWER_AT 16 /* layer entries from which the lower directory is read whole */
+
+static int w_cmp_str(const void *a, const void *b)
+{
+    return strcmp(*(const char *const *)a, *(const char *const *)b);
+}
+
+static int w_has_opaque_xattr(int fd)
+{
+    for (size_t i = 0; i < 3; i++) {
+        char value[2];
+        ssize_t n = fgetxattr(fd, w_opaque_xattrs[i], value, sizeof(value));
+        if (n < 0) {
+            if (errno == ENODATA || errno == ENOTSUP || errno == EOPNOTSUPP || errno == ERANGE)
+                continue;
+            return -errno;
+        }
+        if (n == 1 && value[0] == 'y')
+            return 1;
+    }
+    return 0;
+}
+
+static int w_same_time(const struct timespec *a, const struct timespec *b)
+{
+    if (a->tv_sec != b->tv_sec)
+        return 0;
+    return a->tv_nsec == b->tv_nsec || a->tv_nsec == 0 || b->tv_nsec == 0;
+}
+
+/* Rule 3 of aufs/changes.py: same mode, owner and mtime as the directory below. */
+static int w_same_dir(int fd, int lower_fd)
+{
+    struct stat up, low;
+    if (fstat(fd, &up) < 0 || fstat(lower_fd, &low) < 0)
+        return -errno;
+    return S_ISDIR(low.st_mode) && up.st_mode == low.st_mode && up.st_uid == low.st_uid &&
+           up.st_gid == low.st_gid && w_same_time(&up.st_mtim, &low.st_mtim);
+}
+
+/* Lists every entry of one layer directory (the frame) and collects the children to walk. */
+static int w_changes_dir(struct w_frame *f, int is_root, struct w_out *out)
+{
+    struct w_dir *d = &f->dir;
+    const char **sorted = NULL, **targets = NULL;
+    size_t ntargets = 0, nbelow = 0;
+    struct w_dir below = {0};
+    struct w_named *below_sorted = NULL;
+    int marker = 0, rc, touched = 0;
+
+    rc = w_read_dir(f->fd, 0, d, &marker);
+    if (rc < 0)
+        return rc;
+    if (f->has_lower && !is_root) {
+        int opaque = marker ? 1 : w_has_opaque_xattr(f->fd);
+        if (opaque < 0)
+            return opaque;
+        int same = w_same_dir(f->fd, f->lower_fd);
+        if (same < 0)
+            return same;
+        if (opaque || f->forced || !same) {
+            if ((rc = w_emit(out, f->path_len, NULL, AUFS_W_MODIFY)) < 0)
+                return rc;
+            f->emitted = 1;
+        }
+        marker = opaque;
+    } else if (f->has_lower) { /* the root: opaque hides the whole lower union */
+        if (!marker) {
+            marker = w_has_opaque_xattr(f->fd);
+            if (marker < 0)
+                return marker;
+        }
+    } else {
+        marker = 0;
+    }
+    f->children = malloc((d->n ? d->n : 1) * sizeof(*f->children));
+    targets = malloc((d->n ? d->n : 1) * sizeof(*targets));
+    if (f->children == NULL || targets == NULL) {
+        rc = -ENOMEM;
+        goto out;
+    }
+    for (size_t i = 0; i < d->n; i++)
+        if (d->ents[i].kind == W_WHITEOUT)
+            targets[ntargets++] = d->names + d->ents[i].target;
+    if (ntargets > 1)
+        qsort(targets, ntargets, sizeof(*targets), w_cmp_str);
+    if (f->has_lower && d->n >= W_SCAN_LOWER_AT) {
+        /* many names: one read of the lower directory answers them all, far cheaper
+         * through an overlay mount than a lookup each */
+        int ignored = 0;
+        int own = openat(f->lower_fd, ".", W_O_DIR);
+        if (own < 0) {
+            rc = -errno;
+            goto out;
+        }
+        rc = w_read_dir(own, 1, &below, &ignored);
+        close(own);
+        if (rc < 0)
+            goto out;
+        below_sorted = malloc((below.n ? below.n : 1) * sizeof(*below_sorted));
+        if (below_sorted == NULL) {
+            rc = -ENOMEM;
+            goto out;
+        }
+        for (size_t i = 0; i < below.n; i++) {
+            below_sorted[i].name = below.names + below.ents[i].name;
+            below_sorted[i].mode = below.ents[i].mode;
+        }
+        nbelow = below.n;
+        qsort(below_sorted, nbelow, sizeof(*below_sorted), w_cmp_str);
+    }
+    for (size_t i = 0; i < d->n; i++) {
+        const struct w_ent *e = &d->ents[i];
+        const char *name = d->names + e->name;
+        int kind, is_dir = S_ISDIR(e->mode), forced = 0, found = 0;
+        if (e->kind == W_WHITEOUT) {
+            touched = 1;
+            continue; /* listed below, unless the directory also holds the name itself */
+        }
+        if (ntargets && bsearch(&name, targets, ntargets, sizeof(*targets), w_cmp_str))
+            forced = 1;
+        if (below_sorted != NULL) {
+            const struct w_named *hit = bsearch(&name, below_sorted, nbelow,
+                                                sizeof(*below_sorted), w_cmp_str);
+            found = hit == NULL ? 0 : S_ISDIR(hit->mode) ? 2 : 1;
+        } else if (f->has_lower) {
+            struct stat st;
+            if (fstatat(f->lower_fd, name, &st, AT_SYMLINK_NOFOLLOW) == 0) {
+                found = S_ISDIR(st.st_mode) ? 2 : (S_ISCHR(st.st_mode) && st.st_rdev == 0) ? 0 : 1;
+            } else if (errno != ENOENT && errno != ENOTDIR) {
+                rc = -errno;
+                goto out;
+            }
+        }
+        if (found == 2 && is_dir) {
+            struct w_child *c = &f->children[f->nchildren++];
+            c->name = name;
+            c->has_lower = 1;
+            c->forced = forced;
+            c->emitted = 0;
+            continue;
+        }
+        kind = found ? AUFS_W_MODIFY : AUFS_W_ADD;
+        if (!found)
+            touched = 1;
+        if ((rc = w_emit(out, f->path_len, name, kind)) < 0)
+            goto out;
+        if (is_dir) {
+            struct w_child *c = &f->children[f->nchildren++];
+            c->name = name;
+            c->has_lower = 0;
+            c->forced = 0;
+            c->emitted = 1;
+        }
+    }
+    /* a whiteout is a DELETE unless this directory also holds the name (that entry wins) */
+    if (ntargets) {
+        size_t ncontent = 0;
+        sorted = malloc(d->n * sizeof(*sorted));
+        if (sorted == NULL) {
+            rc = -ENOMEM;
+            goto out;
+        }
+        for (size_t i = 0; i < d->n; i++)
+            if (d->ents[i].kind == W_CONTENT)
+                sorted[ncontent++] = d->names + d->ents[i].name;
+        qsort(sorted, ncontent, sizeof(*sorted), w_cmp_str);
+        for (size_t i = 0; i < ntargets; i++) {
+            if (i > 0 && strcmp(targets[i - 1], targets[i]) == 0)
+                continue;
+            if (bsearch(&targets[i], sorted, ncontent, sizeof(*sorted), w_cmp_str))
+                continue;
+            if ((rc = w_emit(out, f->path_len, targets[i], AUFS_W_DELETE)) < 0)
+                goto out;
+        }
+        free(sorted);
+        sorted = NULL;
+    }
+    if (marker && f->has_lower) {
+        /* rule 5: every name below that this directory does not provide again is a DELETE */
+        struct w_dir low = {0};
+        int ignored = 0;
+        sorted = malloc((d->n ? d->n : 1) * sizeof(*sorted));
+        if (sorted == NULL) {
+            rc = -ENOMEM;
+            goto out;
+        }
+        for (size_t i = 0; i < d->n; i++)
+            sorted[i] = d->names + d->ents[i].target;
+        qsort(sorted, d->n, sizeof(*sorted), w_cmp_str);
+        /* a description of our own: getdents moves the offset */
+        int own = openat(f->lower_fd, ".", W_O_DIR);
+        if (own < 0) {
+            rc = -errno;
+            goto out;
+        }
+        rc = w_read_dir(own, 1, &low, &ignored);
+        close(own);
+        for (size_t i = 0; rc >= 0 && i < low.n; i++) {
+            const char *name = low.names + low.ents[i].name;
+            if (!bsearch(&name, sorted, d->n, sizeof(*sorted), w_cmp_str))
+                rc = w_emit(out, f->path_len, name, AUFS_W_DELETE);
+        }
+        w_dir_free(&low);
+        if (rc < 0)
+            goto out;
+    }
+    /* rule 4: a directory that directly holds an ADD or a DELETE is listed */
+    if (touched && !is_root && !f->emitted) {
+        if ((rc = w_emit(out, f->path_len, NULL, AUFS_W_MODIFY)) < 0)
+            goto out;
+        f->emitted = 1;
+    }
+    rc = 0;
+out:
+    free(sorted);
+    free(targets);
+    free(below_sorted);
+    w_dir_free(&below);
+    return rc;
+}
+
+/* An fd on frames[k]'s directory (lower: its lower directory), reopening closed ones from
+ * the nearest open ancestor one O_NOFOLLOW component at a time. */
+static int w_frame_fd(struct w_frame *frames, size_t k, int lower)
+{
+    size_t i = k;
+    int fd;
+#define W_FD(j) (lower ? frames[j].lower_fd : frames[j].fd)
+    while (W_FD(i) < 0)
+        i--;
+    fd = W_FD(i);
+    for (size_t j = i + 1; j <= k; j++) {
+        int next = openat(fd, frames[j].name, W_O_DIR);
+        int err = errno;
+        if (j - 1 > i)
+            close(fd);
+        if (next < 0)
+            return -err;
+        fd = next;
+    }
+    if (k > i) {
+        if (lower)
+            frames[k].lower_fd = fd;
+        else
+            frames[k].fd = fd;
+    }
+    return fd;
+#undef W_FD
+}
+
+static void w_frame_close(struct w_frame *f)
+{
+    if (f->fd >= 0)
+        close(f->fd);
+    if (f->lower_fd >= 0)
+        close(f->lower_fd);
+    f->fd = f->lower_fd = -1;
+}
+
+ssize_t aufs_w_changes(int layer_fd, int lower_fd, char *paths, size_t paths_len,
+                       size_t *paths_used, unsigned char *kinds, size_t kinds_len)
+{
+    struct w_out out = {paths, paths_len, 0, kinds, kinds_len, 0, NULL};
+    struct w_frame *frames = NULL;
+    size_t depth = 0, cap = 0;
+    ssize_t rc = 0;
+
+    out.path = malloc(W_PATH_MAX);
+    if (out.path == NULL)
+        return -ENOMEM;
+    cap = 64;
+    frames = calloc(cap, sizeof(*frames));
+    if (frames == NULL) {
+        free(out.path);
+        return -ENOMEM;
+    }
+    frames[0].fd = openat(layer_fd, ".", W_O_DIR); /* our own offset for getdents */
+    frames[0].lower_fd = lower_fd;
+    frames[0].has_lower = lower_fd >= 0;
+    frames[0].emitted = 1;
+    if (frames[0].fd < 0) {
+        rc = -errno;
+        goto out;
+    }
+    depth = 1;
+    if ((rc = w_changes_dir(&frames[0], 1, &out)) < 0)
+        goto out;
+    while (depth > 0) {
+        size_t k = depth - 1;
+        struct w_frame *f = &frames[k];
+        if (f->next_child == f->nchildren) {
+            w_dir_free(&f->dir);
+            free(f->children);
+            if (k > 0)
+                w_frame_close(f);
+            depth--;
+            continue;
+        }
+        struct w_child *c = &f->children[f->next_child++];
+        size_t nlen = strlen(c->name);
+        if (f->path_len + 1 + nlen + 1 > W_PATH_MAX) {
+            rc = -ENAMETOOLONG;
+            goto out;
+        }
+        int parent_fd = w_frame_fd(frames, k, 0);
+        if (parent_fd < 0) {
+            rc = parent_fd;
+            goto out;
+        }
+        int fd = openat(parent_fd, c->name, W_O_DIR);
+        if (fd < 0) {
+            if (errno == ENOENT || errno == ENOTDIR || errno == ELOOP)
+                continue; /* removed or swapped since readdir: nothing of it to list */
+            rc = -errno;
+            goto out;
+        }
+        int child_lower = -1;
+        if (c->has_lower) {
+            int lower_parent = w_frame_fd(frames, k, 1);
+            child_lower = lower_parent < 0 ? -1 : openat(lower_parent, c->name, W_O_DIR);
+            if (child_lower < 0) {
+                close(fd);
+                rc = lower_parent < 0 ? lower_parent : -errno;
+                goto out;
+            }
+        }
+        if (depth == cap) {
+            struct w_frame *p = realloc(frames, 2 * cap * sizeof(*frames));
+            if (p == NULL) {
+                close(fd);
+                if (child_lower >= 0)
+                    close(child_lower);
+                rc = -ENOMEM;
+                goto out;
+            }
+            frames = p;
+            cap *= 2;
+            f = &frames[k];
+            c = &f->children[f->next_child - 1];
+        }
+        struct w_frame *n = &frames[depth];
+        memset(n, 0, sizeof(*n));
+        n->fd = fd;
+        n->lower_fd = child_lower;
+        n->has_lower = c->has_lower;
+        n->emitted = c->emitted;
+        n->forced = c->forced;
+        n->name = c->name;
+        out.path[f->path_len] = '/';
+        memcpy(out.path + f->path_len + 1, c->name, nlen);
+        n->path_len = f->path_len + 1 + nlen;
+        depth++;
+        if (depth > W_MAX_OPEN && depth - 1 - W_MAX_OPEN > 0)
+            w_frame_close(&frames[depth - 1 - W_MAX_OPEN]);
+        if ((rc = w_changes_dir(n, 0, &out)) < 0)
+            goto out;
+    }
+    rc = (ssize_t)out.count;
+    *paths_used = out.paths_used;
+out:
+    for (size_t k = 0; k < depth; k++) {
+        w_dir_free(&frames[k].dir);
+        free(frames[k].children);
+        if (k > 0)
+            w_frame_close(&frames[k]);
+    }
+    if (frames[0].fd >= 0)
+        close(frames[0].fd);
+    free(frames);
+    free(out.path);
+    return rc;
+}
