@@ -41,6 +41,8 @@ _LAZY = {
     "submounts": "aufs.mounts",
     "MountInfo": "aufs.mounts",
     "kernel_features": "aufs.mounts",
+    "KernelFeatures": "aufs.mounts",
+    "mount_overlay": "aufs.mounts",
     "Driver": "aufs.store",
     "Change": "aufs.changes",
     "ChangeKind": "aufs.changes",
@@ -84,15 +86,17 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers only
-    from .changes import Change, ChangeKind
-    from .image import export_image, import_image
-    from .mounts import (
-        MountInfo,
-        kernel_features,
-        mount,
-        mount_table,
-        mounted,
-        submounts,
-        unmount,
-    )
-    from .store import Driver
+    from .changes import Change as Change
+    from .changes import ChangeKind as ChangeKind
+    from .image import export_image as export_image
+    from .image import import_image as import_image
+    from .mounts import KernelFeatures as KernelFeatures
+    from .mounts import MountInfo as MountInfo
+    from .mounts import kernel_features as kernel_features
+    from .mounts import mount as mount
+    from .mounts import mount_overlay as mount_overlay
+    from .mounts import mount_table as mount_table
+    from .mounts import mounted as mounted
+    from .mounts import submounts as submounts
+    from .mounts import unmount as unmount
+    from .store import Driver as Driver

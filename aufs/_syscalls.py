@@ -67,7 +67,7 @@ def fspath_bytes(path: StrPath) -> bytes:
     """The path as bytes, as the kernel sees it; ``ValueError`` for an embedded NUL byte
     (C would silently cut the path there)."""
     raw = os.fsencode(path)
-    if b"\0" in raw:
+    if 0 in raw:
         raise ValueError(f"embedded null byte in path {raw!r}")
     return raw
 

@@ -16,17 +16,21 @@ holds exactly its own changes, so :func:`write_diff` walks it and writes every e
 * **Headers**: libarchive's pax writer; numeric uid/gid only (no user or group names, so the
   bytes do not depend on the host's passwd/group files); mtime in whole seconds (as Docker
   writes layers: a sub-second mtime would cost a pax header per entry); no atime or ctime;
-  permissions including setuid/setgid/sticky; xattrs (``security.capability`` too) sorted by
-  name, as ``SCHILY.xattr.*`` records only (what GNU tar and Docker read and write); a file
+  permissions including setuid/setgid/sticky; xattrs (``security.capability`` too) in a
+  fixed order (handed to libarchive sorted by name; it writes the last one handed first),
+  as ``SCHILY.xattr.*`` records only (what GNU tar and Docker read and write); a file
   whose inode was already written (``st_nlink > 1``) is a hardlink to the first name in walk
   order (which is tar order). The archive is padded to 10240 bytes like ``tar -c``.
 * **Robustness**: the walk is iterative (no recursion limit); an entry removed between
   readdir and stat is skipped; any other failure raises, leaving ``out`` incomplete.
 
 Same layer -> same bytes. GNU tar and bsdtar read the result. No tar code is written here:
-headers and data go through libarchive (the library python-libarchive-c loads), called via
-ctypes with one call per data block of up to 1 MiB so large files stream without Python work
-per tar block.
+headers and data go through libarchive (the library python-libarchive-c loads). The cost of
+a layer of small files is per entry, so each directory is read in one C call
+(:class:`aufs._syscalls.DirScanner`: ``getdents64`` + ``fstatat``) and each entry is written
+in one C call (:class:`aufs._syscalls.EntryWriter`: xattrs, header and data through
+libarchive's functions, passed to the C by address); Python keeps the order, the whiteout
+rules and the inode map.
 """
 from __future__ import annotations
 

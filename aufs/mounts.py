@@ -175,7 +175,7 @@ def mounted(path: StrPath) -> bool:
         raw = path
     else:
         raw = os.fsencode(path)
-    if b"\0" in raw:
+    if 0 in raw:
         raise ValueError(f"embedded null byte in path {raw!r}")
     rc = _statx(raw)
     if rc >= 0:
