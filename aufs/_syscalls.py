@@ -389,7 +389,8 @@ import sys  # noqa: E402
 W_OPAQUE = int(lib.AUFS_W_OPAQUE)
 W_ARCHIVE = int(lib.AUFS_W_ARCHIVE)
 
-_WREC = struct.Struct("=QQQQqqIIIIII")
+_WREC = struct.Struct("=QQQQqqIIIIIIII")
+W_STOP = int(lib.AUFS_W_STOP)
 
 WALK_API_NAMES = (
     "entry_clear", "entry_copy_pathname", "entry_copy_symlink", "entry_copy_hardlink",
@@ -428,7 +429,8 @@ class DirScanner:
         head = _WREC.size
         pos = 0
         while pos < n:
-            ino, dev, size, rdev, sec, nsec, mode, uid, gid, nlink, namelen, reclen = unpack(data, pos)
+            ino, dev, size, rdev, sec, nsec, mode, uid, gid, nlink, namelen, reclen, _, _ = \
+                unpack(data, pos)
             start = pos + head
             out.append((data[start:start + namelen], mode, uid, gid, sec, nsec, size, rdev,
                         nlink, ino, dev))
@@ -456,9 +458,51 @@ class EntryWriter:
         ctx.entry = ffi.cast("void *", entry)
         ctx.buf = self._buf
         ctx.buflen = buffer_size
+        self._name = ffi.new("char[]", _NAME_MAX)
+        ctx.name = self._name
+        ctx.namelen = _NAME_MAX
         self._ctx = ctx
         self._write = lib.aufs_w_entry
         self._null = ffi.NULL
+        self._scratch_size = 1 << 18
+        self._scratch = _alloc_raw("char[]", self._scratch_size)
+        self._scratch_order = _alloc_raw("uint32_t[]", self._scratch_size // _WREC.size)
+        self._flags = ffi.new("int *")
+        self._used = ffi.new("size_t *")
+
+    def scan(self, dir_fd: int) -> "ScannedDir":
+        """The entries of the directory open as ``dir_fd`` to write, in tar order (sorted by
+        tar name as bytes, a whiteout device under its OCI name); opaque markers, metadata
+        and sockets are left out."""
+        while True:
+            n = int(lib.aufs_w_scan_sorted(dir_fd, self._scratch, self._scratch_size,
+                                           self._scratch_order, self._scratch_size // _WREC.size,
+                                           self._flags, self._used))
+            if n != -_errno.ENOBUFS:
+                break
+            self._scratch_size *= 4
+            self._scratch = _alloc_raw("char[]", self._scratch_size)
+            self._scratch_order = _alloc_raw("uint32_t[]", self._scratch_size // _WREC.size)
+        if n < 0:
+            raise oserror(n, f"/proc/self/fd/{dir_fd}")
+        # the records stay with the directory while its subdirectories are written
+        end = int(self._used[0])
+        recs = _alloc_raw("char[]", max(end, 1))
+        ffi.memmove(recs, self._scratch, end)
+        order = _alloc_raw("uint32_t[]", max(n, 1))
+        ffi.memmove(order, self._scratch_order, 4 * n)
+        return ScannedDir(recs, order, n, bool(self._flags[0] & lib.AUFS_W_MARKER))
+
+    def run(self, d: "ScannedDir", dir_fd: int, prefix: bytes) -> int:
+        """Write the entries of ``d`` from its position on, stopping at a directory or an
+        inode with more than one link: 0 when all are written, :data:`W_STOP` (then
+        :meth:`ScannedDir.take` gives that entry), or :data:`W_ARCHIVE`; ``OSError`` on a
+        failed read."""
+        rc = int(lib.aufs_w_run(self._ctx, dir_fd, d.recs, d.order, d.n, d.pos, prefix,
+                                len(prefix)))
+        if rc < 0:
+            raise oserror(rc, prefix + d.name_at(int(d.pos[0])))
+        return rc
 
     def write(self, dir_fd: int, fd: int, name: Optional[bytes], tar_name: bytes,
               hardlink: Optional[bytes], mode: int, uid: int, gid: int, mtime: int,
@@ -479,6 +523,39 @@ class EntryWriter:
     def archive_status(self) -> int:
         """libarchive's return code behind the last :data:`W_ARCHIVE`."""
         return int(self._ctx.archive_status)
+
+
+_NAME_MAX = 1 << 16  # longest tar name the C writes (deep layers go past PATH_MAX)
+
+
+class ScannedDir:
+    """One directory's entries in tar order (see :meth:`EntryWriter.scan`) and how far
+    :meth:`EntryWriter.run` got."""
+
+    __slots__ = ("recs", "order", "n", "pos", "has_marker")
+
+    def __init__(self, recs: Any, order: Any, n: int, has_marker: bool) -> None:
+        self.recs = recs
+        self.order = order
+        self.n = n
+        self.pos = ffi.new("size_t *")
+        self.has_marker = has_marker
+        """The directory holds a regular ``.wh..wh..opq``."""
+
+    def name_at(self, i: int) -> bytes:
+        if i >= self.n:
+            return b""
+        return bytes(ffi.string(self.recs + int(self.order[i]) + _WREC.size))
+
+    def take(self) -> ScanRecord:
+        """The entry :meth:`EntryWriter.run` stopped at; the next run starts after it."""
+        i = int(self.pos[0])
+        off = int(self.order[i])
+        (ino, dev, size, rdev, sec, nsec, mode, uid, gid, nlink, namelen, _, _, _) = \
+            _WREC.unpack_from(ffi.buffer(self.recs + off, _WREC.size))
+        name = ffi.buffer(self.recs + off + _WREC.size, namelen)[:]
+        self.pos[0] = i + 1
+        return (name, mode, uid, gid, sec, nsec, size, rdev, nlink, ino, dev)
 
 
 W_MODIFY = int(lib.AUFS_W_MODIFY)

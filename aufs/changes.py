@@ -28,10 +28,15 @@ is a change); AUFS metadata is skipped at every depth, not only at the root.
 
 Paths are absolute (``/dir/file``) and the list is sorted by path as a plain string
 comparison, so ``/a-b`` comes before ``/a/b``. Cost: at most one lookup in ``lower_root`` per
-entry of the layer (an ``lstat``, or for a directory of 16 entries or more one ``scandir``
-of its lower directory, whose ``d_type`` answers them all), none below a directory that does
-not exist below (everything there is an ADD), plus one ``scandir`` per opaque directory. The
-depth of the chain never matters: ``lower_root`` already shows the union.
+entry of the layer (an ``fstatat``, or for a directory of 16 entries or more one read of
+its lower directory, whose ``d_type`` answers them all), none below a directory that does
+not exist below (everything there is an ADD), plus one read of the lower directory per
+opaque directory. The depth of the chain never matters: ``lower_root`` already shows the
+union. The walk runs in C (``csrc/walk.c``): Python only turns its output into the list.
+
+A name that is both an entry of a directory and the target of a whiteout beside it (``X``
+and ``.wh.X`` in an AUFS-format directory) is listed for the entry, never as a DELETE, and
+a directory in that case is a MODIFY.
 """
 from __future__ import annotations
 
@@ -39,6 +44,7 @@ import enum
 import errno
 import functools
 import gc
+import itertools
 import os
 import stat
 from typing import NamedTuple, Optional, Union
@@ -205,7 +211,7 @@ def compute_changes(
     gc.disable()
     try:
         # tuple.__new__ directly: Change._make would check each length, 100k times
-        changes = list(map(functools.partial(tuple.__new__, Change),
+        changes = list(map(tuple.__new__, itertools.repeat(Change),
                            zip(paths, map(_KIND_OF_BYTE.__getitem__, kinds))))
         changes.sort()  # paths are unique: only paths are compared
         return changes

@@ -38,8 +38,7 @@ import ctypes
 import errno
 import os
 import stat
-from collections.abc import Iterator
-from typing import IO, Any, Callable, Optional, Union, cast
+from typing import IO, Callable, Optional, Union, cast
 
 import libarchive.ffi as _laffi  # type: ignore[import-untyped]
 
@@ -48,10 +47,7 @@ from .errors import ArchiveError, NoSpace
 from .whiteouts import (
     AUFS_WHITEOUT_MODE,
     OPAQUE_NAME,
-    WHITEOUT_PREFIX,
-    EntryKind,
     WhiteoutFormat,
-    classify,
     is_opaque_dir,
 )
 
@@ -122,29 +118,25 @@ def _lib() -> _Lib:
     return _lib_instance
 
 
-# (tar name, name in its directory, scan record; None for a whiteout)
-_Item = tuple[bytes, bytes, Optional[_syscalls.ScanRecord]]
-
 _MARKER_MODE = _AE_IFREG | AUFS_WHITEOUT_MODE
 
 
 class _Walker:
-    """One export run: the archive handle, the entry writer, the directory scanner and the
-    inode map.
+    """One export run: the archive handle, the entry writer and the inode map.
 
-    The per-entry path is deliberately flat (local names, one C call per entry): for trees of
-    small files the cost is per entry, not data.
+    Python's part is per directory, not per entry: the C writes every entry of a directory
+    in one call until it meets a subdirectory (to descend into, depth first) or an inode with
+    several links (the inode map lives here); see :meth:`aufs._syscalls.EntryWriter.run`.
     """
 
     def __init__(self, archive: int, fmt: WhiteoutFormat) -> None:
         self.lib = _lib()
         self.archive = archive
-        self.fmt = fmt
+        self.fmt = fmt  # both formats' whiteouts are recognised whichever it is
         self.entry = self.lib.entry_new()
         if not self.entry:
             raise MemoryError("archive_entry_new failed")
         self.writer = _syscalls.EntryWriter(archive, self.entry, self.lib.api, _BLOCK_SIZE)
-        self.scanner = _syscalls.DirScanner()
         self.first_name: dict[tuple[int, int], bytes] = {}
 
     def close(self) -> None:
@@ -159,31 +151,6 @@ class _Walker:
         self._failed(self.writer.write(-1, -1, None, name, None, _MARKER_MODE, 0, 0, 0, 0, 0),
                      name)
 
-    def _scan(self, dir_fd: int, prefix: bytes) -> tuple[list[_Item], bool]:
-        """The entries to write for one directory, sorted, and whether it holds ``.wh..wh..opq``.
-
-        Whiteouts are turned into their OCI names here (so they sort by those names in both
-        formats); opaque markers, metadata and sockets are left out.
-        """
-        items: list[_Item] = []
-        has_marker = False
-        for rec in self.scanner.scan(dir_fd):
-            name = rec[0]
-            mode = rec[1]
-            if name[:4] == _WH_PREFIX or (stat.S_ISCHR(mode) and rec[7] == 0):
-                kind, target = classify(os.fsdecode(name), mode, rec[7], self.fmt)
-                if kind is EntryKind.WHITEOUT:
-                    assert target is not None
-                    items.append((prefix + _WH_PREFIX + os.fsencode(target), name, None))
-                elif kind is EntryKind.OPAQUE_MARKER:
-                    has_marker = True
-                continue
-            if stat.S_ISSOCK(mode):
-                continue  # sockets cannot be archived (tar skips them too)
-            items.append((prefix + name, name, rec))
-        items.sort(key=_first)
-        return items, has_marker
-
     def walk(self, root_fd: int, root_opaque: bool) -> None:
         """Write every entry below the directory open as ``root_fd``.
 
@@ -194,8 +161,7 @@ class _Walker:
         """
         if root_opaque:
             self.marker(_OPAQUE_BYTES)
-        items, _ = self._scan(root_fd, b"")
-        stack = [_Dir(iter(items), root_fd, b"")]
+        stack = [_Dir(self.writer.scan(root_fd), root_fd, b"", b"")]
         try:
             self._walk(stack)
         finally:
@@ -204,31 +170,27 @@ class _Walker:
                     os.close(frame.fd)
 
     def _walk(self, stack: list[_Dir]) -> None:
-        write = self.writer.write
+        writer = self.writer
+        write, run = writer.write, writer.run
         first_name = self.first_name
-        s_isdir = stat.S_ISDIR
-        previous = None
         while stack:
-            item = next(stack[-1].items, None)
-            if item is None:
-                frame = stack.pop()
+            frame = stack[-1]
+            dir_fd = frame.fd
+            if dir_fd is None:
+                dir_fd = _dir_fd(stack)
+            rc = run(frame.entries, dir_fd, frame.prefix)
+            if rc == 0:  # all of this directory is written
+                stack.pop()
                 if stack and frame.fd is not None:  # never the root: the caller owns it
                     os.close(frame.fd)
                 continue
-            tar_name, name, rec = item
-            if tar_name == previous:  # `.wh.X` file beside an X device: one whiteout is enough
-                continue
-            previous = tar_name
-            if rec is None:
-                self.marker(tar_name)
-                continue
-            _, mode, uid, gid, mtime, _, size, rdev, nlink, ino, dev = rec
+            if rc != _syscalls.W_STOP:
+                self._failed(rc, frame.prefix + frame.entries.name_at(int(frame.entries.pos[0])))
+            name, mode, uid, gid, mtime, _, size, rdev, nlink, ino, dev = frame.entries.take()
             # mtime in whole seconds, as Docker writes layers (a sub-second part costs a pax
             # record): the scan's seconds are already the floor
-            is_dir = s_isdir(mode)
-            if is_dir:
-                tar_name += b"/"
-            elif nlink > 1:
+            tar_name = frame.prefix + name
+            if not stat.S_ISDIR(mode):  # an inode with several links
                 inode = (dev, ino)
                 first = first_name.get(inode)
                 if first is not None:  # the inode's data and xattrs went with its first name
@@ -236,24 +198,20 @@ class _Walker:
                                        0, 0), tar_name)
                     continue
                 first_name[inode] = tar_name
-            dir_fd = stack[-1].fd
-            if dir_fd is None:
-                dir_fd = _dir_fd(stack)
-            if not is_dir:
-                rc = write(dir_fd, -1, name, tar_name, None, mode, uid, gid, mtime, size, rdev)
-                if rc:
-                    self._failed(rc, tar_name)
+                self._failed(write(dir_fd, -1, name, tar_name, None, mode, uid, gid, mtime,
+                                   size, rdev), tar_name)
                 continue
+            tar_name += b"/"
             fd = os.open(name, _O_DIR, dir_fd=dir_fd)
             try:
                 rc = write(dir_fd, fd, name, tar_name, None, mode, uid, gid, mtime, 0, 0)
                 self._failed(rc, tar_name)
-                children, has_marker = self._scan(fd, tar_name)
+                children = writer.scan(fd)
             except BaseException:
                 os.close(fd)
                 raise
-            stack.append(_Dir(iter(children), fd, name))
-            if rc == _syscalls.W_OPAQUE or has_marker:
+            stack.append(_Dir(children, fd, name, tar_name))
+            if rc == _syscalls.W_OPAQUE or children.has_marker:
                 self.marker(tar_name + _OPAQUE_BYTES)
             spare = len(stack) - 1 - _MAX_DIR_FDS
             if spare > 0 and stack[spare].fd is not None:
@@ -262,15 +220,17 @@ class _Walker:
 
 
 class _Dir:
-    """A directory being written: its remaining entries, an fd on it (None while closed to
-    stay under ``_MAX_DIR_FDS``) and its name in its parent."""
+    """A directory being written: its entries, an fd on it (None while closed to stay under
+    ``_MAX_DIR_FDS``), its name in its parent and its tar name (with the slash)."""
 
-    __slots__ = ("fd", "items", "name")
+    __slots__ = ("entries", "fd", "name", "prefix")
 
-    def __init__(self, items: Iterator[_Item], fd: int | None, name: bytes) -> None:
-        self.items = items
+    def __init__(self, entries: _syscalls.ScannedDir, fd: int | None, name: bytes,
+                 prefix: bytes) -> None:
+        self.entries = entries
         self.fd = fd
         self.name = name
+        self.prefix = prefix
 
 
 def _dir_fd(stack: list[_Dir]) -> int:
@@ -297,12 +257,7 @@ _MAX_DIR_FDS = 128
 _O_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
-_WH_PREFIX = os.fsencode(WHITEOUT_PREFIX)
 _OPAQUE_BYTES = os.fsencode(OPAQUE_NAME)
-
-
-def _first(item: tuple[bytes, Any, Any]) -> bytes:
-    return item[0]
 
 
 def _archive_failure(lib: _Lib, archive: int, what: str) -> Exception:

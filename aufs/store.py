@@ -25,12 +25,14 @@ from .backends.base import detach
 from .backends.fuse_overlayfs import wait_recorded_daemon
 from .clone import clone_tree
 from .errors import (
+    AufsError,
     BackendUnavailable,
     LayerExists,
     LayerInUse,
     LayerNotFound,
     MaxDepthExceeded,
     MountError,
+    NoSpace,
     StoreFormatMismatch,
 )
 from .layout import Layout, is_valid_layer_id, validate_layer_id
@@ -696,6 +698,21 @@ class Driver:
                 clone_tree(str(diff_dir), str(stage), empty=empty)
                 _apply.apply_tar(str(stage), diff, self._format)
                 _rename_exchange(stage, diff_dir)
+            except AufsError as exc:
+                _rmtree(stage)
+                if exc.layer_id is None:  # apply_tar knows paths, not which layer they are for
+                    exc.layer_id = layer_id
+                raise
+            except OSError as exc:
+                _rmtree(stage)
+                if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                    raise NoSpace(
+                        f"no space left in {self.home} while applying a diff to layer {layer_id!r}; "
+                        "the layer is unchanged",
+                        layer_id=layer_id,
+                        path=exc.filename,
+                    ) from exc
+                raise
             except BaseException:
                 _rmtree(stage)
                 raise

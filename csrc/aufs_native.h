@@ -149,6 +149,11 @@ int aufs_x_dir_times(int root_fd, const char *path, int64_t sec, int64_t nsec);
 #define AUFS_W_STAT 1    /* aufs_w_scan flag: lstat every entry (else d_type only) */
 #define AUFS_W_OPAQUE 1  /* aufs_w_entry: the directory carries an opaque xattr "y" */
 #define AUFS_W_ARCHIVE 2 /* aufs_w_entry: libarchive failed (ctx->archive_status) */
+#define AUFS_W_STOP 3    /* aufs_w_run: the entry at *pos needs the caller */
+#define AUFS_W_MARKER 1  /* aufs_w_scan_sorted flag: the directory holds .wh..wh..opq */
+#define AUFS_W_K_CONTENT 0
+#define AUFS_W_K_WHITEOUT_FILE 1   /* .wh.NAME regular file: written as is */
+#define AUFS_W_K_WHITEOUT_DEVICE 2 /* NAME 0/0 device: written as .wh.NAME */
 
 /* One directory entry; the NUL-terminated name follows, records are 8-byte aligned */
 struct aufs_wrec {
@@ -164,6 +169,8 @@ struct aufs_wrec {
     uint32_t nlink;
     uint32_t namelen;
     uint32_t reclen;
+    uint32_t kind;  /* aufs_w_scan_sorted: AUFS_W_K_* */
+    uint32_t spare;
 };
 
 /* libarchive entry points, from the libarchive the caller loaded (no link-time dependency) */
@@ -191,6 +198,8 @@ struct aufs_wctx {
     char *buf;          /* scratch and data buffer, at least 128 KiB */
     size_t buflen;
     int archive_status; /* libarchive's return code behind AUFS_W_ARCHIVE */
+    char *name;         /* tar name buffer for aufs_w_run */
+    size_t namelen;
 };
 
 /* change kinds, Docker's values */
@@ -199,6 +208,10 @@ struct aufs_wctx {
 #define AUFS_W_DELETE 2
 
 ssize_t aufs_w_scan(int dir_fd, int flags, char *out, size_t outlen);
+ssize_t aufs_w_scan_sorted(int dir_fd, char *out, size_t outlen, uint32_t *order,
+                           size_t order_len, int *flags, size_t *used_out);
+int aufs_w_run(struct aufs_wctx *ctx, int dir_fd, const char *recs, const uint32_t *order,
+               size_t n, size_t *pos, const char *prefix, size_t prefix_len);
 ssize_t aufs_w_changes(int layer_fd, int lower_fd, char *paths, size_t paths_len,
                        size_t *paths_used, unsigned char *kinds, size_t kinds_len);
 int aufs_w_entry(struct aufs_wctx *ctx, int dir_fd, int fd, const char *name,

@@ -793,14 +793,18 @@ ssize_t aufs_w_changes(int layer_fd, int lower_fd, char *paths, size_t paths_len
             rc = -errno;
             goto out;
         }
-        int child_lower = -1;
-        if (c->has_lower) {
+        int child_lower = -1, has_lower = c->has_lower;
+        if (has_lower) {
             int lower_parent = w_frame_fd(frames, k, 1);
             child_lower = lower_parent < 0 ? -1 : openat(lower_parent, c->name, W_O_DIR);
             if (child_lower < 0) {
-                close(fd);
-                rc = lower_parent < 0 ? lower_parent : -errno;
-                goto out;
+                int err = lower_parent < 0 ? -lower_parent : errno;
+                if (err != ENOENT && err != ENOTDIR && err != ELOOP) {
+                    close(fd);
+                    rc = -err;
+                    goto out;
+                }
+                has_lower = 0; /* gone from below since the lookup: its content is new */
             }
         }
         if (depth == cap) {
@@ -821,7 +825,7 @@ ssize_t aufs_w_changes(int layer_fd, int lower_fd, char *paths, size_t paths_len
         memset(n, 0, sizeof(*n));
         n->fd = fd;
         n->lower_fd = child_lower;
-        n->has_lower = c->has_lower;
+        n->has_lower = has_lower;
         n->emitted = c->emitted;
         n->forced = c->forced;
         n->name = c->name;
@@ -848,4 +852,121 @@ out:
     free(frames);
     free(out.path);
     return rc;
+}
+
+/* ------------------------------------------------------- export, per directory */
+
+/* The name an entry has in the tar, after its directory's prefix: a 0/0 device is written
+ * as the OCI whiteout ".wh.NAME". */
+static int w_tar_cmp(const void *a, const void *b)
+{
+    const struct aufs_wrec *ra = *(const struct aufs_wrec *const *)a;
+    const struct aufs_wrec *rb = *(const struct aufs_wrec *const *)b;
+    const unsigned char *pa = (const unsigned char *)".wh.", *pb = pa;
+    const unsigned char *na = (const unsigned char *)(ra + 1), *nb = (const unsigned char *)(rb + 1);
+    size_t la = ra->kind == AUFS_W_K_WHITEOUT_DEVICE ? 4 : 0;
+    size_t lb = rb->kind == AUFS_W_K_WHITEOUT_DEVICE ? 4 : 0;
+    /* compare the virtual strings pa[0:la] + na and pb[0:lb] + nb as bytes */
+    for (size_t i = 0;; i++) {
+        unsigned char ca = i < la ? pa[i] : na[i - la];
+        unsigned char cb = i < lb ? pb[i] : nb[i - lb];
+        if (ca != cb || ca == 0)
+            return (int)ca - (int)cb;
+    }
+}
+
+/* Export's classification of a layer entry (aufs.whiteouts.classify, sockets left out):
+ * AUFS_W_K_*, or -1 to leave it out; *marker is set for a regular ".wh..wh..opq". */
+static int w_export_kind(const struct aufs_wrec *r, int *marker)
+{
+    const char *name = (const char *)(r + 1);
+    if (strncmp(name, ".wh.", 4) == 0) {
+        if (strcmp(name, ".wh..wh..opq") == 0 && S_ISREG(r->mode))
+            *marker = 1;
+        if (w_classify(name, r->mode, r->rdev) != W_WHITEOUT || strchr(name + 4, '/'))
+            return -1;
+        return AUFS_W_K_WHITEOUT_FILE;
+    }
+    if (S_ISCHR(r->mode) && r->rdev == 0)
+        return AUFS_W_K_WHITEOUT_DEVICE;
+    if (S_ISSOCK(r->mode))
+        return -1; /* sockets cannot be archived (tar skips them too) */
+    return AUFS_W_K_CONTENT;
+}
+
+ssize_t aufs_w_scan_sorted(int dir_fd, char *out, size_t outlen, uint32_t *order,
+                           size_t order_len, int *flags, size_t *used_out)
+{
+    ssize_t used = aufs_w_scan(dir_fd, AUFS_W_STAT, out, outlen);
+    const struct aufs_wrec **sorted;
+    size_t n = 0;
+    int marker = 0;
+
+    if (used < 0)
+        return used;
+    if ((size_t)used / sizeof(struct aufs_wrec) > order_len)
+        return -ENOBUFS;
+    sorted = malloc(((size_t)used / sizeof(struct aufs_wrec) + 1) * sizeof(*sorted));
+    if (sorted == NULL)
+        return -ENOMEM;
+    for (size_t pos = 0; pos < (size_t)used;) {
+        struct aufs_wrec *r = (struct aufs_wrec *)(out + pos);
+        int kind = w_export_kind(r, &marker);
+        pos += r->reclen;
+        if (kind < 0)
+            continue;
+        r->kind = (uint32_t)kind;
+        sorted[n++] = r;
+    }
+    if (n > 1)
+        qsort(sorted, n, sizeof(*sorted), w_tar_cmp);
+    for (size_t i = 0; i < n; i++)
+        order[i] = (uint32_t)((const char *)sorted[i] - out);
+    free(sorted);
+    *flags = marker ? AUFS_W_MARKER : 0;
+    *used_out = (size_t)used;
+    return (ssize_t)n;
+}
+
+int aufs_w_run(struct aufs_wctx *ctx, int dir_fd, const char *recs, const uint32_t *order,
+               size_t n, size_t *pos, const char *prefix, size_t prefix_len)
+{
+    char *tar = ctx->name;
+
+    if (prefix_len + 1 > ctx->namelen)
+        return -ENAMETOOLONG;
+    memcpy(tar, prefix, prefix_len);
+    for (size_t i = *pos; i < n; i++) {
+        const struct aufs_wrec *r = (const struct aufs_wrec *)(recs + order[i]);
+        const char *name = (const char *)(r + 1);
+        size_t extra = r->kind == AUFS_W_K_WHITEOUT_DEVICE ? 4 : 0;
+        int rc;
+        if (r->kind == AUFS_W_K_CONTENT && (S_ISDIR(r->mode) || r->nlink > 1)) {
+            *pos = i; /* a directory to descend into, or an inode that may be written already */
+            return AUFS_W_STOP;
+        }
+        if (prefix_len + extra + r->namelen + 2 > ctx->namelen) {
+            *pos = i;
+            return -ENAMETOOLONG;
+        }
+        memcpy(tar + prefix_len, ".wh.", extra);
+        memcpy(tar + prefix_len + extra, name, r->namelen + 1);
+        if (r->kind != AUFS_W_K_CONTENT) {
+            if (i > 0) { /* ".wh.X" beside an X device: one whiteout is enough */
+                const struct aufs_wrec *p = (const struct aufs_wrec *)(recs + order[i - 1]);
+                if (p->kind != AUFS_W_K_CONTENT && w_tar_cmp(&p, &r) == 0)
+                    continue;
+            }
+            rc = aufs_w_entry(ctx, -1, -1, NULL, tar, NULL, S_IFREG | 0444, 0, 0, 0, 0, 0);
+        } else {
+            rc = aufs_w_entry(ctx, dir_fd, -1, name, tar, NULL, r->mode, r->uid, r->gid,
+                              r->mtime_sec, (int64_t)r->size, r->rdev);
+        }
+        if (rc) {
+            *pos = i;
+            return rc;
+        }
+    }
+    *pos = n;
+    return 0;
 }
