@@ -47,7 +47,7 @@ import gc
 import itertools
 import os
 import stat
-from typing import NamedTuple, Optional, Union
+from typing import Any, NamedTuple, Optional, Union
 
 from . import _syscalls
 from .whiteouts import EntryKind, WhiteoutFormat, classify_entry, is_opaque_dir, is_whiteout_stat
@@ -374,30 +374,75 @@ def _delete_hidden(
 def diff_size(layer_dir: PathArg, fmt: WhiteoutFormat) -> int:
     """Bytes of regular-file content in the layer directory, each inode counted once.
 
-    Whiteouts, opaque markers and AUFS metadata (with everything below it) are not content.
+    Whiteouts, opaque markers and AUFS metadata (with everything below it) are not content:
+    in both formats every such name starts with ``.wh.``, and a whiteout device is no
+    regular file. The walk is relative to directory fds opened ``O_NOFOLLOW`` one component
+    at a time (paths deeper than PATH_MAX are fine), with at most ``_MAX_DIR_FDS`` open.
     """
     root = os.fspath(layer_dir)
     if not os.path.isdir(root):
         raise FileNotFoundError(errno.ENOENT, "layer directory not found", root)
+    scanner = _syscalls.DirScanner()
     total = 0
     seen: set[tuple[int, int]] = set()
-    stack = [root]
-    while stack:
-        with os.scandir(stack.pop()) as it:
-            for entry in it:
-                if entry.is_dir(follow_symlinks=False):
-                    if classify_entry(entry, fmt).kind is EntryKind.CONTENT:
-                        stack.append(entry.path)
-                    continue
-                if not entry.is_file(follow_symlinks=False):
-                    continue
-                if classify_entry(entry, fmt).kind is not EntryKind.CONTENT:
-                    continue
-                st = entry.stat(follow_symlinks=False)
-                if st.st_nlink > 1:
-                    inode = (st.st_dev, st.st_ino)
-                    if inode in seen:
+    root_fd = os.open(root, _O_DIR)
+    # per directory being walked: [fd or None while closed, its name, its subdirectories left]
+    stack: list[list[Any]] = [[root_fd, b"", None]]
+    try:
+        while stack:
+            frame = stack[-1]
+            if frame[2] is None:
+                subdirs = []
+                for name, mode, _, _, _, _, size, _, nlink, ino, dev in scanner.scan(frame[0]):
+                    if name[:4] == b".wh.":
                         continue
-                    seen.add(inode)
-                total += st.st_size
+                    if stat.S_ISDIR(mode):
+                        subdirs.append(name)
+                    elif stat.S_ISREG(mode):
+                        if nlink > 1:
+                            if (dev, ino) in seen:
+                                continue
+                            seen.add((dev, ino))
+                        total += size
+                frame[2] = iter(subdirs)
+            child = next(frame[2], None)
+            if child is None:
+                stack.pop()
+                if stack and frame[0] is not None:
+                    os.close(frame[0])
+                continue
+            parent_fd = frame[0] if frame[0] is not None else _reopen(stack)
+            try:
+                fd = os.open(child, _O_DIR | os.O_NOFOLLOW, dir_fd=parent_fd)
+            except (FileNotFoundError, NotADirectoryError):
+                continue  # removed or replaced since the scan (a mounted layer)
+            stack.append([fd, child, None])
+            spare = len(stack) - 1 - _MAX_DIR_FDS
+            if spare > 0 and stack[spare][0] is not None:
+                os.close(stack[spare][0])
+                stack[spare][0] = None
+    finally:
+        for frame in stack[1:]:
+            if frame[0] is not None:
+                os.close(frame[0])
+        os.close(root_fd)
     return total
+
+
+_MAX_DIR_FDS = 128
+
+
+def _reopen(stack: list[list[Any]]) -> int:
+    """An fd on the directory at the top of ``stack``, reopened from the nearest open
+    ancestor one ``O_NOFOLLOW`` component at a time."""
+    i = len(stack) - 1
+    while stack[i][0] is None:
+        i -= 1
+    fd: int = stack[i][0]
+    for j in range(i + 1, len(stack)):
+        opened = os.open(stack[j][1], _O_DIR | os.O_NOFOLLOW, dir_fd=fd)
+        if j - 1 > i:
+            os.close(fd)  # an intermediate directory opened only to get here
+        fd = opened
+    stack[-1][0] = fd
+    return fd

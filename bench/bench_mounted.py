@@ -13,7 +13,9 @@ for anything that scans the table) and times, in the same run:
 * ``os.path.ismount(target)`` (two ``lstat`` calls; right for a tmpfs target, wrong for
   self-binds, so a fair but generous reference);
 * a line-by-line Python scan of ``/proc/self/mountinfo`` (what pure-Python code has to do to
-  be right for bind mounts).
+  be right for bind mounts);
+* and, for the mount-table parser: ``aufs.mount_table()`` (the C parser) against
+  ``aufs.mounts.parse_mountinfo`` (its pure-Python twin, the test oracle) over the whole table.
 
 Each figure is the median over ``--repeat`` batches of the per-call time; the batch size is
 calibrated so one batch takes about ``--batch-seconds``, and the batches of the five contenders
@@ -41,7 +43,7 @@ try:  # the installed package (e.g. a wheel in a PyPy venv) ...
 except ImportError:  # ... else the source tree this script belongs to, built in place
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     import aufs
-from aufs import _syscalls
+from aufs import _syscalls, mounts
 
 _MS_BIND = 4096  # <linux/mount.h>
 _REEXEC_MARK = "AUFS_BENCH_MOUNTED_PRIVATE_NS"
@@ -93,6 +95,15 @@ def median_us_per_call(
     return [statistics.median(times) for times in samples]
 
 
+def c_table(_: object) -> int:
+    return sum(1 for _ in aufs.mount_table())
+
+
+def twin_table(_: object) -> int:
+    with open(mounts.MOUNTINFO, "rb") as f:
+        return len(mounts.parse_mountinfo(f.read()))
+
+
 class Row(NamedTuple):
     extra_mounts: int
     mounted_us: float
@@ -100,6 +111,8 @@ class Row(NamedTuple):
     lstat_us: float
     ismount_us: float
     scan_us: float
+    c_table_us: float
+    twin_table_us: float
 
 
 class MountTable:
@@ -157,7 +170,12 @@ def run(counts: Sequence[int], repeat: int, batch_seconds: float) -> list[Row]:
                 repeat,
                 batch_seconds,
             )
-            rows.append(Row(n, mounted_us, statx_us, lstat_us, ismount_us, scan_us))
+            assert c_table(None) == twin_table(None)
+            c_table_us, twin_table_us = median_us_per_call(
+                [(c_table, None), (twin_table, None)], max(3, repeat // 3), batch_seconds
+            )
+            rows.append(Row(n, mounted_us, statx_us, lstat_us, ismount_us, scan_us,
+                            c_table_us, twin_table_us))
             print(f"  {n:>6} extra mounts: aufs.mounted {rows[-1].mounted_us:.3f} µs", file=sys.stderr)
     finally:
         # one lazy detach takes the whole tree of extra mounts with it
@@ -179,6 +197,12 @@ def report(rows: Sequence[Row]) -> bool:
         print(f"| {r.extra_mounts:,} | {r.mounted_us:.3f} | {r.statx_us:.3f} | {r.lstat_us:.3f} "
               f"| {r.ismount_us:.3f} | {r.scan_us:,.1f} | {r.mounted_us / r.lstat_us:.2f}× "
               f"| {r.scan_us / r.mounted_us:,.0f}× | {r.ismount_us / r.mounted_us:.1f}× |")
+    print("\nWhole mount table parsed (ms): C parser `aufs.mount_table()` vs the Python twin\n")
+    print("| extra mounts | `mount_table()` (C) | `parse_mountinfo` (Python twin) | twin / C |")
+    print("|---:|---:|---:|---:|")
+    for r in rows:
+        print(f"| {r.extra_mounts:,} | {r.c_table_us / 1000:.2f} | {r.twin_table_us / 1000:.2f} "
+              f"| {r.twin_table_us / r.c_table_us:.1f}× |")
     first, last = rows[0], rows[-1]
     flat = last.mounted_us / first.mounted_us
     goals = [
