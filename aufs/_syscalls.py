@@ -221,6 +221,7 @@ X_ARCHIVE = int(lib.AUFS_X_ARCHIVE)
 X_UNSAFE = int(lib.AUFS_X_UNSAFE)
 X_LIMIT = int(lib.AUFS_X_LIMIT)
 X_CORRUPT = int(lib.AUFS_X_CORRUPT)
+X_FLUSH = int(lib.AUFS_X_FLUSH)
 
 # directory times collected by the C writer between returns (see struct aufs_xctx)
 _DIRBUF_SIZE = 1 << 20
@@ -273,19 +274,37 @@ class Extractor:
             self._ctx.link = link
         return int(lib.aufs_x_write(self._ctx))
 
-    def take_dir_times(self) -> "list[tuple[bytes, int, int]]":
-        """The directories written since the last call, with their mtimes, in archive order."""
+    def take_dir_times(self) -> "list[tuple[bytes, Optional[Tuple[int, int]]]]":
+        """What the writer recorded since the last call, in archive order: each directory
+        written with its ``(sec, nsec)`` mtime, and each implied directory it created (a
+        missing parent of an entry) with None, parents before their children."""
         used = int(self._ctx.dirbuf_used)
         data = bytes(ffi.buffer(self._dirbuf, used))
         self._ctx.dirbuf_used = 0
-        out = []
+        out: "list[tuple[bytes, Optional[Tuple[int, int]]]]" = []
         pos = 0
         while pos < used:
             sec, nsec, length = _DIR_RECORD.unpack_from(data, pos)
             start = pos + _DIR_RECORD.size
-            out.append((data[start:start + length], sec, nsec))
+            path = data[start:start + length]
+            if nsec >= 0:
+                out.append((path, (sec, nsec)))
+            else:  # implied: every component after the first ``sec`` bytes was created
+                end = path.find(b"/", sec)
+                while end >= 0:
+                    out.append((path[:end], None))
+                    end = path.find(b"/", end + 1)
+                out.append((path, None))
             pos += (_DIR_RECORD.size + length + 7) & ~7
         return out
+
+    def make_dir(self, path: bytes) -> int:
+        """An ``O_PATH`` fd of the directory ``path`` below the root, creating missing ones
+        0755 and recording them for :meth:`take_dir_times` (empty it first: it needs room)."""
+        fd = int(lib.aufs_x_make_dir(self._ctx, path))
+        if fd < 0:
+            raise oserror(fd, path)
+        return fd
 
     def forget_parent(self) -> None:
         """Drop the cached parent directory (call before changing the tree behind its back)."""
@@ -369,6 +388,31 @@ def extract_remove(dir_fd: int, name: bytes) -> bool:
     if r < 0:
         raise oserror(r, name)
     return True
+
+
+class DirCopier:
+    """Copies a lower directory's owner, mode and xattrs onto implied directories (a copy-up);
+    holds the scratch buffers, so one copier per thread."""
+
+    # the kernel's limits for an xattr list and for one value (XATTR_LIST_MAX, XATTR_SIZE_MAX)
+    _NAMES = 1 << 16
+    _VALUE = 1 << 16
+
+    def __init__(self) -> None:
+        self._names = ffi.new("char[]", self._NAMES)
+        self._value = ffi.new("char[]", self._VALUE)
+
+    def copy_up(self, root_fd: int, path: bytes, template_fd: int) -> bool:
+        """Give ``path`` below ``root_fd`` the metadata of ``path`` below ``template_fd``.
+
+        False, changing nothing, when the template has no directory there (missing, a
+        non-directory, or reached through a symlink) or ``path`` is no longer a directory.
+        """
+        r = int(lib.aufs_x_copy_up_dir(root_fd, path, template_fd, self._names, self._NAMES,
+                                       self._value, self._VALUE))
+        if r < 0:
+            raise oserror(r, path)
+        return r == 1
 
 
 def extract_dir_times(root_fd: int, path: bytes, sec: int, nsec: int) -> None:

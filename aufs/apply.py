@@ -30,6 +30,15 @@ filesystem is refused before a byte is written, and ``max_bytes`` caps the total
 
 Existing non-directory inodes are never modified in place: an entry that replaces one unlinks it
 and creates a new inode, so the store may stage an apply into a hard-linked clone of a layer.
+
+Implied parents (``srv/`` and ``srv/data/`` for an entry ``srv/data/a`` in a tar that does not
+list them) are created 0755 root:root, and :func:`apply_tar` returns them. In a union mount the
+upper directory's metadata wins, so a layer applied onto a parent chain must give them what the
+chain shows at the same path, as the kernel's copy-up does when a tool extracts into a mount:
+:func:`copy_up_dirs` (or ``template_dir=``) copies the lower directory's owner, mode (setuid,
+setgid and sticky bits too) and xattrs, never the union's private ones. Where the chain has no
+directory (nothing, a non-directory, a whiteout, or a path through a symlink) they stay 0755
+root:root. Directories the tar lists keep the tar's metadata.
 """
 from __future__ import annotations
 
@@ -39,6 +48,7 @@ import os
 import stat
 import threading
 import uuid
+from collections.abc import Iterable
 from typing import Any, BinaryIO, Union
 
 from . import _syscalls
@@ -54,7 +64,7 @@ from .whiteouts import (
     whiteout_target,
 )
 
-__all__ = ["LayerSource", "apply_tar"]
+__all__ = ["LayerSource", "apply_tar", "copy_up_dirs"]
 
 LayerSource = Union[str, "os.PathLike[str]", bytes, bytearray, memoryview, BinaryIO]
 """A layer: a path, the bytes themselves, or a readable binary file object (a pipe too)."""
@@ -215,6 +225,9 @@ class _Run:
         self.root_fd = root_fd
         self.fmt = fmt
         self.dir_times: dict[bytes, tuple[int, int]] = {}
+        # directories the writer created for entries whose parents the tar does not list,
+        # in creation order (a dict: ordered, and a later explicit entry removes one)
+        self.implied: dict[bytes, None] = {}
         # paths this apply wrote, kept only when the target had content before (opaque
         # directories then remove what is not the layer's own)
         self.unpacked: set[bytes] | None = set() if track else None
@@ -233,6 +246,7 @@ class _Run:
         """Raise for an error code of the C writer; directories get their time noted."""
         if code == _syscalls.X_DIR:  # the C writer's buffer of directory times is full
             self.take_dir_times()
+            self.implied.pop(path, None)
             self.dir_times[path] = self.ex.mtime
             self.note(path)
         elif code in (0, _syscalls.X_DONE):
@@ -251,9 +265,24 @@ class _Run:
             raise AssertionError(f"unexpected extractor code {code}")
 
     def take_dir_times(self) -> None:
-        for path, sec, nsec in self.ex.take_dir_times():
-            self.dir_times.pop(path, None)  # a directory given twice: the last one counts
-            self.dir_times[path] = (sec, nsec)
+        """Collect the C writer's records (call before anything that may create directories:
+        the writer needs room in its buffer)."""
+        for path, mtime in self.ex.take_dir_times():
+            # a directory given twice: the last one counts; an implied one is a new inode,
+            # which an earlier entry's time does not describe
+            self.dir_times.pop(path, None)
+            if mtime is None:
+                self.implied[path] = None
+            else:
+                self.implied.pop(path, None)
+                self.dir_times[path] = mtime
+
+    def implied_dirs(self) -> list[bytes]:
+        """The implied directories created, parents first, without the pseudo-link staging."""
+        staging = self.staging
+        if staging is None:
+            return list(self.implied)
+        return [p for p in self.implied if p != staging and not p.startswith(staging + b"/")]
 
     # -- reserved names -----------------------------------------------------------------------
 
@@ -266,7 +295,9 @@ class _Run:
         if parts[0] == _PLNK and len(parts) > 1:
             # AUFS pseudo-link: the real file, linked to by name elsewhere in the tar
             if not any(p.startswith(_WH) for p in parts[1:]) and stat.S_ISREG(ex.mode) and not link:
-                self.check(ex.write(path=self._staged(b"/".join(parts[1:]), create=True)), path)
+                real = self._staged(b"/".join(parts[1:]), create=True)
+                self.take_dir_times()
+                self.check(ex.write(path=real), path)
             return
         if any(p.startswith(_WH) for p in parts[:-1]):
             return  # inside AUFS metadata or a whiteout-named directory: never content
@@ -283,7 +314,9 @@ class _Run:
         # an ordinary name hard-linked to a reserved one
         lparts = link.split(b"/")
         if lparts[0] == _PLNK and len(lparts) > 1 and self.staging is not None:
-            self.check(ex.write(link=self._staged(b"/".join(lparts[1:]))), path)
+            real = self._staged(b"/".join(lparts[1:]))
+            self.take_dir_times()
+            self.check(ex.write(link=real), path)
             return
         raise ArchiveError(f"archive entry {_show(path)} is a hard link to the reserved name {_show(link)}",
                            path=os.fsdecode(path))
@@ -299,8 +332,9 @@ class _Run:
     def _parent_fd(self, parent: bytes) -> int | None:
         """An O_PATH fd of the directory ``parent`` (created if implied), None if it is no directory."""
         self.ex.forget_parent()  # we are about to change the tree behind the C writer's cache
+        self.take_dir_times()
         try:
-            return _syscalls.extract_open_dir(self.root_fd, parent, create=True)
+            return self.ex.make_dir(parent)
         except (NotADirectoryError, FileNotFoundError, FileExistsError):
             # e.g. umoci 0.4.7 layers turn usr/share/man into a file and list usr/share/man/.wh.de
             return None
@@ -410,7 +444,7 @@ def _os_error(err: int, path: bytes) -> Exception:
 
 
 def _extract(la: _Libarchive, archive: int, root_fd: int, fmt: WhiteoutFormat,
-             max_bytes: int | None, track: bool) -> None:
+             max_bytes: int | None, track: bool) -> list[bytes]:
     ex = _syscalls.Extractor(archive, la.api, root_fd, max_bytes=max_bytes, report_all=track)
     run = _Run(ex, root_fd, fmt, track)
     try:
@@ -418,6 +452,9 @@ def _extract(la: _Libarchive, archive: int, root_fd: int, fmt: WhiteoutFormat,
             code = ex.next()
             if code == _syscalls.X_EOF:
                 break
+            if code == _syscalls.X_FLUSH:
+                run.take_dir_times()
+                continue
             if code == _syscalls.X_ARCHIVE:
                 status = {-10: "retry", -20: "warning", -25: "failed", -30: "fatal"}.get(
                     ex.archive_status, str(ex.archive_status))
@@ -431,12 +468,13 @@ def _extract(la: _Libarchive, archive: int, root_fd: int, fmt: WhiteoutFormat,
                 raise AssertionError("limit reported without a limit")
             run.check(code, ex.path)
         run.finish()
+        return run.implied_dirs()
     finally:
         ex.close()
 
 
 def _read_archive(la: _Libarchive, in_fd: int, root_fd: int, fmt: WhiteoutFormat,
-                  max_bytes: int | None, track: bool) -> None:
+                  max_bytes: int | None, track: bool) -> list[bytes]:
     archive = int(la.read_new() or 0)
     if not archive:
         raise MemoryError("archive_read_new failed")
@@ -446,18 +484,24 @@ def _read_archive(la: _Libarchive, in_fd: int, root_fd: int, fmt: WhiteoutFormat
             raise ArchiveError(f"libarchive cannot read tar: {la.message(archive)}")
         if la.open_fd(archive, in_fd, _READ_BLOCK) != 0:
             raise ArchiveError(f"not a layer tar: {la.message(archive)}")
-        _extract(la, archive, root_fd, fmt, max_bytes, track)
+        return _extract(la, archive, root_fd, fmt, max_bytes, track)
     finally:
         la.free(archive)
 
 
 def apply_tar(target_dir: str | os.PathLike[str], source: LayerSource, fmt: WhiteoutFormat,
-              *, max_bytes: int | None = None) -> None:
+              *, max_bytes: int | None = None,
+              template_dir: str | os.PathLike[str] | None = None) -> list[str]:
     """Extract the layer tar ``source`` into the directory ``target_dir``, whiteouts in ``fmt``.
 
     ``source`` is a path, the bytes, or a readable binary file object (read as a stream, never
     all into memory); plain, gzip, zstd, bzip2 or xz, detected from the content. ``max_bytes``
     caps the total bytes of file content written.
+
+    Returns the implied directories this call created (parents the tar's entries need but the
+    tar does not list, relative paths, parents first), 0755 root:root. With ``template_dir``
+    (a directory showing the union of the layer's parent chain) they get what that directory
+    shows at the same path first: see :func:`copy_up_dirs`.
 
     Nothing outside ``target_dir`` is ever created, modified or deleted. On error
     ``target_dir`` may be left half-extracted (the store extracts into a staging directory it
@@ -465,6 +509,38 @@ def apply_tar(target_dir: str | os.PathLike[str], source: LayerSource, fmt: Whit
     :class:`aufs.ArchiveError` for a corrupt, truncated or non-tar input (from the cause), and
     :class:`aufs.NoSpace` when the filesystem runs out of space or quota.
     """
+    implied = _apply(target_dir, source, fmt, max_bytes)
+    if template_dir is not None and implied:
+        copy_up_dirs(target_dir, implied, template_dir)
+    return [os.fsdecode(path) for path in implied]
+
+
+def copy_up_dirs(target_dir: str | os.PathLike[str], paths: Iterable[str | bytes],
+                 template_dir: str | os.PathLike[str]) -> int:
+    """Give each directory ``paths`` names below ``target_dir`` the owner, mode and xattrs of
+    the directory at the same path below ``template_dir``, as an overlay copy-up would.
+
+    ``template_dir`` shows the union of the layer's parent chain. Paths are resolved inside each
+    root, and the template side never through a symlink (in a union, the upper directory hides
+    a lower symlink and all below it). A path the template does not show as a directory, or
+    that is no longer a directory below ``target_dir``, is left as it is. The union's private
+    xattrs (``trusted.overlay.*``, ``user.overlay.*``, ``user.fuseoverlayfs.*``) are never
+    copied. Returns how many directories were changed; raises ``OSError`` naming the path.
+    """
+    copier = _syscalls.DirCopier()
+    root_fd = os.open(target_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        template_fd = os.open(template_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            return sum(copier.copy_up(root_fd, os.fsencode(path), template_fd) for path in paths)
+        finally:
+            os.close(template_fd)
+    finally:
+        os.close(root_fd)
+
+
+def _apply(target_dir: str | os.PathLike[str], source: LayerSource, fmt: WhiteoutFormat,
+           max_bytes: int | None) -> list[bytes]:
     la = _libarchive()
     root_fd = os.open(target_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     plain_fd, feeder, owned = -1, None, None
@@ -472,12 +548,12 @@ def apply_tar(target_dir: str | os.PathLike[str], source: LayerSource, fmt: Whit
         track = bool(os.listdir(root_fd))  # onto existing content: opaque dirs must know ours
         plain_fd, reader, owned = _open_source(source)
         if plain_fd < 0 and reader is None:
-            return  # an empty input is an empty layer, as for Docker
+            return []  # an empty input is an empty layer, as for Docker
         if reader is not None:
             feeder = _Feeder(reader)
         try:
-            _read_archive(la, plain_fd if feeder is None else feeder.read_fd, root_fd, fmt,
-                          max_bytes, track)
+            implied = _read_archive(la, plain_fd if feeder is None else feeder.read_fd, root_fd,
+                                    fmt, max_bytes, track)
         except BaseException:
             if feeder is not None:
                 # a failure of the source or the decompressor closes the pipe early, so
@@ -490,6 +566,7 @@ def apply_tar(target_dir: str | os.PathLike[str], source: LayerSource, fmt: Whit
             running: _Feeder = feeder
             feeder = None
             running.finish()
+        return implied
     finally:
         if feeder is not None:
             feeder.stop()

@@ -26,11 +26,12 @@ holds exactly its own changes, so :func:`write_diff` walks it and writes every e
 
 Same layer -> same bytes. GNU tar and bsdtar read the result. No tar code is written here:
 headers and data go through libarchive (the library python-libarchive-c loads). The cost of
-a layer of small files is per entry, so each directory is read in one C call
-(:class:`aufs._syscalls.DirScanner`: ``getdents64`` + ``fstatat``) and each entry is written
-in one C call (:class:`aufs._syscalls.EntryWriter`: xattrs, header and data through
-libarchive's functions, passed to the C by address); Python keeps the order, the whiteout
-rules and the inode map.
+a layer of small files is per entry, so the per-entry work is C (``csrc/walk.c``, through
+:class:`aufs._syscalls.EntryWriter`): one call reads a directory (``getdents64`` +
+``fstatat``), classifies and sorts it, and one call writes its entries (xattrs, header and
+data through libarchive's functions, passed to the C by address) until it meets a
+subdirectory or an inode with several links. Python runs per directory: the descent, the
+directory fds and the inode map.
 """
 from __future__ import annotations
 

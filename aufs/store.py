@@ -16,7 +16,7 @@ import shutil
 import stat
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, BinaryIO, Union
 
 from . import locks, mounts
@@ -672,13 +672,21 @@ class Driver:
 
     # ------------------------------------------------------------------ layer tars
 
-    def apply_diff(self, layer_id: str, diff: DiffSource) -> int:
+    def apply_diff(self, layer_id: str, diff: DiffSource, *,
+                   _before_copy_up: Callable[[], None] | None = None) -> int:
         """Apply the layer tar ``diff`` (path, bytes or readable binary file) onto the layer.
 
         Returns the layer's diff size. Refuses a mounted layer (:class:`aufs.LayerInUse`).
         Atomic: the tar is extracted into a hard-link clone of the diff dir, which replaces
         the diff dir in one ``rename_exchange``; on any error (KeyboardInterrupt included) the
         layer is exactly as before and nothing is left behind.
+
+        Parent directories an entry implies but the tar does not list get the owner, mode and
+        xattrs the parent chain shows at the same path (as if the tar had been extracted into
+        a mount of the chain, where the kernel copies them up); 0755 root:root where the chain
+        has no directory. ``_before_copy_up`` (private: the image importer) is called, only
+        when there are such directories, before the parent chain is read for them: it waits
+        until the chain is complete.
         """
         from . import apply as _apply
         from . import changes as _changes
@@ -696,7 +704,14 @@ class Driver:
                 with os.scandir(diff_dir) as it:
                     empty = next(it, None) is None
                 clone_tree(str(diff_dir), str(stage), empty=empty)
-                _apply.apply_tar(str(stage), diff, self._format)
+                implied = _apply.apply_tar(str(stage), diff, self._format)
+                if implied and self._layer_meta(layer_id)["ancestors"]:
+                    if _before_copy_up is not None:
+                        _before_copy_up()
+                    # a mount of the chain only when needed: most tars list every directory
+                    with self._lower_view(layer_id) as lower:
+                        if lower is not None:
+                            _apply.copy_up_dirs(str(stage), implied, lower)
                 _rename_exchange(stage, diff_dir)
             except AufsError as exc:
                 _rmtree(stage)

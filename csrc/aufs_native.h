@@ -86,6 +86,7 @@ int aufs_probe_features(void);
 #define AUFS_X_UNSAFE 5     /* path or hard-link target climbs out of the root (raw in path/link) */
 #define AUFS_X_LIMIT 6      /* max_bytes would be exceeded */
 #define AUFS_X_CORRUPT 7    /* a header field or data block makes no sense */
+#define AUFS_X_FLUSH 8      /* nothing read: empty the directory buffer, then call again */
 
 /* libarchive entry points, from the libarchive the caller loaded (no link-time dependency) */
 struct aufs_xapi {
@@ -127,7 +128,9 @@ struct aufs_xctx {
     int64_t size;
     int archive_status; /* libarchive's return code behind AUFS_X_ARCHIVE */
     /* directory times, recorded here instead of returning AUFS_X_DIR while there is room:
-     * records of int64 sec, int64 nsec, uint32 length, the path, padded to 8 bytes */
+     * records of int64 sec, int64 nsec, uint32 length, the path, padded to 8 bytes. A record
+     * with nsec -1 lists implied directories created by the writer: the components of the
+     * path after its first `sec` bytes. */
     char *dirbuf;
     size_t dirbuf_size;
     size_t dirbuf_used;
@@ -139,10 +142,13 @@ struct aufs_xctx {
 int aufs_x_normalize(const char *in, char *out, size_t outlen);
 int aufs_x_remove(int dir_fd, const char *name);
 int aufs_x_open_dir(int root_fd, const char *path, int create);
+int aufs_x_make_dir(struct aufs_xctx *ctx, const char *path);
 void aufs_x_forget_parent(struct aufs_xctx *ctx);
 int aufs_x_write(struct aufs_xctx *ctx);
 int aufs_x_next(struct aufs_xctx *ctx);
 int aufs_x_dir_times(int root_fd, const char *path, int64_t sec, int64_t nsec);
+int aufs_x_copy_up_dir(int root_fd, const char *path, int template_fd, char *names,
+                       size_t names_len, char *value, size_t value_len);
 
 /* walk */
 /* ---- walk.c: layer directories read fast for export and the change list ---- */

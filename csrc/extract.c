@@ -33,7 +33,11 @@
 #endif
 
 #define X_RESOLVE_NO_MAGICLINKS 0x02ULL
+#define X_RESOLVE_NO_SYMLINKS 0x04ULL
 #define X_RESOLVE_IN_ROOT 0x10ULL
+
+/* the largest record of the directory buffer (see struct aufs_xctx) */
+#define X_RECORD_MAX ((16 + 4 + AUFS_X_PATH_MAX + 7) & ~(size_t)7)
 
 /* libarchive's status codes (archive.h, stable ABI) */
 #define X_ARCHIVE_EOF 1
@@ -183,17 +187,41 @@ static int x_chmod_nofollow(int dir_fd, const char *name, mode_t mode)
     return r;
 }
 
+/* Append a record to the caller's directory buffer: a directory's mtime, or (nsec < 0) the
+ * implied directories of `path` created here, which are the components after its first
+ * `sec` bytes. */
+static int x_record(struct aufs_xctx *ctx, const char *path, size_t len, int64_t sec, int64_t nsec)
+{
+    size_t need = (16 + 4 + len + 7) & ~(size_t)7;
+    char *rec;
+    uint32_t len32 = (uint32_t)len;
+    if (!ctx->dirbuf || ctx->dirbuf_size < ctx->dirbuf_used || ctx->dirbuf_size - ctx->dirbuf_used < need)
+        return -ENOBUFS;
+    rec = ctx->dirbuf + ctx->dirbuf_used;
+    memcpy(rec, &sec, 8);
+    memcpy(rec + 8, &nsec, 8);
+    memcpy(rec + 16, &len32, 4);
+    memcpy(rec + 20, path, len);
+    ctx->dirbuf_used += need;
+    return 0;
+}
+
 /* Create the missing directories of `path` (0755, owned by us) below the root; returns an
  * O_PATH fd of the deepest one. A component that exists but resolves to nothing (a dangling
- * symlink) gives -ENOENT, one that is not a directory -ENOTDIR. */
-static int x_make_dirs(int root_fd, const char *path)
+ * symlink) gives -ENOENT, one that is not a directory -ENOTDIR. With a ctx, the directories
+ * created are recorded in its buffer (the caller gives them the lower chain's metadata). */
+static int x_make_dirs(struct aufs_xctx *ctx, int root_fd, const char *path)
 {
     char buf[AUFS_X_PATH_MAX];
     size_t len = strlen(path), i;
+    size_t first = len + 1; /* offset of the first component created here */
     int cur = -1;
 
     if (len >= sizeof buf)
         return -ENAMETOOLONG;
+    if (ctx && ctx->dirbuf && (ctx->dirbuf_size < ctx->dirbuf_used ||
+                               ctx->dirbuf_size - ctx->dirbuf_used < X_RECORD_MAX))
+        return -ENOBUFS; /* the caller empties the buffer before every call */
     memcpy(buf, path, len + 1);
     cur = x_resolve(root_fd, "", O_PATH | O_DIRECTORY);
     if (cur < 0)
@@ -210,6 +238,8 @@ static int x_make_dirs(int root_fd, const char *path)
             while (start > 0 && buf[start - 1] != '/')
                 start--;
             if (mkdirat(cur, buf + start, 0755) == 0) {
+                if (first > len)
+                    first = start;
                 /* the umask must not decide the mode of implied directories */
                 next = x_chmod_nofollow(cur, buf + start, 0755);
                 if (next == 0)
@@ -223,6 +253,9 @@ static int x_make_dirs(int root_fd, const char *path)
         }
         if (next < 0) {
             close(cur);
+            /* what was created before the failure stays, so it is recorded too */
+            if (ctx && ctx->dirbuf && first <= len && first < i)
+                x_record(ctx, buf, i, (int64_t)first, -1);
             return next;
         }
         close(cur);
@@ -230,6 +263,8 @@ static int x_make_dirs(int root_fd, const char *path)
         if (i < len)
             buf[i] = '/';
     }
+    if (ctx && ctx->dirbuf && first <= len)
+        x_record(ctx, path, len, (int64_t)first, -1); /* room was checked above */
     return cur;
 }
 
@@ -237,7 +272,15 @@ int aufs_x_open_dir(int root_fd, const char *path, int create)
 {
     int fd = x_resolve(root_fd, path, O_PATH | O_DIRECTORY);
     if (fd == -ENOENT && create)
-        fd = x_make_dirs(root_fd, path);
+        fd = x_make_dirs(NULL, root_fd, path);
+    return fd;
+}
+
+int aufs_x_make_dir(struct aufs_xctx *ctx, const char *path)
+{
+    int fd = x_resolve(ctx->root_fd, path, O_PATH | O_DIRECTORY);
+    if (fd == -ENOENT)
+        fd = x_make_dirs(ctx, ctx->root_fd, path);
     return fd;
 }
 
@@ -273,7 +316,7 @@ static int x_parent(struct aufs_xctx *ctx, const char *path, const char **name)
     ctx->parent_path[plen] = '\0';
     fd = x_resolve(ctx->root_fd, ctx->parent_path, O_PATH | O_DIRECTORY);
     if (fd == -ENOENT)
-        fd = x_make_dirs(ctx->root_fd, ctx->parent_path);
+        fd = x_make_dirs(ctx, ctx->root_fd, ctx->parent_path);
     if (fd < 0) {
         ctx->parent_path[0] = '\0';
         return fd;
@@ -453,18 +496,8 @@ static int x_regular(struct aufs_xctx *ctx, int dir_fd, const char *name)
  * AUFS_X_DIR hands it to the caller when the buffer is full. */
 static int x_note_dir(struct aufs_xctx *ctx)
 {
-    size_t len = strlen(ctx->path);
-    size_t need = (16 + 4 + len + 7) & ~(size_t)7;
-    char *rec;
-    uint32_t len32 = (uint32_t)len;
-    if (!ctx->dirbuf || ctx->dirbuf_size - ctx->dirbuf_used < need)
+    if (x_record(ctx, ctx->path, strlen(ctx->path), ctx->mtime_sec, ctx->mtime_nsec) < 0)
         return AUFS_X_DIR;
-    rec = ctx->dirbuf + ctx->dirbuf_used;
-    memcpy(rec, &ctx->mtime_sec, 8);
-    memcpy(rec + 8, &ctx->mtime_nsec, 8);
-    memcpy(rec + 16, &len32, 4);
-    memcpy(rec + 20, ctx->path, len);
-    ctx->dirbuf_used += need;
     return 0;
 }
 
@@ -684,7 +717,12 @@ int aufs_x_next(struct aufs_xctx *ctx)
 {
     x_next_header_fn next_header = (x_next_header_fn)ctx->api->read_next_header;
     for (;;) {
-        int r = next_header(ctx->archive, &ctx->entry);
+        int r;
+        /* an entry may record one implied-directory record and one directory time */
+        if (ctx->dirbuf && (ctx->dirbuf_size < ctx->dirbuf_used ||
+                            ctx->dirbuf_size - ctx->dirbuf_used < 2 * X_RECORD_MAX))
+            return AUFS_X_FLUSH;
+        r = next_header(ctx->archive, &ctx->entry);
         if (r == X_ARCHIVE_EOF)
             return AUFS_X_EOF;
         if (r != X_ARCHIVE_OK) {
@@ -737,4 +775,73 @@ int aufs_x_dir_times(int root_fd, const char *path, int64_t sec, int64_t nsec)
     if (dir_fd != root_fd)
         close(dir_fd);
     return r;
+}
+
+/* Give the implied directory `path` below root_fd what the same path is in the lower chain's
+ * union (template_fd), as an overlay copy-up does: owner, then mode (setuid/setgid/sticky
+ * too: chown clears them), then xattrs but the union's private ones. The lookup below the
+ * template never follows a symlink, not even in a parent component: in the union, the upper
+ * directory hides a lower symlink, so nothing below it is a lower counterpart. Nor below the
+ * root (a directory made through the layer's own symlink is left as it is). `names` and
+ * `value` are scratch buffers for the xattr list and one value. Returns 1 when copied, 0 when
+ * the template has no directory there or `path` is no longer a directory, or -errno. */
+int aufs_x_copy_up_dir(int root_fd, const char *path, int template_fd, char *names,
+                       size_t names_len, char *value, size_t value_len)
+{
+    struct x_open_how how = {O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC, 0,
+                             X_RESOLVE_IN_ROOT | X_RESOLVE_NO_SYMLINKS | X_RESOLVE_NO_MAGICLINKS};
+    struct stat st;
+    ssize_t list_len;
+    const char *name;
+    long lfd;
+    int tfd, dfd, r = 0;
+
+    if (!*path)
+        return 0; /* the layer's root is never implied */
+    do {
+        lfd = syscall(SYS_openat2, template_fd, path, &how, sizeof how);
+    } while (lfd < 0 && (errno == EAGAIN || errno == EINTR));
+    if (lfd < 0)
+        return (errno == ENOENT || errno == ENOTDIR || errno == ELOOP) ? 0 : -errno;
+    tfd = (int)lfd;
+    /* the same rule on our side: a directory created through a symlink of the layer is not at
+     * `path` in the union, and its lower counterpart is unknown here; it stays as it is */
+    do {
+        lfd = syscall(SYS_openat2, root_fd, path, &how, sizeof how);
+    } while (lfd < 0 && (errno == EAGAIN || errno == EINTR));
+    if (lfd < 0) {
+        r = errno;
+        close(tfd);
+        /* replaced or removed by a later entry: it is not implied any more */
+        return (r == ENOENT || r == ENOTDIR || r == ELOOP) ? 0 : -r;
+    }
+    dfd = (int)lfd;
+    if (fstat(tfd, &st) < 0)
+        r = -errno;
+    else if (fchown(dfd, st.st_uid, st.st_gid) < 0)
+        r = -errno;
+    else if (fchmod(dfd, st.st_mode & 07777) < 0)
+        r = -errno;
+    if (r == 0) {
+        list_len = flistxattr(tfd, names, names_len);
+        if (list_len < 0)
+            r = (errno == ENOTSUP) ? 0 : -errno;
+        for (name = names; r == 0 && list_len > 0 && name < names + list_len;
+             name += strlen(name) + 1) {
+            ssize_t vlen;
+            if (!*name || x_private_xattr(name))
+                continue;
+            vlen = fgetxattr(tfd, name, value, value_len);
+            if (vlen < 0) {
+                if (errno == ENODATA)
+                    continue; /* removed since the listing */
+                r = -errno;
+            } else if (fsetxattr(dfd, name, value, (size_t)vlen, 0) < 0) {
+                r = -errno;
+            }
+        }
+    }
+    close(dfd);
+    close(tfd);
+    return r < 0 ? r : 1;
 }

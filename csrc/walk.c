@@ -4,6 +4,8 @@
  *   fstatat relative to the directory fd, never following a symlink).
  * - aufs_w_entry: one tar entry (header, xattrs, file data) through libarchive entry points
  *   the caller passes as addresses, so there is no link-time dependency on libarchive.
+ * - aufs_w_scan_sorted + aufs_w_run: a directory's entries in tar order, written in one
+ *   call until a subdirectory or a multiply-linked inode needs the caller (aufs/export.py).
  * - aufs_w_changes: the whole change list of a layer directory against a lower view
  *   (Docker's rules, see aufs/changes.py), as NUL-separated paths plus one kind byte each.
  *

@@ -4,7 +4,9 @@ Owns the import pipeline. The image metadata is resolved and verified first
 (:mod:`aufs.image.manifests`); then every layer that the store lacks is created under its
 chainID and filled from its blob. Layers of a store are independent directories, so the
 blobs are read, hashed, decompressed and applied in parallel threads (decompression, hashing
-and extraction all run outside the GIL). Each blob's sha256 and each layer's diffID are
+and extraction all run outside the GIL). One step waits for the layers below: a layer whose tar
+implies parent directories it does not list gives them the metadata its parent chain shows
+(see ``Driver.apply_diff``), so it reads that chain only once every layer below is in place. Each blob's sha256 and each layer's diffID are
 checked once its stream has been consumed to the end; on any failure every layer this call
 created is removed again, so the store is left as it was. A crash cannot leave a half-imported
 layer for a later import to trust either: see :mod:`aufs.image.journal`.
@@ -46,6 +48,19 @@ class _Cancelled(Exception):
 
 class _Replan(Exception):
     """The store changed under the plan (another import): undo and plan again."""
+
+
+class _Applied:
+    """Whether a layer this import fills is in place yet: set once its apply is done, or
+    once it failed (then ``ok`` stays False and the layers above it give up)."""
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self.ok = False
+
+    def mark(self, ok: bool) -> None:
+        self.ok = self.ok or ok
+        self.event.set()
 
 
 def _default_workers(jobs: int) -> int:
@@ -110,6 +125,8 @@ class _Importer:
         self.workers = workers
         self.cancel = threading.Event()
         self.created: list[str] = []
+        # the layers being filled by this import's jobs, base first
+        self.applied: dict[str, _Applied] = {}
 
     def run(self) -> None:
         wanted = set(self.ids)
@@ -147,13 +164,14 @@ class _Importer:
                 warnings.warn(f"aufs: could not remove partly imported layer {layer_id}: {exc}", stacklevel=3)
         self.created.clear()
 
-    def _create_missing_layers(self, journaled: set[str]) -> list[Callable[[], None]]:
+    def _create_missing_layers(self, journaled: set[str]) -> list[tuple[Callable[[], None], _Applied | None]]:
         """Create the missing layers (in order: a child needs its parent) and list the work.
 
         Only layers named in this import's journal may be created: one that vanished since
         the journal was written (another process recovering a dead import) means plan again.
         """
-        jobs: list[Callable[[], None]] = []
+        jobs: list[tuple[Callable[[], None], _Applied | None]] = []
+        self.applied = {}
         parent: str | None = None
         for index, (layer, layer_id) in enumerate(zip(self.image.layers, self.ids)):
             if self.driver.exists(layer_id):
@@ -164,13 +182,15 @@ class _Importer:
                         f"but its chainID says {parent}: the store is inconsistent",
                         layer_id=layer_id,
                     )
-                jobs.append(self._verify_job(index, layer, layer_id))
+                jobs.append((self._verify_job(index, layer, layer_id), None))
             else:
                 if layer_id not in journaled:
                     raise _Replan(layer_id)
                 self.driver.create(layer_id, parent)
                 self.created.append(layer_id)
-                jobs.append(self._apply_job(index, layer, layer_id))
+                below = list(self.applied.values())
+                self.applied[layer_id] = _Applied()
+                jobs.append((self._apply_job(index, layer, layer_id, below), self.applied[layer_id]))
             parent = layer_id
         return jobs
 
@@ -189,7 +209,20 @@ class _Importer:
     def _what(self, index: int, layer: LayerBlob) -> str:
         return f"{self.source.description}: layer {index} ({layer.name})"
 
-    def _apply_job(self, index: int, layer: LayerBlob, layer_id: str) -> Callable[[], None]:
+    def _wait_for(self, below: list[_Applied]) -> Callable[[], None]:
+        """Block until every layer of ``below`` is applied; _Cancelled if one failed."""
+
+        def wait_below() -> None:
+            for applied in below:
+                while not applied.event.wait(0.1):
+                    if self.cancel.is_set():
+                        raise _Cancelled()
+                if not applied.ok:
+                    raise _Cancelled()
+
+        return wait_below
+
+    def _apply_job(self, index: int, layer: LayerBlob, layer_id: str, below: list[_Applied]) -> Callable[[], None]:
         def job() -> None:
             with self.source.open(layer.name) as blob:
                 stream = open_layer_stream(
@@ -200,7 +233,9 @@ class _Importer:
                     on_read=self._on_read(layer_id, layer.size),
                 )
                 try:
-                    self.driver.apply_diff(layer_id, cast(BinaryIO, stream))
+                    # extraction runs in parallel; only the copy-up of implied parents waits
+                    self.driver.apply_diff(layer_id, cast(BinaryIO, stream), _before_copy_up=self._wait_for(below))
+                    self.applied[layer_id].mark(True)
                 except Exception as exc:
                     if not self.cancel.is_set():
                         blame_blob(stream.compressed, exc)
@@ -228,12 +263,12 @@ class _Importer:
 
         return job
 
-    def _run_jobs(self, jobs: list[Callable[[], None]]) -> None:
+    def _run_jobs(self, jobs: list[tuple[Callable[[], None], _Applied | None]]) -> None:
         workers = self.workers or _default_workers(len(jobs))
         first_error: list[BaseException] = []
         lock = threading.Lock()
 
-        def guarded(job: Callable[[], None]) -> None:
+        def guarded(job: Callable[[], None], applied: _Applied | None) -> None:
             try:
                 job()
             except BaseException as exc:
@@ -242,11 +277,15 @@ class _Importer:
                         first_error.append(exc)
                 self.cancel.set()
                 raise
+            finally:
+                # after the error is recorded: a layer above that gives up is not the cause
+                if applied is not None:
+                    applied.mark(False)  # no-op if the job already marked it applied
 
         pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="aufs-import")
         futures: list[Future[None]] = []
         try:
-            futures = [pool.submit(guarded, job) for job in jobs]
+            futures = [pool.submit(guarded, job, applied) for job, applied in jobs]
             wait(futures, return_when=FIRST_EXCEPTION)
         except BaseException:
             self.cancel.set()  # ^C while waiting

@@ -18,20 +18,11 @@ def _mounted_snapshot(driver: aufs.Driver, layer_id: str) -> dict:
         return snapshot(Path(root))
 
 
-# umoci 0.4.7 writes "srv/data/a" into a later layer without "srv/" and "srv/data/" entries.
-# Driver.apply_diff then creates those implied parents in the layer as 0755 root:root without
-# xattrs, and being the upper directory they hide the lower /srv's 02750 1234:5678 and its
-# xattr. umoci (one tree) keeps the existing directory. Known defect of the layer-tar
-# extraction (implied parents should copy the lower chain's directory, as a copy-up does);
-# reported to its owner. Any other difference fails the test.
-IMPLIED_PARENT_DEFECT = {"/srv", "/srv/data"}
-
-
+# umoci 0.4.7 writes "srv/data/a" into a later layer without "srv/" and "srv/data/" entries:
+# the implied parents must show the lower /srv's 02750 1234:5678 and its xattr, as in umoci's
+# one-tree unpack (apply_diff copies them up from the parent chain).
 def _check(problems: list) -> None:
-    other = [p for p in problems if p.split("\n")[0].split(": ", 1)[1].split(" ")[0] not in IMPLIED_PARENT_DEFECT]
-    assert not other, "\n".join(other[:30])
-    if problems:
-        pytest.xfail("implied parent directories hide the lower directory's metadata: " + "; ".join(problems))
+    assert not problems, "\n".join(problems[:30])
 
 
 def _assert_same_tree(reference: Path, driver: aufs.Driver, layer_id: str) -> None:
