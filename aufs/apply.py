@@ -48,7 +48,7 @@ import os
 import stat
 import threading
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, BinaryIO, Union
 
 from . import _syscalls
@@ -220,8 +220,11 @@ def _open_source(source: LayerSource) -> tuple[int, DecompressingReader | None, 
 class _Run:
     """The policy half of one extraction: reserved names, directory times, error mapping."""
 
-    def __init__(self, ex: _syscalls.Extractor, root_fd: int, fmt: WhiteoutFormat, track: bool) -> None:
+    def __init__(self, ex: _syscalls.Extractor, root_fd: int, fmt: WhiteoutFormat, track: bool,
+                 archive_error: Callable[[], ArchiveError]) -> None:
         self.ex = ex
+        # libarchive's failure (reading an entry's data), as the error to raise
+        self.archive_error = archive_error
         self.root_fd = root_fd
         self.fmt = fmt
         self.dir_times: dict[bytes, tuple[int, int]] = {}
@@ -255,6 +258,8 @@ class _Run:
             raise _os_error(-code, path)
         elif code == _syscalls.X_UNSAFE:
             raise _unsafe(self.ex)
+        elif code == _syscalls.X_ARCHIVE:  # e.g. a pseudo-link's data cut short
+            raise self.archive_error()
         elif code == _syscalls.X_LIMIT:
             raise ArchiveError(f"layer content exceeds the limit of bytes allowed, at entry {_show(path)}",
                                path=os.fsdecode(path))
@@ -446,7 +451,14 @@ def _os_error(err: int, path: bytes) -> Exception:
 def _extract(la: _Libarchive, archive: int, root_fd: int, fmt: WhiteoutFormat,
              max_bytes: int | None, track: bool) -> list[bytes]:
     ex = _syscalls.Extractor(archive, la.api, root_fd, max_bytes=max_bytes, report_all=track)
-    run = _Run(ex, root_fd, fmt, track)
+
+    def archive_error() -> ArchiveError:
+        status = {-10: "retry", -20: "warning", -25: "failed", -30: "fatal"}.get(
+            ex.archive_status, str(ex.archive_status))
+        where = f" near entry {_show(ex.path)}" if ex.entries else ""
+        return ArchiveError(f"invalid layer tar{where}: {la.message(archive)} (libarchive {status})")
+
+    run = _Run(ex, root_fd, fmt, track, archive_error)
     try:
         while True:
             code = ex.next()
@@ -456,11 +468,7 @@ def _extract(la: _Libarchive, archive: int, root_fd: int, fmt: WhiteoutFormat,
                 run.take_dir_times()
                 continue
             if code == _syscalls.X_ARCHIVE:
-                status = {-10: "retry", -20: "warning", -25: "failed", -30: "fatal"}.get(
-                    ex.archive_status, str(ex.archive_status))
-                where = f" near entry {_show(ex.path)}" if ex.entries else ""
-                raise ArchiveError(f"invalid layer tar{where}: {la.message(archive)} "
-                                   f"(libarchive {status})")
+                raise archive_error()
             if code == _syscalls.X_SPECIAL:
                 run.special()
                 continue

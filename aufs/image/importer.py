@@ -4,12 +4,13 @@ Owns the import pipeline. The image metadata is resolved and verified first
 (:mod:`aufs.image.manifests`); then every layer that the store lacks is created under its
 chainID and filled from its blob. Layers of a store are independent directories, so the
 blobs are read, hashed, decompressed and applied in parallel threads (decompression, hashing
-and extraction all run outside the GIL). One step waits for the layers below: a layer whose tar
-implies parent directories it does not list gives them the metadata its parent chain shows
-(see ``Driver.apply_diff``), so it reads that chain only once every layer below is in place. Each blob's sha256 and each layer's diffID are
-checked once its stream has been consumed to the end; on any failure every layer this call
-created is removed again, so the store is left as it was. A crash cannot leave a half-imported
-layer for a later import to trust either: see :mod:`aufs.image.journal`.
+and extraction all run outside the GIL). One short step waits for the layers below: a layer
+whose tar implies parent directories it does not list gives them the metadata its parent chain
+shows (see ``Driver.apply_diff``), so it reads that chain only once every layer below is in
+place. Each blob's sha256 and each layer's diffID are checked once its stream has been
+consumed to the end; on any failure every layer this call created is removed again, so the
+store is left as it was. A crash cannot leave a half-imported layer for a later import to
+trust either: see :mod:`aufs.image.journal`.
 """
 from __future__ import annotations
 
