@@ -31,11 +31,11 @@ clean:
 	rm -rf build dist wheelhouse wheels/out *.egg-info aufs/_native*.so aufs/_native.c .pytest_cache .hypothesis
 
 # --- reliability (issue 6): see RELIABILITY.md -----------------------------------------------
-# fuzz-asan: the C mount-table parser under ASan+UBSan (our memory-safety fuzz tests and the
-# parser's own property tests). A copy of the package with the
-# extension built sanitized goes to $(ASAN_DIR); the fuzz tests run there with gcc's libasan
-# preloaded (python itself is not instrumented) and python allocating with plain malloc, so
-# ASan sees every buffer. Any sanitizer report aborts the run.
+# fuzz-asan: the C mount-table parser under ASan+UBSan (the memory-safety fuzz tests and the
+# parser's own property tests). A copy of the package with the extension built sanitized goes
+# to $(ASAN_DIR); the tests run there with gcc's libasan preloaded (python itself is not
+# instrumented) and python allocating with plain malloc, so ASan sees every buffer. Any
+# sanitizer report aborts the run.
 ASAN_DIR ?= /tmp/aufs-asan
 ASAN_FLAGS = -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
 FUZZ_PROFILE ?= thorough
@@ -58,8 +58,11 @@ fuzz-asan:
 reliability: setup
 	unshare -m --propagation private $(PYTHON) -m pytest -q $(PYTEST_ARGS) tests/reliability
 
-# reliability-long: the long runs behind the figures in RELIABILITY.md.
+# reliability-long: the long runs behind the figures in RELIABILITY.md (about 10 minutes;
+# each tool enters a private mount namespace and works on its own tmpfs).
 reliability-long:
-	unshare -m --propagation private $(PYTHON) tools/crashloop.py --all
-	unshare -m --propagation private $(PYTHON) tools/fuzz_apply.py --cases 20000
-	unshare -m --propagation private $(PYTHON) tools/stress.py --rounds 20
+	$(PYTHON) tools/crashloop.py --all --random 300
+	$(PYTHON) tools/crashloop.py --points 500 --double --seed 3
+	$(PYTHON) tools/crashloop.py --points 300 --backend fuse-overlayfs --seed 2
+	$(PYTHON) tools/fuzz_apply.py --cases 20000 --seed 1
+	$(PYTHON) tools/stress.py --rounds 10

@@ -1,7 +1,8 @@
-"""Signals during a long apply_diff: a process applying a large layer fed slowly through a pipe
-is interrupted (SIGINT, SIGTERM with the default action, SIGTERM turned into SystemExit as
-daemons do). The process ends promptly, the layer is exactly as it was, and nothing is left
-behind: at once when Python unwinds, after the next open's sweep when the kernel killed it."""
+"""Signals. During a long apply_diff (a large layer fed slowly through a pipe) a process is
+interrupted by SIGINT, SIGTERM with the default action, or SIGTERM turned into SystemExit as
+daemons do: it ends promptly, the layer is exactly as it was, and nothing is left behind (at
+once when Python unwinds, after the next open's sweep when the kernel killed it). And Ctrl-C
+in a loop of ``with driver.mount(...)`` leaves no mount and no reference behind."""
 from __future__ import annotations
 
 import os
