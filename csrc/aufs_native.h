@@ -19,6 +19,30 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/types.h>
+#include <sys/stat.h>
+#include <fcntl.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+/* glibc 2.33 turned fstat, fstatat and mknodat into versioned symbols of their own; calling
+ * the system calls directly keeps the extension loadable on glibc 2.28 (manylinux_2_28)
+ * without changing a line of the callers. The kernel's struct stat is glibc's on the 64-bit
+ * architectures we build for (x86_64, aarch64). */
+static inline int aufs_compat_fstatat(int dir_fd, const char *path, struct stat *st, int flags)
+{
+    return (int)syscall(SYS_newfstatat, dir_fd, path, st, flags);
+}
+static inline int aufs_compat_fstat(int fd, struct stat *st)
+{
+    return (int)syscall(SYS_newfstatat, fd, "", st, AT_EMPTY_PATH);
+}
+static inline int aufs_compat_mknodat(int dir_fd, const char *path, mode_t mode, dev_t dev)
+{
+    return (int)syscall(SYS_mknodat, dir_fd, path, mode, dev);
+}
+#define fstatat aufs_compat_fstatat
+#define fstat aufs_compat_fstat
+#define mknodat aufs_compat_mknodat
 
 /* ---- core.c ---- */
 long aufs_page_size(void);
