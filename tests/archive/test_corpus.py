@@ -13,7 +13,10 @@ import sys
 
 import pytest
 
-CORPUS = pathlib.Path(os.environ.get("AUFS_GO_TAR_CORPUS", "/work/shared/corpus/go-archive-tar"))
+# ../shared/corpus beside the project root (where CI lays it too), unless told otherwise
+CORPUS = pathlib.Path(os.environ.get(
+    "AUFS_GO_TAR_CORPUS",
+    pathlib.Path(__file__).resolve().parents[3] / "shared" / "corpus" / "go-archive-tar"))
 FILES = sorted(p for p in CORPUS.glob("*") if p.suffix in (".tar", ".bz2", ".gz")) if CORPUS.is_dir() else []
 TIMEOUT = 60
 
