@@ -59,6 +59,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from . import locks, mounts
 from .backends.base import detach
+from .clone import remove_tree
 from .layout import Layout, is_valid_layer_id
 from .owners import ProcessToken
 from .refcount import RefTable
@@ -143,74 +144,7 @@ def _remove_tree(path: pathlib.Path) -> None:
     """Unmount whatever is mounted at or below ``path``, then delete it (gone already is fine)."""
     for info in mounts.submounts(str(path)):  # deepest first
         detach(info.mountpoint)
-    delete_tree(path)
-
-
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-
-
-def _empty_files(fd: int) -> list[str]:
-    """Unlink every non-directory in the directory ``fd``; the names of its subdirectories."""
-    subdirs = []
-    with os.scandir(fd) as it:
-        for entry in it:
-            if entry.is_dir(follow_symlinks=False):
-                subdirs.append(entry.name)
-            else:
-                try:
-                    os.unlink(entry.name, dir_fd=fd)
-                except FileNotFoundError:
-                    pass
-    return subdirs
-
-
-def delete_tree(path: str | os.PathLike[str]) -> None:
-    """Delete ``path`` and everything below it, however deep (gone already is fine).
-
-    ``shutil.rmtree`` recurses (up to Python 3.11) and works with whole paths, so a hostile
-    layer 1,000 directories deep makes it raise RecursionError, and one deeper than PATH_MAX
-    ENAMETOOLONG. This walks with one directory fd at a time (up through ``..``) and a stack of
-    names, so neither depth nor path length matters; symlinks are removed, never followed.
-    Nothing below ``path`` may be a mount point.
-    """
-    parent, name = os.path.split(os.path.abspath(os.fspath(path)))
-    parent_fd = os.open(parent, _DIR_FLAGS)
-    fd = -1
-    try:
-        try:
-            fd = os.open(name, _DIR_FLAGS, dir_fd=parent_fd)
-        except FileNotFoundError:
-            return
-        except OSError as exc:
-            if exc.errno not in (errno.ENOTDIR, errno.ELOOP):
-                raise
-            os.unlink(name, dir_fd=parent_fd)  # a file or a symlink
-            return
-        stack: list[tuple[str, list[str]]] = []  # (name in its parent, the parent's subdirs left)
-        pending = _empty_files(fd)
-        while pending or stack:
-            if pending:
-                sub = pending.pop()
-                try:
-                    below = os.open(sub, _DIR_FLAGS, dir_fd=fd)
-                except FileNotFoundError:
-                    continue
-                stack.append((sub, pending))
-                os.close(fd)
-                fd, pending = below, _empty_files(below)
-                continue
-            sub, pending = stack.pop()
-            up = os.open("..", _DIR_FLAGS, dir_fd=fd)
-            os.close(fd)
-            fd = up
-            os.rmdir(sub, dir_fd=fd)
-        os.close(fd)
-        fd = -1
-        os.rmdir(name, dir_fd=parent_fd)
-    finally:
-        if fd >= 0:
-            os.close(fd)
-        os.close(parent_fd)
+    remove_tree(path)
 
 
 class _Checker:

@@ -9,21 +9,22 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import json
 import os
 import pathlib
-import shutil
+import signal
 import stat
 import threading
 import uuid
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any, BinaryIO, Union
+from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar, Union
 
 from . import locks, mounts
 from .backends import BACKENDS, Backend, MountRequest
 from .backends.base import detach
 from .backends.fuse_overlayfs import wait_recorded_daemon
-from .clone import clone_tree
+from .clone import clone_tree, remove_tree
 from .errors import (
     AufsError,
     BackendUnavailable,
@@ -42,6 +43,7 @@ from .whiteouts import OPAQUE_NAME, OPAQUE_XATTRS, WhiteoutFormat, root_is_opaqu
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers only
     from .changes import Change
+    from .check import CheckReport
 
 __all__ = ["BACKEND_NAMES", "STORE_VERSION", "Driver"]
 
@@ -54,11 +56,8 @@ DiffTarget = Union[str, "os.PathLike[str]", BinaryIO]
 
 
 def _rmtree(path: str | pathlib.Path) -> None:
-    """Delete a tree that holds no mounts (fine if it is already gone)."""
-    try:
-        shutil.rmtree(path)
-    except FileNotFoundError:
-        pass
+    """Delete a tree that holds no mounts (fine if it is already gone), however deep."""
+    remove_tree(path)
 
 
 def _rmdir_quietly(path: str | pathlib.Path) -> None:
@@ -106,6 +105,84 @@ def _rename_exchange(old: pathlib.Path, new: pathlib.Path) -> None:
     from . import _syscalls
 
     _syscalls.rename_exchange(str(old), str(new))
+
+
+_Method = TypeVar("_Method", bound=Callable[..., Any])
+
+
+def _reports_no_space(action: str) -> Callable[[_Method], _Method]:
+    """Make a method whose first argument is a layer id raise :class:`aufs.NoSpace` naming that
+    layer for ENOSPC/EDQUOT, wherever it arises (extraction, the staging clone, a lock or
+    reference file, a new directory), raised from the original error."""
+
+    def wrap(method: _Method) -> _Method:
+        @functools.wraps(method)
+        def run(self: Driver, layer_id: str, *args: Any, **kwargs: Any) -> Any:
+            try:
+                return method(self, layer_id, *args, **kwargs)
+            except NoSpace as exc:
+                if repr(layer_id) in exc.message:
+                    raise
+                raise NoSpace(f"cannot {action} layer {layer_id!r}: {exc.message}",
+                              layer_id=layer_id, path=exc.path) from exc
+            except OSError as exc:
+                if exc.errno not in (errno.ENOSPC, errno.EDQUOT) or isinstance(exc, AufsError):
+                    raise
+                where = exc.filename if exc.filename is not None else str(self.home)
+                raise NoSpace(f"cannot {action} layer {layer_id!r}: no space left on the store's "
+                              f"filesystem ({where}); free space or raise the quota",
+                              layer_id=layer_id, path=where) from exc
+
+        return run  # type: ignore[return-value]
+
+    return wrap
+
+
+# Signals whose Python handlers (KeyboardInterrupt, a daemon's SystemExit) get and put hold
+# back; a signal left at its default action kills the process, and the sweep handles that.
+_DEFERRED_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+_deferring = False
+
+
+@contextlib.contextmanager
+def _signals_deferred() -> Iterator[None]:
+    """Run the block with SIGINT/SIGTERM handlers held back, then deliver what arrived.
+
+    A mount and its reference table must change together: a KeyboardInterrupt between the
+    two would leave a mount nobody references, or a reference to no mount. Only the main
+    thread runs Python signal handlers, so only there is anything to hold back.
+    """
+    global _deferring
+    if _deferring or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    pending: list[int] = []
+    saved: dict[int, Any] = {}
+    for signum in _DEFERRED_SIGNALS:
+        handler = signal.getsignal(signum)
+        if callable(handler):
+            saved[signum] = handler
+            signal.signal(signum, lambda received, frame: pending.append(received))
+    _deferring = True
+    try:
+        yield
+    finally:
+        _deferring = False
+        for held, handler in saved.items():
+            signal.signal(held, handler)
+        if pending:
+            saved[pending[0]](pending[0], None)
+
+
+def _defers_signals(method: _Method) -> _Method:
+    """Run the method under :func:`_signals_deferred`."""
+
+    @functools.wraps(method)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        with _signals_deferred():
+            return method(*args, **kwargs)
+
+    return run  # type: ignore[return-value]
 
 
 class Driver:
@@ -327,6 +404,7 @@ class Driver:
 
     # ------------------------------------------------------------------ create / remove
 
+    @_reports_no_space("create")
     def create(self, layer_id: str, parent: str | None = None) -> None:
         """Create the empty layer ``layer_id`` on top of ``parent`` (None: a base layer).
 
@@ -492,6 +570,8 @@ class Driver:
         self._backend.unmount(str(target), record=str(layout.backend_record(layer_id)), upper=layout.diff_path(layer_id))
         _rmdir_quietly(target)
 
+    @_reports_no_space("mount")
+    @_defers_signals
     def get(self, layer_id: str) -> str:
         """Mount the layer's chain (first reference) and return the union directory.
 
@@ -538,6 +618,8 @@ class Driver:
                 refs.save()
         return str(target)
 
+    @_reports_no_space("release a reference to")
+    @_defers_signals
     def put(self, layer_id: str) -> None:
         """Give back one reference this ``Driver`` took with :meth:`get`; the last one unmounts.
 
@@ -558,12 +640,19 @@ class Driver:
 
     @contextlib.contextmanager
     def mount(self, layer_id: str) -> Iterator[str]:
-        """``with driver.mount(layer_id) as path:`` -- :meth:`get` on entry, :meth:`put` on exit."""
-        path = self.get(layer_id)
+        """``with driver.mount(layer_id) as path:`` -- :meth:`get` on entry, :meth:`put` on exit.
+
+        A Ctrl-C at any moment leaves no reference behind (get and put hold signals back, and
+        the reference get took is known here before a held-back signal is delivered).
+        """
+        path = None
         try:
+            with _signals_deferred():
+                path = self.get(layer_id)
             yield path
         finally:
-            self.put(layer_id)
+            if path is not None:
+                self.put(layer_id)
 
     @contextlib.contextmanager
     def _lower_view(self, layer_id: str) -> Iterator[str | None]:
@@ -672,6 +761,7 @@ class Driver:
 
     # ------------------------------------------------------------------ layer tars
 
+    @_reports_no_space("apply a diff to")
     def apply_diff(self, layer_id: str, diff: DiffSource, *,
                    _before_copy_up: Callable[[], None] | None = None) -> int:
         """Apply the layer tar ``diff`` (path, bytes or readable binary file) onto the layer.
@@ -712,6 +802,8 @@ class Driver:
                     with self._lower_view(layer_id) as lower:
                         if lower is not None:
                             _apply.copy_up_dirs(str(stage), implied, lower)
+                # measured before the swap: after it, an error would wrongly say "not applied"
+                size = int(_changes.diff_size(str(stage), self._format))
                 _rename_exchange(stage, diff_dir)
             except AufsError as exc:
                 _rmtree(stage)
@@ -731,8 +823,11 @@ class Driver:
             except BaseException:
                 _rmtree(stage)
                 raise
-            _rmtree(stage)  # the old tree, swapped out
-            return _changes.diff_size(str(diff_dir), self._format)
+            try:
+                _rmtree(stage)  # the old tree, swapped out
+            except OSError:
+                pass  # applied all the same; the sweep removes it once this process is gone
+            return size
 
     def diff(self, layer_id: str, out: DiffTarget) -> int:
         """Write the layer's own changes as an uncompressed pax tar to ``out``; bytes written."""
@@ -768,7 +863,7 @@ class Driver:
     def __repr__(self) -> str:
         return f"Driver({str(self.home)!r}, backend={self.backend!r})"
 
-    def check(self, *, repair: bool = False) -> Any:
+    def check(self, *, repair: bool = False) -> CheckReport:
         """Report the store's inconsistencies (``aufs.check.CheckReport``); ``repair`` fixes them.
 
         Finds leftover temporaries, orphan directories, dangling parents, stale mounts and

@@ -26,10 +26,18 @@ def deep_tar() -> bytes:
 
 
 def _depth(root: pathlib.Path) -> int:
-    path, depth = root, 0
-    while (path / "a").is_dir():
-        path, depth = path / "a", depth + 1
-    return depth
+    """How deep the chain of ``a`` directories goes (walked by fd: paths may pass PATH_MAX)."""
+    fd, depth = os.open(root, os.O_RDONLY | os.O_DIRECTORY), 0
+    try:
+        while True:
+            try:
+                below = os.open("a", os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+            except (FileNotFoundError, NotADirectoryError):
+                return depth
+            os.close(fd)
+            fd, depth = below, depth + 1
+    finally:
+        os.close(fd)
 
 
 def test_deep_layer_through_its_whole_life(ramdir: pathlib.Path, deep_tar: bytes) -> None:
