@@ -44,6 +44,7 @@ _LAZY = {
     "KernelFeatures": "aufs.mounts",
     "mount_overlay": "aufs.mounts",
     "Driver": "aufs.store",
+    "CheckReport": "aufs.check",
     "Change": "aufs.changes",
     "ChangeKind": "aufs.changes",
     "import_image": "aufs.image",
@@ -99,4 +100,5 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers only
     from .mounts import mounted as mounted
     from .mounts import submounts as submounts
     from .mounts import unmount as unmount
+    from .check import CheckReport as CheckReport
     from .store import Driver as Driver

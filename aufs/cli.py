@@ -18,6 +18,7 @@ Exit codes:
 8     cannot mount here: no usable backend, mount failure
 9     no space left on the store's filesystem
 10    operating-system error (permissions, missing files, ...)
+11    ``aufs check``: inconsistencies remain (run ``aufs check --repair``)
 130   interrupted (Ctrl-C)
 ====  ===========================================================
 """
@@ -435,6 +436,20 @@ def cmd_cleanup(args: argparse.Namespace, out: _Output) -> int:
     return EXIT_OK
 
 
+EXIT_INCONSISTENT = 11
+
+
+def cmd_check(args: argparse.Namespace, out: _Output) -> int:
+    driver = _open_driver(args)
+    try:
+        report = driver.check(repair=args.repair)
+    finally:
+        _close(driver)
+    out.result(str(report), report.as_dict())
+    # scripts can tell "consistent (now)" from "inconsistencies remain" by the exit code
+    return EXIT_OK if report.ok else EXIT_INCONSISTENT
+
+
 def cmd_demo(args: argparse.Namespace, out: _Output) -> int:
     from .demo import run_demo
 
@@ -469,7 +484,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="aufs",
         description="Container image layers on disk, mounted as one root filesystem.",
         epilog="exit codes: 0 ok, 1 aufs error, 2 usage, 3 layer not found, 4 layer exists, 5 busy, "
-        "6 bad image, 7 bad layer tar, 8 cannot mount, 9 no space, 10 system error, 130 interrupted",
+        "6 bad image, 7 bad layer tar, 8 cannot mount, 9 no space, 10 system error, "
+        "11 check found inconsistencies, 130 interrupted",
     )
     parser.add_argument("--version", action="version", version=f"aufs {__version__}")
     _common(parser, defaults=True)
@@ -521,6 +537,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     add("status", cmd_status, "show the store's backend, home and counts")
     add("cleanup", cmd_cleanup, "unmount everything under the store's home")
+
+    p = add("check", cmd_check, "report inconsistencies of the store (exit 11 if any remain)")
+    p.add_argument("--repair", action="store_true", help="fix what is found")
 
     p = add("demo", cmd_demo, "build, import, mount and explore a small embedded image in a temporary store")
     p.add_argument("--keep", action="store_true", help=argparse.SUPPRESS)

@@ -160,3 +160,18 @@ def test_default_home(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_help_and_version() -> None:
     out = io.StringIO()
     assert main(["--version"], stdout=out, stderr=io.StringIO()) == 0
+
+
+def test_check_reports_then_repairs_an_orphan(home: Path) -> None:
+    assert aufs_cli(home, "create", "base")[0] == 0
+    code, out, _ = aufs_cli(home, "--json", "check")
+    assert code == 0 and json.loads(out)["ok"] is True
+    (home / "layers" / "not a layer id").mkdir()  # debris no layer id can name
+    code, out, _ = aufs_cli(home, "--json", "check")
+    report = json.loads(out)
+    assert code == 11 and report["ok"] is False
+    assert [f["kind"] for f in report["findings"]] == ["orphan-directory"]
+    code, out, _ = aufs_cli(home, "check", "--repair")
+    assert code == 0 and "repaired" in out
+    assert not (home / "layers" / "not a layer id").exists()
+    assert aufs_cli(home, "check")[0] == 0
