@@ -15,10 +15,14 @@ import os
 import pathlib
 import tempfile
 import uuid
-from typing import Iterator
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import pytest
 from hypothesis import HealthCheck, settings
+
+if TYPE_CHECKING:
+    from aufs.store import Driver
 
 # CI explores a fixed sequence of examples (derandomize): a red CI then always means a
 # regression, never the luck of the draw; `dev` and `thorough` explore anew on every run.
@@ -114,6 +118,20 @@ def ramdir(ram_root: pathlib.Path) -> pathlib.Path:
     path = ram_root / uuid.uuid4().hex[:12]
     path.mkdir()
     return path
+
+
+@pytest.fixture
+def home(ramdir: pathlib.Path) -> pathlib.Path:
+    """Where a test's store lives (created by the Driver)."""
+    return ramdir / "store"
+
+
+@pytest.fixture
+def driver(home: pathlib.Path, backend_name: str) -> Iterator[Driver]:
+    """A store on ``backend_name`` (a fixture each suite parametrises over its backends)."""
+    from .backends import open_driver
+
+    yield from open_driver(home, backend_name)
 
 
 @pytest.fixture(autouse=True)

@@ -23,26 +23,14 @@ from hypothesis import event, given
 from hypothesis import strategies as st
 
 import aufs
-from aufs.backends import BACKENDS
 from aufs.store import Driver
 
-
-def _backend_params() -> list[Any]:
-    params = []
-    for name, cls in BACKENDS.items():
-        reason = cls.unavailable_reason()
-        marks = [pytest.mark.skip(reason=f"{name}: {reason}")] if reason else []
-        params.append(pytest.param(name, marks=marks, id=name))
-    return params
+from ..backends import backend_params, open_driver
 
 
-@pytest.fixture(params=_backend_params())
+@pytest.fixture(params=backend_params())
 def driver(request: pytest.FixtureRequest, ramdir: pathlib.Path) -> Iterator[Driver]:
-    d = Driver(ramdir / "store", backend=str(request.param))
-    try:
-        yield d
-    finally:
-        d.cleanup()
+    yield from open_driver(ramdir / "store", str(request.param))
 
 
 def make_layer_tar(names: list[str]) -> bytes:
@@ -296,7 +284,7 @@ def snapshot(root: str) -> dict[str, Any]:
     return out
 
 
-@pytest.mark.parametrize("backend", _backend_params())
+@pytest.mark.parametrize("backend", backend_params())
 @given(base_ops=operations, top_ops=operations)
 def test_diff_then_apply_reproduces_the_layer(ram_root: pathlib.Path, backend: str,
                                                 base_ops: list[tuple[str, str, str, bytes]],

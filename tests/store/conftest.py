@@ -7,43 +7,20 @@ the reason when the kernel lacks it); ``driver`` is a fresh store on that backen
 from __future__ import annotations
 
 import os
-import pathlib
-from collections.abc import Iterator
 
 import pytest
 
 from aufs.backends import BACKENDS
-from aufs.store import Driver
+
+from ..backends import backend_params
 
 ALL_BACKENDS: list[str] = list(BACKENDS)
 
 
-def backend_params() -> list[object]:
-    params: list[object] = []
-    for name in ALL_BACKENDS:
-        reason = BACKENDS[name].unavailable_reason()
-        marks = [pytest.mark.skip(reason=f"{name}: {reason}")] if reason else []
-        params.append(pytest.param(name, marks=marks, id=name))
-    return params
-
-
-@pytest.fixture(params=backend_params())
+@pytest.fixture(params=backend_params(ALL_BACKENDS))
 def backend_name(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
-
-@pytest.fixture
-def home(ramdir: pathlib.Path) -> pathlib.Path:
-    return ramdir / "store"
-
-
-@pytest.fixture
-def driver(home: pathlib.Path, backend_name: str) -> Iterator[Driver]:
-    d = Driver(home, backend=backend_name)
-    try:
-        yield d
-    finally:
-        d.cleanup()
 
 
 def write(path: str, data: str = "") -> None:
