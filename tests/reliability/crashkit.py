@@ -36,7 +36,15 @@ from typing import Any, Callable
 import aufs
 from aufs import mounts
 
-from .trees import first_diff, gzip_bytes, mounts_below, sample_layers, store_state
+from .trees import (
+    first_diff,
+    gzip_bytes,
+    mounts_below,
+    read_to_end,
+    sample_layers,
+    store_state,
+    wait_or_kill,
+)
 
 StepFunction = Callable[[aufs.Driver, "Scratch"], object]
 Step = tuple[str, StepFunction]
@@ -231,25 +239,11 @@ def run_child(home: pathlib.Path, scratch: Scratch, backend: str, *, kill_at: in
     if kill_after is not None:
         time.sleep(kill_after)
         os.kill(pid, signal.SIGKILL)
-    deadline = time.monotonic() + timeout
-    status = None
-    while time.monotonic() < deadline:
-        got, status = os.waitpid(pid, os.WNOHANG)
-        if got:
-            break
-        time.sleep(0.002)
-    else:
-        os.kill(pid, signal.SIGKILL)
-        os.waitpid(pid, 0)
+    status = wait_or_kill(pid, timeout)
+    if status is None:
         os.close(read_fd)
         raise TimeoutError(f"scenario child hung (kill_at={kill_at})")
-    marks = b""
-    while True:
-        chunk = os.read(read_fd, 4096)
-        if not chunk:
-            break
-        marks += chunk
-    os.close(read_fd)
+    marks = read_to_end(read_fd)
     done = sum(1 for m in marks if m % 2 == 1)
     in_flight = bool(marks) and marks[-1] % 2 == 0
     assert status is not None

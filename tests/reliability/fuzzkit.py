@@ -22,15 +22,13 @@ import os
 import pathlib
 import random
 import shutil
-import signal
 import sys
 import tarfile
-import time
 import traceback
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from .trees import Tree, build_tar, first_diff, sample_layers, snapshot
+from .trees import Tree, build_tar, first_diff, read_to_end, sample_layers, snapshot, wait_or_kill
 
 # beside the project (../shared/corpus), or where AUFS_GO_TAR_CORPUS says (as tests/archive)
 CORPUS = pathlib.Path(os.environ.get(
@@ -299,25 +297,11 @@ def run_case(sandbox: Sandbox, data: bytes, fmt_name: str, *, prefill: bool = Fa
         os.close(read_fd)
         _extract_in_child(sandbox, data, fmt_name, write_fd)
     os.close(write_fd)
-    deadline = time.monotonic() + timeout
-    status = None
-    while True:
-        got, status = os.waitpid(pid, os.WNOHANG)
-        if got:
-            break
-        if time.monotonic() > deadline:
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-            os.close(read_fd)
-            return "hang", f"hang: no result after {timeout}s"
-        time.sleep(0.0005)
-    result = b""
-    while True:
-        chunk = os.read(read_fd, 65536)
-        if not chunk:
-            break
-        result += chunk
-    os.close(read_fd)
+    status = wait_or_kill(pid, timeout, poll=0.0005)
+    if status is None:
+        os.close(read_fd)
+        return "hang", f"hang: no result after {timeout}s"
+    result = read_to_end(read_fd)
     problems = []
     if os.WIFSIGNALED(status):
         problems.append(f"crash: killed by signal {os.WTERMSIG(status)}")

@@ -8,8 +8,10 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import signal
 import stat
 import tarfile
+import time
 from collections.abc import Iterable
 from typing import Any
 
@@ -180,3 +182,30 @@ def sample_layers() -> list[bytes]:
         ("file", "app/.wh.cfg", b""), ("dir", "app/data"), ("file", "app/data/blob", bytes(range(256)) * 40),
     ])
     return [base, app, update]
+
+
+def wait_or_kill(pid: int, timeout: float, poll: float = 0.002) -> int | None:
+    """Wait for the child ``pid``: its wait status, or None if it was still running after
+    ``timeout`` seconds (it is then SIGKILLed and reaped)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        got, status = os.waitpid(pid, os.WNOHANG)
+        if got:
+            return status
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            return None
+        time.sleep(poll)
+
+
+def read_to_end(fd: int) -> bytes:
+    """Everything a child wrote into the pipe ``fd`` (read until EOF), then close it."""
+    data = b""
+    while True:
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            break
+        data += chunk
+    os.close(fd)
+    return data
