@@ -38,6 +38,7 @@ from aufs import mounts
 
 from .trees import (
     first_diff,
+    fork_with_pipe,
     gzip_bytes,
     mounts_below,
     read_to_end,
@@ -228,14 +229,7 @@ class Outcome:
 def run_child(home: pathlib.Path, scratch: Scratch, backend: str, *, kill_at: int | None = None,
               kill_after: float | None = None, timeout: float = 60.0) -> Outcome:
     """Fork a child running the scenario; kill it at event ``kill_at`` or after ``kill_after`` s."""
-    read_fd, write_fd = os.pipe()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - the child
-        os.close(read_fd)
-        _child(home, scratch, backend, kill_at, write_fd, None)
-    os.close(write_fd)
+    pid, read_fd = fork_with_pipe(lambda write_fd: _child(home, scratch, backend, kill_at, write_fd, None))
     if kill_after is not None:
         time.sleep(kill_after)
         os.kill(pid, signal.SIGKILL)

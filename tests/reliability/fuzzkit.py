@@ -22,13 +22,21 @@ import os
 import pathlib
 import random
 import shutil
-import sys
 import tarfile
 import traceback
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from .trees import Tree, build_tar, first_diff, read_to_end, sample_layers, snapshot, wait_or_kill
+from .trees import (
+    Tree,
+    build_tar,
+    first_diff,
+    fork_with_pipe,
+    read_to_end,
+    sample_layers,
+    snapshot,
+    wait_or_kill,
+)
 
 # beside the project (../shared/corpus), or where AUFS_GO_TAR_CORPUS says (as tests/archive)
 CORPUS = pathlib.Path(os.environ.get(
@@ -289,14 +297,7 @@ def run_case(sandbox: Sandbox, data: bytes, fmt_name: str, *, prefill: bool = Fa
         (layer / "etc").mkdir()
         (layer / "etc" / "passwd").write_bytes(b"old")
         (layer / "app").mkdir()
-    read_fd, write_fd = os.pipe()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - the child
-        os.close(read_fd)
-        _extract_in_child(sandbox, data, fmt_name, write_fd)
-    os.close(write_fd)
+    pid, read_fd = fork_with_pipe(lambda write_fd: _extract_in_child(sandbox, data, fmt_name, write_fd))
     status = wait_or_kill(pid, timeout, poll=0.0005)
     if status is None:
         os.close(read_fd)

@@ -81,12 +81,16 @@ def test_signal_during_a_slow_apply_leaves_the_layer_as_it_was(
     time.sleep(0.4)  # well into the archive (it takes ~2 s to arrive)
     assert feeder.is_alive(), "the whole archive was sent before the signal"
     proc.send_signal(signal.SIGINT if how == "SIGINT" else signal.SIGTERM)
+    # wait without closing its stdin (communicate() would): on a loaded machine the closed
+    # pipe could reach the extractor, as a truncated archive, before the signal's handler runs
     try:
-        out, err = proc.communicate(timeout=30)
+        proc.wait(timeout=30)
     except subprocess.TimeoutExpired:
         proc.kill()
-        proc.communicate()
+        proc.wait()
         pytest.fail(f"{how}: the applier did not stop within 30 s")
+    assert proc.stderr is not None
+    out, err = proc.stdout.read(), proc.stderr.read()
     feeder.join(5)
     assert b"finished" not in out
     if how == "SIGTERM":

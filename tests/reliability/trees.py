@@ -10,9 +10,10 @@ import io
 import os
 import signal
 import stat
+import sys
 import tarfile
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from aufs import mounts
@@ -182,6 +183,21 @@ def sample_layers() -> list[bytes]:
         ("file", "app/.wh.cfg", b""), ("dir", "app/data"), ("file", "app/data/blob", bytes(range(256)) * 40),
     ])
     return [base, app, update]
+
+
+def fork_with_pipe(child: Callable[[int], object]) -> tuple[int, int]:
+    """Fork; the child runs ``child(write_fd)`` (which must end in ``os._exit``), the parent gets
+    ``(pid, read_fd)`` of the pipe the child reports through."""
+    read_fd, write_fd = os.pipe()
+    sys.stdout.flush()  # nothing buffered may be written twice
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        os.close(read_fd)
+        child(write_fd)
+        os._exit(3)  # the child function returned instead of exiting
+    os.close(write_fd)
+    return pid, read_fd
 
 
 def wait_or_kill(pid: int, timeout: float, poll: float = 0.002) -> int | None:
