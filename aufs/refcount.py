@@ -40,6 +40,9 @@ class RefTable:
             raw = {}  # a torn write is impossible (rename), but never let junk wedge a layer
         holders: dict[str, int] = {}
         for holder, count in dict(raw.get("holders", {})).items():
+            if holder.startswith("persistent:") and isinstance(count, int) and count > 0:
+                holders[holder] = count  # TEMPORARY (serve-docker): issue 13's persistent holders
+                continue
             token = ProcessToken.parse(holder)
             if token is not None and isinstance(count, int) and count > 0 and token.alive():
                 holders[holder] = count

@@ -228,7 +228,7 @@ class Driver:
     ...     open(f"{root}/hello", "w").write("hi")
     """
 
-    def __init__(self, home: PathArg, *, backend: str = "auto") -> None:
+    def __init__(self, home: PathArg, *, backend: str = "auto", holder: str | None = None) -> None:
         """Open the store under ``home``, creating it if needed.
 
         ``backend`` is ``"auto"`` (kernel AUFS if the kernel has it, else kernel overlayfs if
@@ -244,6 +244,8 @@ class Driver:
         self._holder_lock = threading.Lock()
         self._holder_pid = -1
         self._holder_name = ""
+        # TEMPORARY (serve-docker branch): the persistent holder of issue 13, until main has it
+        self._persistent_holder = None if holder is None else f"persistent:{holder}"
         layout = self._layout
         layout.home.mkdir(parents=True, exist_ok=True)
         with locks.hold(layout.store_lock):
@@ -286,6 +288,8 @@ class Driver:
 
     @property
     def _holder(self) -> str:
+        if self._persistent_holder is not None:
+            return self._persistent_holder
         # per process: a forked child holding the parent's Driver is a different holder
         pid = os.getpid()
         if pid != self._holder_pid:
@@ -367,6 +371,11 @@ class Driver:
         """The layer's parent id, or None for a base layer. LayerNotFound if absent."""
         parent: str | None = self._require(layer_id)["parent"]
         return parent
+
+    def diff_dir(self, layer_id: str) -> str:
+        """The layer's directory on disk (TEMPORARY until issue 13 lands on main)."""
+        self._require(layer_id)
+        return self._layout.diff_path(layer_id)
 
     def layers(self) -> list[str]:
         """Ids of all layers, sorted. Work in progress (temporary names) is never listed."""
