@@ -450,6 +450,25 @@ def cmd_check(args: argparse.Namespace, out: _Output) -> int:
     return EXIT_OK if report.ok else EXIT_INCONSISTENT
 
 
+def cmd_serve_docker(args: argparse.Namespace, out: _Output) -> int:
+    from .serve import docker
+    from .store import Driver
+
+    try:
+        name = docker.check_plugin_name(args.name)
+    except docker.BadRequest as exc:
+        raise _UsageError(f"aufs serve docker: {exc}") from None
+    socket = args.socket if args.socket is not None else docker.default_socket(name)
+    # dockerd's references outlive this process: a restarted server must Put what this one Got
+    driver = Driver(args.home, backend=args.backend, holder=docker.holder_name(name))
+    try:
+        docker.serve_docker(driver, socket, name=name,
+                            ready=lambda server: out.stderr.write(f"aufs serve docker: {name} on {server.socket_path}\n"))
+    finally:
+        _close(driver)
+    return EXIT_OK
+
+
 def cmd_demo(args: argparse.Namespace, out: _Output) -> int:
     from .demo import run_demo
 
@@ -540,6 +559,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("check", cmd_check, "report inconsistencies of the store (exit 11 if any remain)")
     p.add_argument("--repair", action="store_true", help="fix what is found")
+
+    p = add("serve", cmd_serve_docker, "serve the store to a container engine (see `aufs serve ENGINE --help`)")
+    engines = p.add_subparsers(dest="engine", metavar="ENGINE", parser_class=_Parser)
+    engines.required = True
+    p = engines.add_parser("docker", help="Docker's graph-driver plugin (dockerd --experimental --storage-driver NAME)",
+                           description="Serve the store as Docker's v1 graph-driver plugin until SIGTERM.")
+    _common(p, defaults=False)
+    p.set_defaults(func=cmd_serve_docker)
+    p.add_argument("--name", default="aufs-store",
+                   help="plugin name, dockerd's --storage-driver (default: aufs-store)")
+    p.add_argument("--socket", help="unix socket (default: /run/docker/plugins/NAME.sock)")
 
     p = add("demo", cmd_demo, "build, import, mount and explore a small embedded image in a temporary store")
     p.add_argument("--keep", action="store_true", help=argparse.SUPPRESS)

@@ -1,0 +1,1 @@
+"""Servers that let container engines use a store: ``aufs serve ENGINE`` (one module per engine)."""
