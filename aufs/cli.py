@@ -451,8 +451,14 @@ def cmd_check(args: argparse.Namespace, out: _Output) -> int:
 
 
 def cmd_serve_docker(args: argparse.Namespace, out: _Output) -> int:
+    import logging
+
     from .serve import docker
     from .store import Driver
+
+    # refusals are answers to dockerd, not failures of the server: logged only with --debug
+    logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING,
+                        format="aufs serve docker: %(message)s")
 
     try:
         name = docker.check_plugin_name(args.name)

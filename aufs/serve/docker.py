@@ -35,6 +35,7 @@ import socket as _socket
 import socketserver
 import stat
 import threading
+import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, BinaryIO, Callable, cast
 
@@ -362,23 +363,25 @@ class _ChunkedBody(io.RawIOBase):
         self._left = size
 
     def readinto(self, buffer: Any) -> int:
+        # fills the whole buffer across chunks: dockerd's chunks follow its tar reader's reads
+        # (often one 512-byte header or one small file), and the layer reader's cost is per call
         view = memoryview(buffer).cast("B")
-        if self.finished or not len(view):
-            return 0
-        if self._left == 0:
-            self._next_chunk()
-            if self.finished:
-                return 0
-        data = self._rfile.read1(min(len(view), self._left))  # type: ignore[attr-defined]
-        if not data:
-            raise ClientGone("the client hung up in the middle of a chunked request body")
-        n = len(data)
-        view[:n] = data
-        self._left -= n
-        if self._left == 0:
-            if self._rfile.read(2) not in (b"\r\n",):
+        filled = 0
+        while filled < len(view) and not self.finished:
+            if self._left == 0:
+                self._next_chunk()
+                if self.finished:
+                    break
+            data = self._rfile.read1(min(len(view) - filled, self._left))  # type: ignore[attr-defined]
+            if not data:
+                raise ClientGone("the client hung up in the middle of a chunked request body")
+            n = len(data)
+            view[filled:filled + n] = data
+            filled += n
+            self._left -= n
+            if self._left == 0 and self._rfile.read(2) != b"\r\n":
                 raise BadRequest("malformed chunked request body: a chunk does not end with CRLF")
-        return n
+        return filled
 
 
 class _SizedBody(io.RawIOBase):
@@ -438,10 +441,8 @@ class _ChunkedWriter:
         n = len(memoryview(data))
         if n:
             self._start()
-            w = self._handler.wfile
-            w.write(b"%x\r\n" % n)
-            w.write(data)
-            w.write(b"\r\n")
+            # one write per chunk: the response socket is unbuffered
+            self._handler.wfile.write(b"".join((b"%x\r\n" % n, data, b"\r\n")))
         return n
 
     def writable(self) -> bool:
@@ -471,6 +472,7 @@ def _status_for(exc: BaseException) -> int:
 
 class _Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive, as dockerd's Go client expects
+    rbufsize = _COPY_CHUNK  # layer bodies arrive in many small chunks: few, large socket reads
     server_version = "aufs-serve-docker"
     server: DockerPluginServer
 
@@ -524,8 +526,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     # -- requests -----------------------------------------------------------------------------
 
     def do_POST(self) -> None:  # noqa: N802 - the base class's naming
+        start = time.monotonic()
         with self.server.track_request():
             self._dispatch()
+        log.debug("%s answered in %.3f s", self.path, time.monotonic() - start)
 
     def _refuse_method(self) -> None:
         self.close_connection = True

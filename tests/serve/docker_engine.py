@@ -179,7 +179,7 @@ class Engine:
         assert self.with_plugin
         log = open(self.plugin_log, "ab")
         self.plugin_proc = subprocess.Popen(
-            [sys.executable, "-m", "aufs", "--home", str(self.store_home), "serve", "docker",
+            [sys.executable, "-m", "aufs", "--debug", "--home", str(self.store_home), "serve", "docker",
              "--name", self.storage_driver, "--socket", str(self.plugin_socket)],
             stdout=log, stderr=log)
         log.close()
