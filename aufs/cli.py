@@ -464,7 +464,10 @@ def cmd_serve_docker(args: argparse.Namespace, out: _Output) -> int:
         name = docker.check_plugin_name(args.name)
     except docker.BadRequest as exc:
         raise _UsageError(f"aufs serve docker: {exc}") from None
-    socket = args.socket if args.socket is not None else docker.default_socket(name)
+    socket = args.socket
+    if socket is None:
+        socket = docker.default_socket(name)
+        os.makedirs(os.path.dirname(socket), mode=0o755, exist_ok=True)  # dockerd's, if it is not up yet
     # dockerd's references outlive this process: a restarted server must Put what this one Got
     driver = Driver(args.home, backend=args.backend, holder=docker.holder_name(name))
     try:

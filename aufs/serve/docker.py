@@ -336,6 +336,7 @@ class _ChunkedBody(io.RawIOBase):
         self._rfile = rfile
         self._left = 0  # bytes of the current chunk not yet read
         self.finished = False
+        self.failure: AufsError | None = None  # once the framing failed, every read fails alike
 
     def readable(self) -> bool:
         return True
@@ -363,6 +364,15 @@ class _ChunkedBody(io.RawIOBase):
         self._left = size
 
     def readinto(self, buffer: Any) -> int:
+        if self.failure is not None:
+            raise self.failure
+        try:
+            return self._fill(buffer)
+        except (BadRequest, ClientGone) as exc:
+            self.failure = exc
+            raise
+
+    def _fill(self, buffer: Any) -> int:
         # fills the whole buffer across chunks: dockerd's chunks follow its tar reader's reads
         # (often one 512-byte header or one small file), and the layer reader's cost is per call
         view = memoryview(buffer).cast("B")
@@ -392,6 +402,7 @@ class _SizedBody(io.RawIOBase):
         self._rfile = rfile
         self._left = length
         self.finished = length == 0
+        self.failure: AufsError | None = None
 
     def readable(self) -> bool:
         return True
@@ -403,7 +414,8 @@ class _SizedBody(io.RawIOBase):
             return 0
         data = self._rfile.read1(min(len(view), self._left))  # type: ignore[attr-defined]
         if not data:
-            raise ClientGone(f"the client hung up with {self._left} bytes of the request body unsent")
+            self.failure = ClientGone(f"the client hung up with {self._left} bytes of the request body unsent")
+            raise self.failure
         n = len(data)
         view[:n] = data
         self._left -= n
@@ -411,8 +423,15 @@ class _SizedBody(io.RawIOBase):
         return n
 
 
+def _gone(body: io.RawIOBase) -> bool:
+    """True if the client hung up while sending ``body``: nobody is left to answer."""
+    return isinstance(getattr(body, "failure", None), ClientGone)
+
+
 def _drain(body: io.RawIOBase) -> bool:
     """Read ``body`` to its end (so the client gets the answer); False if that is impossible."""
+    if getattr(body, "failure", None) is not None:
+        return False
     try:
         while body.read(_COPY_CHUNK):
             pass
@@ -552,10 +571,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         try:
             request = self._json(body)
         except (BadRequest, ClientGone) as exc:
-            if isinstance(exc, ClientGone) or not _drain(body):
-                self.close_connection = True
-                return
-            self._fail(exc)
+            self._refuse_body(exc, body)
             return
         if endpoint == "GraphDriver.Diff":
             self._diff(request)
@@ -570,6 +586,16 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self._fail(exc)
             return
         self._reply(200, answer)
+
+    def _refuse_body(self, exc: BaseException, body: io.RawIOBase) -> None:
+        """Answer a failed request whose body may be unread, broken, or cut off."""
+        if _gone(body):
+            log.info("%s: %s", self.path, body.failure)  # type: ignore[attr-defined]
+            self.close_connection = True  # nobody is left to answer
+            return
+        if not _drain(body):
+            self.close_connection = True  # the next request cannot be found in this stream
+        self._fail(exc)
 
     def _json(self, body: io.RawIOBase) -> dict[str, Any]:
         data = bytearray()
@@ -618,11 +644,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             layer_id, _ = plugin.check_apply(query)
             answer = plugin.apply_diff(layer_id, cast(BinaryIO, body))
         except Exception as exc:  # noqa: BLE001
-            if isinstance(exc, ClientGone) or not _drain(body):
-                log.info("ApplyDiff %s: %s", query, exc)
-                self.close_connection = True  # nobody to answer, or no way to find the next request
-                return
-            self._fail(exc)
+            self._refuse_body(exc, body)
             return
         if not _drain(body):  # bytes after the tar's end (padding): read them, or lose the framing
             self.close_connection = True

@@ -468,3 +468,101 @@ def test_killed_server_restarted_puts_what_the_dead_one_got(ramdir: pathlib.Path
         proc.kill()
         proc.wait()
         aufs.Driver(home).cleanup()
+
+
+# ---------------------------------------------------------------------------- HTTP framing
+
+
+def _raw_exchange(path: str, request: bytes) -> bytes:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(30)
+    sock.connect(path)
+    sock.sendall(request)
+    sock.shutdown(socket.SHUT_WR)
+    reply = b""
+    while True:
+        more = sock.recv(65536)
+        if not more:
+            break
+        reply += more
+    sock.close()
+    return reply
+
+
+def test_chunk_extensions_and_trailers_are_understood(server: DockerPluginServer, store: aufs.Driver) -> None:
+    client = PluginClient(server.socket_path)
+    client.ok("GraphDriver.Create", {"ID": "base"})
+    client.close()
+    tar = make_tar({"f": b"framed"})
+    body = b"".join(b"%X;ext=1\r\n%s\r\n" % (len(c), c) for c in chunks(tar, 1000))
+    reply = _raw_exchange(server.socket_path,
+                          b"POST /GraphDriver.ApplyDiff?id=base&parent= HTTP/1.1\r\nHost: x\r\n"
+                          b"Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n" + body
+                          + b"0\r\nX-Trailer: yes\r\n\r\n")
+    assert reply.startswith(b"HTTP/1.1 200") and reply.endswith(b'{"Size": 6}')
+    assert pathlib.Path(store.diff_dir("base"), "f").read_bytes() == b"framed"
+
+
+def test_malformed_chunks_are_refused_and_change_nothing(server: DockerPluginServer, store: aufs.Driver) -> None:
+    client = PluginClient(server.socket_path)
+    client.ok("GraphDriver.Create", {"ID": "base"})
+    client.close()
+    tar = make_tar({"f": b"x" * 5000})
+    for body in (b"zz\r\n" + tar + b"\r\n0\r\n\r\n",                       # not a hex size
+                 b"%x\r\n%sXX0\r\n\r\n" % (len(tar), tar)):                   # chunk not ended by CRLF
+        reply = _raw_exchange(server.socket_path,
+                              b"POST /GraphDriver.ApplyDiff?id=base&parent= HTTP/1.1\r\nHost: x\r\n"
+                              b"Transfer-Encoding: chunked\r\n\r\n" + body)
+        # a stream that cannot be framed cannot be drained: the server hangs up (maybe with no answer)
+        assert reply == b"" or (reply.startswith(b"HTTP/1.1 4") and b"Connection: close" in reply)
+        assert os.listdir(store.diff_dir("base")) == []
+
+
+def test_diff_reader_that_hangs_up_releases_the_layer(client: PluginClient, server: DockerPluginServer,
+                                                     store: aufs.Driver) -> None:
+    client.ok("GraphDriver.Create", {"ID": "big"})
+    files = {f"d/{i}": os.urandom(64 * 1024) for i in range(64)}
+    assert client.apply_diff("big", "", chunks(make_tar(files, dirs=("d",)), 1 << 20))[0] == 200
+    for _ in range(3):
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.connect(server.socket_path)
+        sock.sendall(b'POST /GraphDriver.Diff HTTP/1.1\r\nHost: x\r\nContent-Length: 13\r\n\r\n{"ID": "big"}')
+        assert sock.recv(100).startswith(b"HTTP/1.1 200")
+        sock.close()  # a few bytes in: the rest of the tar has nowhere to go
+    status, tar = client.diff("big")  # the layer lock was given back each time
+    assert status == 200
+    with tarfile.open(fileobj=io.BytesIO(tar)) as t:
+        assert {m.name for m in t.getmembers() if m.isfile()} == set(files)
+    client.ok("GraphDriver.Remove", {"ID": "big"})
+
+
+def test_concurrent_connections(server: DockerPluginServer, store: aufs.Driver) -> None:
+    # dockerd loads layers of different images at once, each call on its own connection
+    errors: list[BaseException] = []
+
+    def load(n: int) -> None:
+        c = PluginClient(server.socket_path)
+        try:
+            parent = ""
+            for depth in range(3):
+                layer_id = f"img{n}-{depth}"
+                c.ok("GraphDriver.Create", {"ID": layer_id, "Parent": parent})
+                status, answer = c.apply_diff(layer_id, parent, chunks(make_tar({f"f{depth}": b"%d" % n * 1000}), 4096))
+                assert status == 200, answer
+                parent = layer_id
+            root = c.ok("GraphDriver.Get", {"ID": parent})["Dir"]
+            assert pathlib.Path(root, "f0").read_bytes() == b"%d" % n * 1000
+            c.ok("GraphDriver.Put", {"ID": parent})
+        except BaseException as exc:  # noqa: BLE001 - reported by the test thread
+            errors.append(exc)
+        finally:
+            c.close()
+
+    threads = [threading.Thread(target=load, args=(n,)) for n in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    assert len(store.layers()) == 18
+    assert not any(store.is_mounted(layer) for layer in store.layers())
