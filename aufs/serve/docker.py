@@ -30,6 +30,7 @@ import io
 import json
 import logging
 import os
+import re
 import signal
 import socket as _socket
 import socketserver
@@ -47,6 +48,7 @@ from ..errors import (
     LayerNotFound,
 )
 from ..layout import is_valid_layer_id
+from ..refcount import RefTable
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..store import Driver
@@ -78,6 +80,8 @@ MEDIA_TYPE = "application/vnd.docker.plugins.v1.2+json"
 
 PLUGINS_DIR = "/run/docker/plugins"
 
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,56}\Z")
+
 # a JSON request of the protocol is a few hundred bytes; anything far larger is not one
 _MAX_JSON_BODY = 1 << 20
 _COPY_CHUNK = 1 << 20
@@ -108,8 +112,9 @@ def check_plugin_name(name: str) -> str:
             f"plugin name {name!r} is one of Docker's built-in storage drivers, which dockerd "
             f"would use instead of the plugin; choose another name (default {DEFAULT_NAME!r})"
         )
-    if not is_valid_layer_id(name):  # one safe path component, the same rules as layer ids
-        raise BadRequest(f"plugin name {name!r}: use 1 to 128 characters of [A-Za-z0-9_.-], first alphanumeric")
+    # one safe path component, short enough for the holder name docker-NAME (64 at most)
+    if not _NAME_RE.match(name):
+        raise BadRequest(f"plugin name {name!r}: use 1 to 57 characters of [A-Za-z0-9_.-], first alphanumeric")
     return name
 
 
@@ -259,8 +264,16 @@ class GraphDriverPlugin:
                              "Backend": self.driver.backend}}
 
     def _cleanup(self, request: dict[str, Any]) -> dict[str, Any]:
-        # dockerd calls Cleanup at shutdown, after the Put of every Get it made; the store's
-        # mounts may belong to other holders too, so nothing is unmounted behind their backs
+        # dockerd calls Cleanup at shutdown, once no container runs: give back every reference
+        # its holder still has (Docker's own drivers unmount everything then), but leave the
+        # mounts other holders of the store use
+        for layer_id in self.driver.layers():
+            held = RefTable.load(self.driver.layout.refs_file(layer_id)).count(self.driver.holder)
+            for _ in range(held):
+                try:
+                    self.driver.put(layer_id)
+                except LayerNotFound:
+                    break  # removed meanwhile: nothing left to give back
         return {}
 
     # -- diffs --------------------------------------------------------------------------------

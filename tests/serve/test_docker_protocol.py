@@ -216,12 +216,19 @@ def test_status_and_metadata(client: PluginClient, store: aufs.Driver) -> None:
     assert "no layer" in client.err("GraphDriver.GetMetadata", {"ID": "gone"})
 
 
-def test_cleanup_leaves_other_holders_mounts(client: PluginClient, store: aufs.Driver, ramdir: pathlib.Path) -> None:
-    client.ok("GraphDriver.Create", {"ID": "base"})
+def test_cleanup_gives_back_dockerd_references_only(client: PluginClient, store: aufs.Driver,
+                                                    ramdir: pathlib.Path) -> None:
+    for layer_id in ("base", "ours", "shared"):
+        client.ok("GraphDriver.Create", {"ID": layer_id, "Parent": "base" if layer_id != "base" else ""})
+    ours = client.ok("GraphDriver.Get", {"ID": "ours"})["Dir"]
+    client.ok("GraphDriver.Get", {"ID": "ours"})
+    shared = client.ok("GraphDriver.Get", {"ID": "shared"})["Dir"]
     other = aufs.Driver(ramdir / "store")  # another user of the same store
-    with other.mount("base") as root:
+    with other.mount("shared"), other.mount("base") as theirs:
         client.ok("GraphDriver.Cleanup", {})
-        assert mounted(root)
+        assert not mounted(ours)
+        assert mounted(shared) and mounted(theirs)
+    assert not mounted(shared)  # the other holder's put was the last reference
 
 
 # ---------------------------------------------------------------------------- diffs
@@ -381,9 +388,10 @@ def test_live_socket_is_refused_stale_one_replaced(server: DockerPluginServer, s
     assert not stale.exists()
 
 
-@pytest.mark.parametrize("name", ["overlay2", "aufs", "vfs", "overlay", "fuse-overlayfs", "devicemapper"])
-def test_builtin_driver_names_are_refused(store: aufs.Driver, ramdir: pathlib.Path, name: str) -> None:
-    with pytest.raises(BadRequest, match="built-in"):
+@pytest.mark.parametrize("name", ["overlay2", "aufs", "vfs", "overlay", "fuse-overlayfs", "devicemapper",
+                                  ".hidden", "x" * 58, "a b"])
+def test_builtin_and_malformed_names_are_refused(store: aufs.Driver, ramdir: pathlib.Path, name: str) -> None:
+    with pytest.raises(BadRequest, match="built-in" if name.isalnum() or "-" in name else "characters"):
         DockerPluginServer(store, ramdir / f"{name}.sock")
     assert not (ramdir / f"{name}.sock").exists()
 
