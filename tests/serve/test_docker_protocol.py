@@ -388,10 +388,11 @@ def test_live_socket_is_refused_stale_one_replaced(server: DockerPluginServer, s
     assert not stale.exists()
 
 
-@pytest.mark.parametrize("name", ["overlay2", "aufs", "vfs", "overlay", "fuse-overlayfs", "devicemapper",
-                                  ".hidden", "x" * 58, "a b"])
-def test_builtin_and_malformed_names_are_refused(store: aufs.Driver, ramdir: pathlib.Path, name: str) -> None:
-    with pytest.raises(BadRequest, match="built-in" if name.isalnum() or "-" in name else "characters"):
+@pytest.mark.parametrize("name,why", [(n, "built-in") for n in ("overlay2", "aufs", "vfs", "overlay", "fuse-overlayfs",
+                                                                 "devicemapper")]
+                         + [(n, "characters") for n in (".hidden", "x" * 58, "a b")])
+def test_builtin_and_malformed_names_are_refused(store: aufs.Driver, ramdir: pathlib.Path, name: str, why: str) -> None:
+    with pytest.raises(BadRequest, match=why):
         DockerPluginServer(store, ramdir / f"{name}.sock")
     assert not (ramdir / f"{name}.sock").exists()
 
