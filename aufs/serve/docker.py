@@ -61,6 +61,7 @@ __all__ = [
     "DockerPluginServer",
     "GraphDriverPlugin",
     "SocketRefused",
+    "check_plugin_name",
     "default_socket",
     "holder_name",
     "serve_docker",
@@ -260,8 +261,9 @@ class GraphDriverPlugin:
     def _get_metadata(self, request: dict[str, Any]) -> dict[str, Any]:
         layer_id = _layer_id(request.get("ID"))
         parent = self.driver.parent(layer_id)
-        return {"Metadata": {"DiffDir": self.driver.diff_dir(layer_id), "Parent": parent or "",
-                             "Backend": self.driver.backend}}
+        # docker inspect shows these as GraphDriver.Data
+        return {"Metadata": {"DiffDir": self.driver.diff_dir(layer_id), "MergedDir": self.driver.mountpoint(layer_id),
+                             "Parent": parent or "", "Backend": self.driver.backend}}
 
     def _cleanup(self, request: dict[str, Any]) -> dict[str, Any]:
         # dockerd calls Cleanup at shutdown, once no container runs: give back every reference

@@ -102,6 +102,13 @@ def test_run_cat(engine: Engine, store: aufs.Driver, loaded: str) -> None:
     assert _store_mounts(store) == []  # --rm: Put and Remove of the container's layers
 
 
+def test_unsupported_options_reach_the_user(engine: Engine, store: aufs.Driver, loaded: str) -> None:
+    layers = store.layers()
+    run = engine.docker(*RUN, "--rm", "--storage-opt", "size=1G", loaded, "true", check=False)
+    assert run.returncode != 0 and "storage options are not supported" in run.stderr
+    assert store.layers() == layers  # dockerd's half-made container left nothing behind
+
+
 def test_diff_commit_run_save_import(engine: Engine, store: aufs.Driver, loaded: str,
                                      ram_root: pathlib.Path) -> None:
     try:
