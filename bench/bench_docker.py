@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """dockerd on ``aufs serve docker`` vs dockerd's built-in overlay2: ``docker load`` and ``docker run``.
 
-One run, the same dockerd binary (Debian's docker.io 20.10) and the same image for both, data
+One run, the dockerds side by side (rounds interleaved in rotating order), the same dockerd binary (Debian's docker.io 20.10) and the same image for both, data
 on tmpfs (``/dev/shm``). The image is the tree of ``bench_import.py`` (a Debian minbase, or the
 fallback tree from this machine's /usr; its three umoci layers, cached under
 ``/var/tmp/aufs-bench``) plus a fourth layer holding a static busybox as ``/bin/true``, copied
@@ -12,13 +12,19 @@ by skopeo into a docker-archive. Run as root in a private mount namespace::
 What is timed (wall clock of the docker client), per storage driver, with one dockerd each:
 
 * ``docker load -i IMAGE.tar`` into an empty daemon, ``--loads`` times (``docker rmi`` and
-  ``docker builder prune`` between, untimed): the median;
+  ``docker builder prune`` after each, untimed): the median;
 * ``docker run --rm --network none IMAGE true``, ``--runs`` times after one untimed warm-up:
   the median (create the container's layers, mount, start, stop, unmount, remove).
+
+A third dockerd measures the floor of the protocol: its plugin (a ``DockerPluginServer`` in
+this process) answers ``ApplyDiff`` by reading the layer stream and throwing it away, so its
+``docker load`` is what dockerd's side of the pipeline (unpacking the archive, hashing, tar-split,
+the HTTP stream) costs with no extraction at all.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import io
 import json
@@ -29,8 +35,10 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+import threading
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -38,7 +46,23 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from bench_import import CACHE, build_image, debian_rootfs  # noqa: E402
 
+import aufs  # noqa: E402
+from aufs.serve.docker import DockerPluginServer, GraphDriverPlugin  # noqa: E402
 from tests.serve.docker_engine import DOCKERD, PLUGIN_NAME, Engine, private_run_dirs  # noqa: E402
+
+FLOOR = "aufs-floor"
+
+
+class _DiscardingPlugin(GraphDriverPlugin):
+    """Reads each layer stream to its end and keeps nothing: the protocol's floor."""
+
+    def apply_diff(self, layer_id: str, body: Any) -> dict[str, Any]:
+        size = 0
+        while True:
+            chunk = body.read(1 << 20)
+            if not chunk:
+                return {"Size": size}
+            size += len(chunk)
 
 TAG = "aufs-bench/debian:1"
 
@@ -97,20 +121,35 @@ def docker_archive() -> tuple[Path, str]:
     return archive, what
 
 
-def measure(engine: Engine, archive: Path, loads: int, runs: int) -> dict[str, list[float]]:
-    times: dict[str, list[float]] = {"load": [], "run": []}
+def _load(engine: Engine, archive: Path) -> float:
+    start = time.perf_counter()
+    engine.docker("load", "-q", "-i", str(archive))
+    elapsed = time.perf_counter() - start
+    engine.docker("rmi", "-f", TAG)
+    engine.docker("builder", "prune", "-f", check=False)
+    return elapsed
+
+
+def _run(engine: Engine) -> float:
+    start = time.perf_counter()
+    engine.docker("run", "--rm", "--network", "none", TAG, "true")
+    return time.perf_counter() - start
+
+
+def measure(engines: dict[str, Engine], archive: Path, loads: int, runs: int) -> dict[str, dict[str, list[float]]]:
+    """Interleaved rounds in rotating order, so that load from other processes hits all alike."""
+    times: dict[str, dict[str, list[float]]] = {name: {"load": [], "run": []} for name in engines}
+    names = list(engines)
     for i in range(loads):
-        start = time.perf_counter()
-        engine.docker("load", "-q", "-i", str(archive))
-        times["load"].append(time.perf_counter() - start)
-        if i < loads - 1:
-            engine.docker("rmi", "-f", TAG)
-            engine.docker("builder", "prune", "-f", check=False)
-    engine.docker("run", "--rm", "--network", "none", TAG, "true")  # warm-up
-    for _ in range(runs):
-        start = time.perf_counter()
-        engine.docker("run", "--rm", "--network", "none", TAG, "true")
-        times["run"].append(time.perf_counter() - start)
+        for name in names[i % len(names):] + names[: i % len(names)]:
+            times[name]["load"].append(_load(engines[name], archive))
+    runners = [n for n in names if n != FLOOR]
+    for name in runners:
+        engines[name].docker("load", "-q", "-i", str(archive))
+        _run(engines[name])  # warm-up
+    for i in range(runs):
+        for name in runners[i % len(runners):] + runners[: i % len(runners)]:
+            times[name]["run"].append(_run(engines[name]))
     return times
 
 
@@ -121,23 +160,35 @@ def main() -> int:
     args = parser.parse_args()
     archive, what = docker_archive()
     version = subprocess.run([DOCKERD, "--version"], capture_output=True, text=True).stdout.strip()
-    results: dict[str, dict[str, list[float]]] = {}
-    with tempfile.TemporaryDirectory(dir="/dev/shm", prefix="aufs-bench-docker-") as tmp, private_run_dirs():
-        for driver in (PLUGIN_NAME, "overlay2"):
+    with tempfile.TemporaryDirectory(dir="/dev/shm", prefix="aufs-bench-docker-") as tmp, \
+            private_run_dirs(), contextlib.ExitStack() as stack:
+        engines: dict[str, Engine] = {}
+        for driver in (PLUGIN_NAME, "overlay2", FLOOR):
             engine = Engine(Path(tmp) / driver, storage_driver=driver, plugin=driver == PLUGIN_NAME)
-            try:
-                engine.start()
-                results[driver] = measure(engine, archive, args.loads, args.runs)
-            finally:
-                engine.close()
+            stack.callback(engine.close)
+            if driver == FLOOR:
+                floor = DockerPluginServer(aufs.Driver(engine.store_home), engine.plugin_socket, name=FLOOR)
+                floor.plugin = _DiscardingPlugin(floor.plugin.driver, name=FLOOR)
+                threading.Thread(target=floor.serve_forever, daemon=True).start()
+                stack.callback(floor.close)
+                stack.callback(floor.shutdown)
+            engine.start()
+            engines[driver] = engine
+        results = measure(engines, archive, args.loads, args.runs)
     ours, ref = results[PLUGIN_NAME], results["overlay2"]
     print(f"image: {archive} ({archive.stat().st_size / 2**20:.0f} MiB, 4 layers; tree: {what})")
-    print(f"dockerd: {version}; data on /dev/shm; medians of {args.loads} loads, {args.runs} runs")
+    print(f"dockerd: {version}; data on /dev/shm; medians of {args.loads} loads, {args.runs} runs, interleaved")
     print("| operation | aufs serve docker (s) | overlay2 (s) | overlay2 / aufs |")
     print("|---|---:|---:|---:|")
     for op in ("load", "run"):
         a, b = statistics.median(ours[op]), statistics.median(ref[op])
         print(f"| `docker {op}` | {a:.3f} | {b:.3f} | {b / a:.2f}× |")
+    floor = statistics.median(results[FLOOR]["load"])
+    print(f"floor: `docker load` through a plugin that discards every layer: {floor:.3f} s "
+          f"(overlay2 / floor = {statistics.median(ref['load']) / floor:.2f}×)")
+    for op in ("load", "run"):
+        print(f"all {op} times (s): aufs " + " ".join(f"{t:.3f}" for t in ours[op])
+              + " | overlay2 " + " ".join(f"{t:.3f}" for t in ref[op]))
     return 0
 
 
