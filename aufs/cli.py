@@ -472,7 +472,8 @@ def cmd_serve_docker(args: argparse.Namespace, out: _Output) -> int:
     driver = Driver(args.home, backend=args.backend, holder=docker.holder_name(name))
     try:
         docker.serve_docker(driver, socket, name=name,
-                            ready=lambda server: out.stderr.write(f"aufs serve docker: {name} on {server.socket_path}\n"))
+                            ready=lambda server: print(f"aufs serve docker: {name} on {server.socket_path}",
+                                                       file=out.stderr, flush=True))
     finally:
         _close(driver)
     return EXIT_OK

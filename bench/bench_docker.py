@@ -28,7 +28,6 @@ import contextlib
 import hashlib
 import io
 import json
-import os
 import shutil
 import statistics
 import subprocess
@@ -44,11 +43,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from bench_import import CACHE, build_image, debian_rootfs  # noqa: E402
+from bench_import import CACHE, build_image, debian_rootfs
 
-import aufs  # noqa: E402
-from aufs.serve.docker import DockerPluginServer, GraphDriverPlugin  # noqa: E402
-from tests.serve.docker_engine import DOCKERD, PLUGIN_NAME, Engine, private_run_dirs  # noqa: E402
+import aufs
+from aufs.serve.docker import DockerPluginServer, GraphDriverPlugin
+from tests.serve.docker_engine import DOCKERD, PLUGIN_NAME, Engine, private_run_dirs
 
 FLOOR = "aufs-floor"
 
@@ -159,7 +158,7 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=10)
     args = parser.parse_args()
     archive, what = docker_archive()
-    version = subprocess.run([DOCKERD, "--version"], capture_output=True, text=True).stdout.strip()
+    version = subprocess.run([DOCKERD, "--version"], capture_output=True, text=True, check=True).stdout.strip()
     with tempfile.TemporaryDirectory(dir="/dev/shm", prefix="aufs-bench-docker-") as tmp, \
             private_run_dirs(), contextlib.ExitStack() as stack:
         engines: dict[str, Engine] = {}

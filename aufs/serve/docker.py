@@ -37,7 +37,6 @@ import socketserver
 import stat
 import threading
 import time
-from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, BinaryIO, Callable, cast
 
 from ..errors import (
@@ -512,7 +511,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     # -- plumbing -----------------------------------------------------------------------------
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base's name
+    def log_message(self, format: str, *args: Any) -> None:
         log.debug("%s", format % args)  # the base logs every request to stderr
 
     def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
@@ -559,7 +558,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     # -- requests -----------------------------------------------------------------------------
 
-    def do_POST(self) -> None:  # noqa: N802 - the base class's naming
+    def do_POST(self) -> None:
         start = time.monotonic()
         with self.server.track_request():
             self._dispatch()
@@ -569,7 +568,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.close_connection = True
         self._reply(405, {"Err": f"{self.command} is not a method of the plugin protocol: use POST"})
 
-    do_GET = do_PUT = do_DELETE = do_HEAD = do_PATCH = _refuse_method  # noqa: N815
+    do_GET = do_PUT = do_DELETE = do_HEAD = do_PATCH = _refuse_method
 
     def _dispatch(self) -> None:
         plugin = self.server.plugin
@@ -685,7 +684,7 @@ class DockerPluginServer(socketserver.ThreadingMixIn, socketserver.UnixStreamSer
         self.socket_path = os.path.abspath(os.fspath(path))
         if name is None:
             base = os.path.basename(self.socket_path)
-            name = base[: -len(".sock")] if base.endswith(".sock") else base
+            name = base.removesuffix(".sock")
         self.plugin = GraphDriverPlugin(driver, name=check_plugin_name(name))
         self._active = 0
         self._idle = threading.Condition()
@@ -722,7 +721,7 @@ class DockerPluginServer(socketserver.ThreadingMixIn, socketserver.UnixStreamSer
         """Stop listening and remove the socket (requests in progress finish on their threads)."""
         self.server_close()
 
-    def __enter__(self) -> DockerPluginServer:
+    def __enter__(self) -> DockerPluginServer:  # noqa: PYI034 - Python 3.9 has no typing.Self
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -795,7 +794,8 @@ def serve_docker(driver: Driver, socket: str | os.PathLike[str], *, name: str | 
     saved: dict[int, Any] = {}
     if threading.current_thread() is threading.main_thread():
         for signum in (signal.SIGTERM, signal.SIGINT):
-            saved[signum] = signal.signal(signum, lambda received, frame: stop.set())
+            saved[signum] = signal.getsignal(signum)
+            signal.signal(signum, lambda received, frame: stop.set())
     try:
         worker = threading.Thread(target=server.serve_forever, name="aufs-serve-docker", daemon=True)
         worker.start()
@@ -808,5 +808,5 @@ def serve_docker(driver: Driver, socket: str | os.PathLike[str], *, name: str | 
         server.wait_idle(30.0)
     finally:
         server.close()
-        for signum, handler in saved.items():
-            signal.signal(signum, handler)
+        for held, handler in saved.items():
+            signal.signal(held, handler)

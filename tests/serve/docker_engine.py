@@ -58,7 +58,7 @@ def _is_static(path: str) -> bool:
 
 
 def run(*argv: str, check: bool = True, timeout: float = 300, **kwargs: Any) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, **kwargs)
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False, **kwargs)
     if check and proc.returncode != 0:
         raise AssertionError(f"{' '.join(argv)} failed ({proc.returncode}):\n{proc.stderr}\n{proc.stdout}")
     return proc
@@ -177,12 +177,11 @@ class Engine:
 
     def start_plugin(self) -> None:
         assert self.with_plugin
-        log = open(self.plugin_log, "ab")
-        self.plugin_proc = subprocess.Popen(
-            [sys.executable, "-m", "aufs", "--debug", "--home", str(self.store_home), "serve", "docker",
-             "--name", self.storage_driver, "--socket", str(self.plugin_socket)],
-            stdout=log, stderr=log)
-        log.close()
+        with open(self.plugin_log, "ab") as log:
+            self.plugin_proc = subprocess.Popen(
+                [sys.executable, "-m", "aufs", "--debug", "--home", str(self.store_home), "serve", "docker",
+                 "--name", self.storage_driver, "--socket", str(self.plugin_socket)],
+                stdout=log, stderr=log)
         deadline = time.monotonic() + 30
         while True:
             probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -212,15 +211,14 @@ class Engine:
     # -- dockerd ------------------------------------------------------------------------------
 
     def start_dockerd(self) -> None:
-        log = open(self.dockerd_log, "ab")
-        self.dockerd = subprocess.Popen(
-            [DOCKERD, "--experimental", "--storage-driver", self.storage_driver,
-             "--data-root", str(self.data_root), "--exec-root", str(self.exec_root),
-             "--pidfile", str(self.pidfile), "-H", f"unix://{self.api_socket}",
-             "--config-file", str(self.config),
-             "--iptables=false", "--ip6tables=false", "--bridge=none", "--userland-proxy=false"],
-            stdout=log, stderr=log, env=self.env)
-        log.close()
+        with open(self.dockerd_log, "ab") as log:
+            self.dockerd = subprocess.Popen(
+                [DOCKERD, "--experimental", "--storage-driver", self.storage_driver,
+                 "--data-root", str(self.data_root), "--exec-root", str(self.exec_root),
+                 "--pidfile", str(self.pidfile), "-H", f"unix://{self.api_socket}",
+                 "--config-file", str(self.config),
+                 "--iptables=false", "--ip6tables=false", "--bridge=none", "--userland-proxy=false"],
+                stdout=log, stderr=log, env=self.env)
         deadline = time.monotonic() + 90
         while True:
             if self.dockerd.poll() is not None or time.monotonic() > deadline:

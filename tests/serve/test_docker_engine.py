@@ -15,9 +15,16 @@ from collections.abc import Iterator
 import pytest
 
 import aufs
-from aufs.mounts import mounted, submounts
+from aufs.mounts import submounts
 
-from .docker_engine import IMAGE, Engine, build_busybox_image, inspect, missing_tools, private_run_dirs
+from .docker_engine import (
+    IMAGE,
+    Engine,
+    build_busybox_image,
+    inspect,
+    missing_tools,
+    private_run_dirs,
+)
 
 _MISSING = missing_tools()
 if _MISSING:
@@ -92,7 +99,7 @@ def test_load_puts_image_layers_in_the_store(engine: Engine, store: aufs.Driver,
                         capture_output=True, text=True, check=True).stdout
     assert top in ls
     check = subprocess.run([os.sys.executable, "-m", "aufs", "--home", str(store.home), "check"],
-                           capture_output=True, text=True)
+                           capture_output=True, text=True, check=False)
     assert check.returncode == 0, check.stdout + check.stderr
 
 
