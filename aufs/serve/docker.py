@@ -176,9 +176,6 @@ class GraphDriverPlugin:
         """Every endpoint name, the streaming ones included."""
         return frozenset(self._endpoints) | {"GraphDriver.Diff", "GraphDriver.ApplyDiff"}
 
-    def has_json_endpoint(self, name: str) -> bool:
-        return name in self._endpoints
-
     def call(self, name: str, request: dict[str, Any]) -> dict[str, Any]:
         """Answer the JSON endpoint ``name``; ``LookupError`` (not an AufsError) if there is none."""
         return self._endpoints[name](request)
@@ -579,6 +576,12 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         except BadRequest as exc:
             self._fail(exc)
             return
+        if endpoint not in plugin.endpoints:
+            if not _drain(body):
+                self.close_connection = True
+            self._reply(404, {"Err": f"unknown endpoint {path!r}: {plugin.name} implements "
+                                     + ", ".join(sorted(plugin.endpoints))})
+            return
         if endpoint == "GraphDriver.ApplyDiff":
             self._apply_diff(query, body)
             return
@@ -589,10 +592,6 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             return
         if endpoint == "GraphDriver.Diff":
             self._diff(request)
-            return
-        if not plugin.has_json_endpoint(endpoint):
-            self._reply(404, {"Err": f"unknown endpoint {path!r}: {self.server.plugin.name} implements "
-                                     + ", ".join(sorted(plugin.endpoints))})
             return
         try:
             answer = plugin.call(endpoint, request)
@@ -607,7 +606,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             log.info("%s: %s", self.path, body.failure)  # type: ignore[attr-defined]
             self.close_connection = True  # nobody is left to answer
             return
-        if not _drain(body):
+        if self.close_connection or not _drain(body):
             self.close_connection = True  # the next request cannot be found in this stream
         self._fail(exc)
 
@@ -619,6 +618,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 break
             data += chunk
             if len(data) > _MAX_JSON_BODY:
+                self.close_connection = True  # not worth reading to its end
                 raise BadRequest(f"request body larger than {_MAX_JSON_BODY} bytes: not a request of the protocol")
         if not data.strip():
             return {}

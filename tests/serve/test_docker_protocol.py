@@ -330,6 +330,18 @@ def test_malformed_json_unknown_endpoints_and_methods(client: PluginClient, stor
     assert status == 404 and "unknown endpoint" in answer["Err"]
     status, answer = client.call("VolumeDriver.Create", {"Name": "a"})
     assert status == 404
+    status, _, body = client.raw("POST", "/NetworkDriver.Join", b"{not json")  # unknown first
+    assert status == 404 and b"unknown endpoint" in body
+    client.close()
+    huge = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    huge.settimeout(30)
+    huge.connect(client.path)
+    try:  # the server stops reading past its limit and hangs up
+        huge.sendall(b"POST /GraphDriver.Create HTTP/1.1\r\nContent-Length: %d\r\n\r\n" % (4 << 20) + b"[" * (4 << 20))
+    except (BrokenPipeError, ConnectionResetError):
+        pass
+    assert huge.recv(65536).startswith(b"HTTP/1.1 400")
+    huge.close()
     assert store.layers() == []
     fresh = PluginClient(client.path)
     status, _, body = fresh.raw("GET", "/GraphDriver.Status")
