@@ -29,6 +29,8 @@ from .errors import (
     NoSpace,
     StoreFormatMismatch,
     StoreLocked,
+    StoreNotFound,
+    StoreReadOnly,
     UnsafeArchive,
 )
 
@@ -70,6 +72,8 @@ __all__ = [
     "NoSpace",
     "StoreFormatMismatch",
     "StoreLocked",
+    "StoreNotFound",
+    "StoreReadOnly",
     "UnsafeArchive",
     *_LAZY,
 ]

@@ -55,6 +55,7 @@ class LayerDiffs:
         read for their owner, mode and xattrs: it waits until the chain is complete.
         """
         core = self._core
+        core.require_writable(f"apply a diff to layer {layer_id!r}")
         layout = core.layout
         with core.locked_layer(layer_id) as meta:
             if is_mount_point(layout.mountpoint(layer_id)):
