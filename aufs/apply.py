@@ -330,9 +330,20 @@ class _Run:
         if self.staging is None:
             if not create:
                 raise AssertionError("no pseudo-link staging directory")
-            # a .wh..wh. name: never content, and no tar entry can write there
-            self.staging = _META + b"aufs-apply-" + uuid.uuid4().hex.encode()
+            self.staging = self._staging_name()
         return self.staging + b"/" + rest
+
+    def _staging_name(self) -> bytes:
+        """A free ``.wh..wh.XXXX`` name in the root (XXXX hex): never content, no tar entry
+        can write there, and exactly as long as ``.wh..wh.plnk``, so a pseudo-link staged
+        under it has the length of its name in the archive: whatever fits there fits here."""
+        for _ in range(1000):
+            name = _META + uuid.uuid4().hex[:len(_PLNK) - len(_META)].encode()
+            try:
+                os.lstat(name, dir_fd=self.root_fd)
+            except FileNotFoundError:
+                return name
+        raise ArchiveError("no free name for the pseudo-link staging directory")
 
     def _parent_fd(self, parent: bytes) -> int | None:
         """An O_PATH fd of the directory ``parent`` (created if implied), None if it is no directory."""
@@ -455,8 +466,22 @@ def _extract(la: _Libarchive, archive: int, root_fd: int, fmt: WhiteoutFormat,
     def archive_error() -> ArchiveError:
         status = {-10: "retry", -20: "warning", -25: "failed", -30: "fatal"}.get(
             ex.archive_status, str(ex.archive_status))
-        where = f" near entry {_show(ex.path)}" if ex.entries else ""
-        return ArchiveError(f"invalid layer tar{where}: {la.message(archive)} (libarchive {status})")
+        # name the entry that failed: libarchive refused either the next header (whose name
+        # it may have read) or the data of the entry being written
+        path: bytes | None
+        if ex.header_failed:
+            number, path = ex.entries + 1, ex.raw_link or None
+            if path is not None:
+                where = f" at entry {number} {_show(path)}"
+            elif ex.entries:
+                where = f" at entry {number}, the header after entry {_show(ex.path)}"
+            else:
+                where = " at its first entry"
+        else:
+            path = ex.path
+            where = f" at entry {ex.entries} {_show(path)}"
+        return ArchiveError(f"invalid layer tar{where}: {la.message(archive)} (libarchive {status})",
+                            path=None if path is None else os.fsdecode(path))
 
     run = _Run(ex, root_fd, fmt, track, archive_error)
     try:

@@ -605,6 +605,8 @@ static int x_hardlink(struct aufs_xctx *ctx, int dir_fd, const char *name)
     if (slash) {
         char tparent[AUFS_X_PATH_MAX];
         size_t plen = (size_t)(slash - target);
+        if (plen >= sizeof tparent)
+            return -ENAMETOOLONG;
         memcpy(tparent, target, plen);
         tparent[plen] = '\0';
         tfd = x_resolve(ctx->root_fd, tparent, O_PATH | O_DIRECTORY);
@@ -647,6 +649,11 @@ int aufs_x_write(struct aufs_xctx *ctx)
     const char *name;
     int dir_fd;
 
+    /* the caller may have stored a name that fills the whole buffer: without its NUL every
+     * string function below would run into the next field */
+    if (!memchr(ctx->path, '\0', sizeof ctx->path) ||
+        (ctx->is_hardlink && !memchr(ctx->link, '\0', sizeof ctx->link)))
+        return -ENAMETOOLONG;
     if (!ctx->path[0])
         return x_root(ctx);
     dir_fd = x_parent(ctx, ctx->path, &name);
@@ -679,8 +686,8 @@ static int x_load(struct aufs_xctx *ctx)
     const char *link = ((x_entry_str_fn)api->entry_hardlink)(e);
     int n;
 
-    if (!raw)
-        return AUFS_X_CORRUPT;
+    if (!raw || !*raw)
+        return AUFS_X_CORRUPT; /* no name at all: a header libarchive could not make sense of */
     ctx->mode = (unsigned int)((x_entry_mode_fn)api->entry_mode)(e);
     ctx->uid = ((x_entry_i64_fn)api->entry_uid)(e);
     ctx->gid = ((x_entry_i64_fn)api->entry_gid)(e);
@@ -693,24 +700,32 @@ static int x_load(struct aufs_xctx *ctx)
     ctx->is_hardlink = link != NULL && *link != '\0';
     ctx->link[0] = '\0';
     n = aufs_x_normalize(raw, ctx->path, sizeof ctx->path);
-    if (n == -EXDEV) {
+    if (n < 0) {
+        /* the error names this entry (as much of its name as fits), not what the buffer held */
         snprintf(ctx->path, sizeof ctx->path, "%s", raw);
-        return AUFS_X_UNSAFE;
+        return n == -EXDEV ? AUFS_X_UNSAFE : n;
     }
-    if (n < 0)
-        return n;
     if (ctx->is_hardlink) {
         n = aufs_x_normalize(link, ctx->link, sizeof ctx->link);
-        if (n == -EXDEV) {
+        if (n < 0) {
             snprintf(ctx->link, sizeof ctx->link, "%s", link);
-            return AUFS_X_UNSAFE;
+            return n == -EXDEV ? AUFS_X_UNSAFE : n;
         }
-        if (n < 0)
-            return n;
     }
     if (x_is_reserved(ctx->path) || (ctx->is_hardlink && x_is_reserved(ctx->link)))
         return AUFS_X_SPECIAL;
     return 0;
+}
+
+/* A header libarchive refused. ctx->path keeps the last entry written; ctx->link gets the
+ * refused entry's own name when libarchive read one (else ""), and a NULL entry marks the
+ * failure as the header's, so the caller names the entry that failed, not the one before. */
+static void x_failed_header(struct aufs_xctx *ctx)
+{
+    const char *raw = ctx->entry ? ((x_entry_str_fn)ctx->api->entry_pathname)(ctx->entry) : NULL;
+    snprintf(ctx->link, sizeof ctx->link, "%s", raw ? raw : "");
+    ctx->is_hardlink = 0;
+    ctx->entry = NULL;
 }
 
 int aufs_x_next(struct aufs_xctx *ctx)
@@ -728,6 +743,7 @@ int aufs_x_next(struct aufs_xctx *ctx)
         if (r != X_ARCHIVE_OK) {
             /* warnings too: an archive bsdtar complains about is refused */
             ctx->archive_status = r;
+            x_failed_header(ctx);
             return AUFS_X_ARCHIVE;
         }
         ctx->entries++;
