@@ -19,10 +19,11 @@ labour:
   ``.wh..wh.plnk/`` pseudo-link directory resolve to the real file. Directory mtimes are set
   last, after all their content.
 
-Symlink targets are stored as they are, but, as Docker does, one whose target climbs above the
-layer root from the symlink's own directory (``../../etc`` at depth one) is refused: nothing
-here ever follows it, but a host process that later follows a layer's symlink by path must not
-land outside. Hard-link targets must name something inside the layer.
+Symlink targets are data and are stored as they are, also one that climbs above the layer
+root (``usr/lib/x -> ../../../opt/y``, ``up -> ..``): in a root filesystem ``/..`` is ``/``,
+and nothing here follows a link except inside the target (``RESOLVE_IN_ROOT``), so an entry
+written through such a link lands inside the layer, as with containerd, umoci and GNU tar.
+Hard-link targets must name something inside the layer.
 
 Tar bombs: file data is written sparse (holes of sparse entries stay holes, so a "1 TB" sparse
 entry costs only its data), an entry whose declared size exceeds the free space of the target's
@@ -313,6 +314,12 @@ class _Run:
             return
         if name.startswith(_WH):
             target = whiteout_target(os.fsdecode(name))
+            if target is None and not name.startswith(_META):
+                # `.wh.`, `.wh..`, `.wh...`: a whiteout of nothing, of `.` or of `..` is no
+                # layer any tool wrote on purpose; refuse it rather than guess
+                raise ArchiveError(f"archive entry {_show(path)} is a malformed whiteout: "
+                                   f"{_show(name)} names no entry that can be deleted",
+                                   path=os.fsdecode(path))
             if target is not None and is_file:
                 self._whiteout(b"/".join(parts[:-1]), os.fsencode(target))
             return
@@ -432,9 +439,6 @@ def _show(path: bytes) -> str:
 
 def _unsafe(ex: _syscalls.Extractor) -> UnsafeArchive:
     path = os.fsdecode(ex.path)
-    if stat.S_ISLNK(ex.mode) and not ex.is_hardlink:
-        return UnsafeArchive(f"archive entry {path!r} is a symlink to {os.fsdecode(ex.raw_link)!r}, "
-                             "which climbs out of the layer directory", path=path)
     if ex.is_hardlink:
         return UnsafeArchive(f"archive entry {path!r} is a hard link to {os.fsdecode(ex.link)!r}, "
                              "outside the layer directory", path=path)
