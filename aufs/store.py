@@ -34,6 +34,7 @@ from .errors import (
     MaxDepthExceeded,
     MountError,
     NoSpace,
+    PathTooLong,
     StoreFormatMismatch,
 )
 from .layout import Layout, is_valid_layer_id, validate_layer_id
@@ -72,6 +73,11 @@ def _unlink_quietly(path: str | pathlib.Path) -> None:
         os.unlink(path)
     except FileNotFoundError:
         pass
+
+
+def _of_layer(exc: PathTooLong, layer_id: str) -> PathTooLong:
+    """``exc`` said of the layer ``layer_id``."""
+    return PathTooLong(f"layer {layer_id!r}: {exc.message}", layer_id=layer_id, path=exc.path)
 
 
 def _is_mount_point(path: str | os.PathLike[str]) -> bool:
@@ -837,7 +843,10 @@ class Driver:
         with locks.hold(self._layout.lock_file(layer_id)):
             self._layer_meta(layer_id)
             diff_dir = self._settled_diff_dir(layer_id)
-            return _export.write_diff(diff_dir, out, self._format)
+            try:
+                return _export.write_diff(diff_dir, out, self._format)
+            except PathTooLong as exc:
+                raise _of_layer(exc, layer_id) from exc.__cause__
 
     def changes(self, layer_id: str) -> list[Change]:
         """The layer's changes against its parent chain, sorted by path (``aufs.Change``)."""
@@ -848,7 +857,10 @@ class Driver:
             self._layer_meta(layer_id)
             diff_dir = self._settled_diff_dir(layer_id)
             with self._lower_view(layer_id) as lower:
-                return list(_changes.compute_changes(diff_dir, lower, self._format))
+                try:
+                    return list(_changes.compute_changes(diff_dir, lower, self._format))
+                except PathTooLong as exc:
+                    raise _of_layer(exc, layer_id) from exc.__cause__
 
     def diff_size(self, layer_id: str) -> int:
         """Bytes of regular-file content in the layer's own changes, each inode once."""
