@@ -2,6 +2,7 @@
 read-only filesystems, wrong homes, scripts reading --json."""
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import os
@@ -19,6 +20,7 @@ from aufs import mounts
 from aufs.cli import main
 from aufs.store import Driver
 
+from ..backends import backend_params
 from ..users import User
 from .conftest import read, write
 
@@ -257,3 +259,36 @@ def test_a_home_without_trusted_xattrs_is_refused(ramdir: Path) -> None:
         assert code == 8 and "trusted" in err and os.listdir(fs) == []
     finally:
         mounts.unmount(str(fs))
+
+
+# ---------------------------------------------------------------- 14: any byte in a home path
+
+ODD_HOMES = ["systemd\\x2descaped", "with,comma", "with:colon", "with space", "new\nline", "tab\there", "ünï"]
+
+
+@pytest.mark.parametrize("backend_name", backend_params(["overlay", "fuse-overlayfs"]), indirect=True)
+@pytest.mark.parametrize("odd", ODD_HOMES, ids=lambda o: o.encode("unicode_escape").decode())
+@pytest.mark.parametrize("legacy", [False, True], ids=["new-mount-api", "mount2"])
+def test_any_home_path_mounts(ramdir: Path, backend_name: str, odd: str, legacy: bool,
+                              monkeypatch: pytest.MonkeyPatch) -> None:
+    if legacy:
+        if backend_name != "overlay":
+            pytest.skip("only kernel overlayfs has a legacy mount(2) path")
+        plain = dataclasses.replace(mounts.kernel_features(), overlay_lowerdir_plus=False, overlay_layer_fd=False)
+        monkeypatch.setattr(mounts, "kernel_features", lambda: plain)
+    d = Driver(ramdir / odd / "store", backend=backend_name)
+    try:
+        d.create("base")
+        write(os.path.join(d.diff_dir("base"), "f"), "x")
+        d.create("top", parent="base")
+        if backend_name == "fuse-overlayfs" and ":" in odd:
+            with pytest.raises(aufs.MountError, match="':'"):
+                d.get("top")  # fuse-overlayfs splits every path at ':' and cannot escape it
+            return
+        with d.mount("top") as root:
+            assert read(os.path.join(root, "f")) == "x"
+            write(os.path.join(root, "g"), "y")
+        assert read(os.path.join(d.diff_dir("top"), "g")) == "y"
+        assert sorted(c.path for c in d.changes("top")) == ["/g"]
+    finally:
+        d.cleanup()
