@@ -47,7 +47,6 @@ from ..errors import (
     LayerNotFound,
 )
 from ..layout import is_valid_layer_id
-from ..refcount import RefTable
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..store import Driver
@@ -232,10 +231,18 @@ class GraphDriverPlugin:
     def _remove(self, request: dict[str, Any]) -> dict[str, Any]:
         layer_id = _layer_id(request.get("ID"))
         try:
+            # dockerd removes a layer only when it is done with it: references it still holds
+            # (a dockerd that died between Get and Put) go; another holder's mount is refused
+            self._give_back(layer_id)
             self.driver.remove(layer_id)
         except LayerNotFound:
             pass  # as Docker's own drivers: removing what is gone succeeds (dockerd retries removes)
         return {}
+
+    def _give_back(self, layer_id: str) -> None:
+        """Put every reference this plugin's holder has on the layer."""
+        for _ in range(self.driver.holders(layer_id).get(self.driver.holder, 0)):
+            self.driver.put(layer_id)
 
     def _get(self, request: dict[str, Any]) -> dict[str, Any]:
         layer_id = _layer_id(request.get("ID"))
@@ -266,12 +273,10 @@ class GraphDriverPlugin:
         # its holder still has (Docker's own drivers unmount everything then), but leave the
         # mounts other holders of the store use
         for layer_id in self.driver.layers():
-            held = RefTable.load(self.driver.layout.refs_file(layer_id)).count(self.driver.holder)
-            for _ in range(held):
-                try:
-                    self.driver.put(layer_id)
-                except LayerNotFound:
-                    break  # removed meanwhile: nothing left to give back
+            try:
+                self._give_back(layer_id)
+            except LayerNotFound:
+                continue  # removed meanwhile: nothing left to give back
         return {}
 
     # -- diffs --------------------------------------------------------------------------------

@@ -152,6 +152,21 @@ def test_create_exists_remove(client: PluginClient, store: aufs.Driver) -> None:
     assert store.layers() == []
 
 
+def test_remove_gives_back_dockerd_references_but_not_others(client: PluginClient, store: aufs.Driver,
+                                                               ramdir: pathlib.Path) -> None:
+    client.ok("GraphDriver.Create", {"ID": "stale"})
+    root = client.ok("GraphDriver.Get", {"ID": "stale"})["Dir"]  # a Get dockerd never Put (it died)
+    client.ok("GraphDriver.Remove", {"ID": "stale"})
+    assert not store.exists("stale") and not mounted(root)
+    client.ok("GraphDriver.Create", {"ID": "shared"})
+    other = aufs.Driver(ramdir / "store")  # another user of the store has it mounted
+    with other.mount("shared") as theirs:
+        assert "held by" in client.err("GraphDriver.Remove", {"ID": "shared"})
+        assert store.exists("shared") and mounted(theirs)
+    client.ok("GraphDriver.Remove", {"ID": "shared"})
+    assert store.layers() == []
+
+
 def test_dockerd_ids_are_store_ids(client: PluginClient, store: aufs.Driver) -> None:
     cache_id = "4f2a" * 16  # dockerd's cache ids: 64 hex digits; init layers add "-init"
     client.ok("GraphDriver.Create", {"ID": cache_id})
