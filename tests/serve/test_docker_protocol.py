@@ -31,6 +31,7 @@ from aufs.serve.docker import (
     holder_name,
 )
 
+from ..users import User
 from .docker_client import MEDIA_TYPE, PluginClient
 
 HOLDER = holder_name("test")
@@ -400,6 +401,22 @@ def test_socket_path_of_another_user_is_refused(store: aufs.Driver, ramdir: path
     os.chmod(open_dir, 0o777)
     with pytest.raises(PermissionError, match="other users"):
         DockerPluginServer(store, open_dir / "p.sock")
+
+
+def test_other_users_can_neither_use_nor_squat_the_socket(server: DockerPluginServer, store: aufs.Driver,
+                                                          ramdir: pathlib.Path, other_user: User) -> None:
+    connect = "import socket, sys; socket.socket(socket.AF_UNIX).connect(sys.argv[1])"
+    denied = other_user.python(connect, server.socket_path)
+    assert denied.returncode != 0 and b"PermissionError" in denied.stderr
+    sticky = ramdir / "sticky"  # a directory like /tmp, where anyone may create names
+    sticky.mkdir()
+    os.chmod(sticky, 0o1777)
+    squatted = sticky / "p.sock"
+    made = other_user.python("import socket, sys; socket.socket(socket.AF_UNIX).bind(sys.argv[1])", str(squatted))
+    assert made.returncode == 0, made.stderr
+    with pytest.raises(SocketRefused, match=f"uid {other_user.uid}"):
+        DockerPluginServer(store, squatted)
+    assert os.lstat(squatted).st_uid == other_user.uid
 
 
 def test_live_socket_is_refused_stale_one_replaced(server: DockerPluginServer, store: aufs.Driver,
