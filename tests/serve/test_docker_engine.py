@@ -176,6 +176,13 @@ def test_three_containers_at_once(engine: Engine, store: aufs.Driver, loaded: st
             assert pathlib.Path(diff_dir, "me").read_text() == f"{name}\n"
             assert engine.docker("exec", name, "cat", "/me").stdout == f"{name}\n"
         assert len(_store_mounts(store)) == 3
+        # the store's own checker sees dockerd's mounts as wanted, and changes nothing
+        check = subprocess.run([sys.executable, "-m", "aufs", "--home", str(store.home), "check", "--repair"],
+                               capture_output=True, text=True, check=False)
+        assert check.returncode == 0, check.stdout + check.stderr
+        assert len(_store_mounts(store)) == 3
+        for name in names:
+            assert engine.docker("exec", name, "cat", "/tmp/private").stdout == "mine\n"
     finally:
         _rm(engine, *names)
     assert _store_mounts(store) == []
