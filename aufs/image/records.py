@@ -40,7 +40,7 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Callable
 
 from .. import locks
-from ..errors import ImageNotFound, LayerInUse, LayerNotFound
+from ..errors import ImageNotFound, LayerInUse, LayerNotFound, StoreLocked
 from ..layout import Layout
 from ..owners import ProcessToken
 
@@ -464,40 +464,46 @@ def _remove_layers(
 
 
 def check_images(
-    driver_layout: Layout,
+    layout: Layout,
     layers: set[str],
     found: Callable[[str, str, str, str | None, Callable[[], None] | None], None],
 ) -> None:
-    """The image records' part of ``aufs check``.
+    """The image records' part of ``aufs check`` (``layers``: the ids of the store's layers).
 
     Reports through ``found(kind, path, detail, layer_id, fix)``: ``dangling-image``, a record
     naming a layer that is not in ``layers`` (fix: drop the record; the image must be imported
     again), ``corrupt-image-record``, a file in ``images/`` that is no readable record (fix:
     delete it), and ``leftover-temporary``, a record half written by a dead process (fix:
     delete it).
+
+    The caller holds the store lock, and ``remove_image`` takes the records lock before the
+    store lock: so the records lock is only tried here, never waited for. When another
+    process holds it (or the store is read-only) the findings come without a fix.
     """
-    layout = driver_layout
-    records, broken = _read_all(layout)
-    for record in records:
-        missing = [i for i in record.layers if i not in layers]
-        if missing:
-            names = ", ".join(record.refs) or "no name"
-            found("dangling-image", layout.image_record(_hex(record.id)),
-                  f"image {record.short_id} ({names}) names {len(missing)} layer(s) no longer in the "
-                  f"store, e.g. {missing[0]}; import it again", missing[0],
-                  lambda r=record: _drop(layout, r))  # type: ignore[misc]
-    for path, problem in broken:
-        found("corrupt-image-record", path, problem, None, lambda p=path: _unlink_under_lock(layout, p))  # type: ignore[misc]
-    for path in _dead_temporaries(layout):
-        found("leftover-temporary", path, "image record half written by a dead process", None,
-              lambda p=path: _unlink_under_lock(layout, p))  # type: ignore[misc]
+    if not os.path.isdir(layout.images_dir):
+        return
+    with contextlib.ExitStack() as held:
+        try:
+            held.enter_context(locks.hold(layout.images_lock, timeout=0))
+            can_fix = True
+        except (StoreLocked, OSError):
+            can_fix = False
+        records, broken = _read_all(layout)
+        for record in records:
+            missing = [i for i in record.layers if i not in layers]
+            if missing:
+                names = ", ".join(record.refs) or "no name"
+                found("dangling-image", layout.image_record(_hex(record.id)),
+                      f"image {record.short_id} ({names}) names {len(missing)} layer(s) no longer in the "
+                      f"store, e.g. {missing[0]}; import it again", missing[0],
+                      (lambda r=record: _delete(layout, r)) if can_fix else None)  # type: ignore[misc]
+        for path, problem in broken:
+            found("corrupt-image-record", path, problem, None, (lambda p=path: _unlink(p)) if can_fix else None)  # type: ignore[misc]
+        for path in _dead_temporaries(layout):
+            found("leftover-temporary", path, "image record half written by a dead process", None,
+                  (lambda p=path: _unlink(p)) if can_fix else None)  # type: ignore[misc]
 
 
-def _drop(layout: Layout, record: ImageRecord) -> None:
-    with _locked(layout):
-        _delete(layout, record)
-
-
-def _unlink_under_lock(layout: Layout, path: str) -> None:
-    with locks.hold(layout.images_lock), contextlib.suppress(FileNotFoundError):
+def _unlink(path: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
         os.unlink(path)

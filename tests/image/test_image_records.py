@@ -338,3 +338,20 @@ aufs.import_image(aufs.Driver({str(driver.home)!r}), {str(arm64)!r}, platform="l
     assert image.layers == tuple(ids)
     assert not [name for name in os.listdir(driver.layout.images_dir) if name.endswith(".tmp")]
     assert driver.check().clean
+
+
+def test_two_images_on_one_chain_export_by_name_or_with_image(driver: aufs.Driver, ramdir: Path, arm64: Path) -> None:
+    ids = aufs.import_image(driver, arm64, platform="linux/arm64")
+    run("umoci", "config", "--image", f"{arm64}:t", "--config.env=OTHER=1", "--tag", "other")
+    assert aufs.import_image(driver, arm64, ref="other", platform="linux/arm64") == ids
+    driver.create("rw", ids[-1])
+    with pytest.raises(aufs.ImageError, match="several images"):
+        aufs.export_image(driver, "rw", ramdir / "out")
+    assert not (ramdir / "out").exists()
+    aufs.export_image(driver, "rw", ramdir / "out", image="other")
+    assert "OTHER=1" in oci_config(ramdir / "out")[0]["config"]["Env"]
+    aufs.export_image(driver, "other", ramdir / "by-name")  # by name: that image's own layers
+    assert len(oci_config(ramdir / "by-name")[0]["rootfs"]["diff_ids"]) == 2
+    with pytest.raises(aufs.ImageError, match="not below"):
+        driver.create("elsewhere")
+        aufs.export_image(driver, "elsewhere", ramdir / "bad", image="t")
