@@ -340,7 +340,7 @@ def _write_layers(
     """Write each layer's blob; return (diffID, blob digest, blob size, created stamp or None)
     per layer, base first. Layers from ``stamp_from`` up get a stamp."""
 
-    def one(index: int) -> tuple[str, str, int, str | None]:
+    def one(index: int) -> tuple[str, str, int]:
         temporary = blobs / f".layer-{index}.tmp"
         writer = _BlobWriter(temporary, compression)
         try:
@@ -350,14 +350,19 @@ def _write_layers(
             writer.close()
         # Equal layers (empty ones, say) share one blob: replacing it with itself is harmless.
         os.replace(temporary, blobs / blob_digest[len("sha256:"):])
-        stamp = None
-        if index >= stamp_from:
-            stamp = fixed_stamp or records.rfc3339(_last_change(driver.diff_dir(chain[index])))
-        return diff_id, blob_digest, size, stamp
+        return diff_id, blob_digest, size
+
+    def stamp(index: int) -> str | None:
+        if index < stamp_from:
+            return None
+        return fixed_stamp or records.rfc3339(_last_change(driver.diff_dir(chain[index])))
 
     count = workers or max(1, min(len(chain), (os.cpu_count() or 2), 8))
     with ThreadPoolExecutor(max_workers=count, thread_name_prefix="aufs-export") as pool:
-        return list(pool.map(one, range(len(chain))))
+        # the walks are short and mostly syscalls: they overlap with the diffs
+        stamps = [pool.submit(stamp, index) for index in range(len(chain))]
+        blobs_written = list(pool.map(one, range(len(chain))))
+        return [(*written, future.result()) for written, future in zip(blobs_written, stamps)]
 
 
 def _write_metadata(
