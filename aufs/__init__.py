@@ -28,8 +28,11 @@ from .errors import (
     MountDataTooLong,
     MountError,
     NoSpace,
+    PathTooLong,
     StoreFormatMismatch,
     StoreLocked,
+    StoreNotFound,
+    StoreReadOnly,
     UnsafeArchive,
 )
 
@@ -75,8 +78,11 @@ __all__ = [
     "MountDataTooLong",
     "MountError",
     "NoSpace",
+    "PathTooLong",
     "StoreFormatMismatch",
     "StoreLocked",
+    "StoreNotFound",
+    "StoreReadOnly",
     "UnsafeArchive",
     *_LAZY,
 ]

@@ -203,7 +203,11 @@ def aufs_cli(home: Path, *argv: str) -> tuple[int, str, str]:
 def test_cli_images_rmi_and_export_by_name(ramdir: Path, arm64: Path) -> None:
     home = ramdir / "home"
     try:
+        code, _, err = aufs_cli(home, "images")
+        assert code == 3 and "no aufs store" in err  # like `aufs ls`: a missing store is not made by reading
+        aufs_cli(home, "create", "scratch")
         assert aufs_cli(home, "images")[1].strip() == "(no images)"
+        assert aufs_cli(home, "rm", "scratch")[0] == 0
         code, out, err = aufs_cli(home, "--json", "import", str(arm64), "--platform", "linux/arm64")
         assert code == 0, err
         layers = json.loads(out)["layers"]
