@@ -32,9 +32,9 @@ from typing import Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import aufs  # noqa: E402
-from aufs.image import records  # noqa: E402
-from aufs.image.exporter import write_oci_layout  # noqa: E402
+import aufs
+from aufs.image import records
+from aufs.image.exporter import write_oci_layout
 
 FIXED = "2024-01-01T00:00:00Z"
 

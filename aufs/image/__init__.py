@@ -32,7 +32,17 @@ _LAZY = {
     "remove_image": "aufs.image.records",
 }
 
-__all__ = sorted(_LAZY)
+__all__ = [
+    "ImageRecord",
+    "ProgressCallback",
+    "RemovedImage",
+    "chain_ids",
+    "export_image",
+    "find_image",
+    "import_image",
+    "list_images",
+    "remove_image",
+]
 
 
 def __getattr__(name: str) -> Any:

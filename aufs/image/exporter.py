@@ -308,8 +308,8 @@ def _image_config(
     base = len(record.layers)
     config["rootfs"] = {"type": "layers", "diff_ids": [diff_id for diff_id, _, _, _ in layers]}
     if extra_config:
-        section = config.get("config") if isinstance(config.get("config"), dict) else {}
-        config["config"] = {**section, **extra_config}
+        section = config.get("config")
+        config["config"] = {**(section if isinstance(section, dict) else {}), **extra_config}
     if base < len(chain):
         history = config.get("history") if isinstance(config.get("history"), list) else []
         if not history:
@@ -387,9 +387,9 @@ def _write_metadata(
         ],
     }
     manifest_digest, manifest_size = _write_blob(blobs, _json_bytes(manifest))
-    platform: dict[str, str] = {"architecture": arch, "os": os_name}
+    described: dict[str, str] = {"architecture": arch, "os": os_name}
     if variant:
-        platform["variant"] = variant
+        described["variant"] = variant
     index = {
         "schemaVersion": 2,
         "mediaType": OCI_INDEX,
@@ -398,7 +398,7 @@ def _write_metadata(
                 "mediaType": OCI_MANIFEST,
                 "digest": manifest_digest,
                 "size": manifest_size,
-                "platform": platform,
+                "platform": described,
                 "annotations": {"org.opencontainers.image.ref.name": ref},
             }
         ],

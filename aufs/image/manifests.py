@@ -392,8 +392,8 @@ def _resolve_docker(source: ImageSource, platform: str | None, ref: str | None) 
         digest = "sha256:" + blob.group(1) if blob is not None and name.startswith("blobs/sha256/") else None
         layers.append(LayerBlob(name=name, digest=digest, size=source.size(name), diff_id=diff_id))
     _check_platform(config, platform, source.description)
-    tags = entry.get("RepoTags")
-    refs = tuple(str(t) for t in tags if isinstance(t, str)) if isinstance(tags, list) else ()
+    repo_tags = entry.get("RepoTags")
+    refs = tuple(str(t) for t in repo_tags if isinstance(t, str)) if isinstance(repo_tags, list) else ()
     return ResolvedImage("docker-save", None, config_digest, config, tuple(layers), data, None, refs)
 
 

@@ -40,7 +40,7 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Callable
 
 from .. import locks
-from ..errors import ImageNotFound, LayerInUse, LayerNotFound, StoreLocked
+from ..errors import ImageNotFound, LayerInUse, LayerNotFound, StoreLocked, StoreReadOnly
 from ..layout import Layout
 from ..owners import ProcessToken
 
@@ -154,7 +154,7 @@ def rfc3339(timestamp: float) -> str:
 
 
 def _hex(image_id: str) -> str:
-    return image_id[len("sha256:"):] if image_id.startswith("sha256:") else image_id
+    return image_id[len("sha256:"):] if image_id.startswith("sha256:") else image_id  # noqa: FURB188 - 3.9
 
 
 def _b64(data: bytes | None) -> str | None:
@@ -282,8 +282,12 @@ def _dead_temporaries(layout: Layout) -> list[str]:
 
 
 @contextlib.contextmanager
-def _locked(layout: Layout) -> Iterator[None]:
-    """Hold the records lock; sweep the temporaries of dead writers first."""
+def _locked(driver: Driver, action: str) -> Iterator[None]:
+    """Hold the records lock to ``action``; sweep the temporaries of dead writers first."""
+    if driver.read_only:
+        raise StoreReadOnly(f"cannot {action}: the store {driver.home} is on a read-only filesystem",
+                            path=str(driver.home))
+    layout = driver.layout
     os.makedirs(layout.images_dir, mode=0o700, exist_ok=True)
     with locks.hold(layout.images_lock):
         for path in _dead_temporaries(layout):
@@ -377,7 +381,7 @@ def save_record(driver: Driver, record: ImageRecord) -> ImageRecord:
     while the import finished): the caller imports again.
     """
     layout = driver.layout
-    with _locked(layout):
+    with _locked(driver, f"record image {record.id}"):
         missing = [layer_id for layer_id in record.layers if not driver.exists(layer_id)]
         if missing:
             raise LayerNotFound(f"layer {missing[0]} of image {record.id} was removed during the import",
@@ -403,11 +407,11 @@ def remove_image(driver: Driver, ref: str, *, keep_layers: bool = False) -> Remo
     it has a child layer that is not the image's (a container's writable layer, say); the
     layers below it stay with it, and :attr:`RemovedImage.kept_layers` says why.
 
-    Raises :class:`aufs.ImageNotFound`. Takes the records lock, and the store's locks for
-    each layer removed.
+    Raises :class:`aufs.ImageNotFound`, :class:`aufs.StoreReadOnly`. Takes the records lock,
+    and the store's locks for each layer removed.
     """
     layout = driver.layout
-    with _locked(layout):
+    with _locked(driver, f"remove image {ref!r}"):
         records, _ = _read_all(layout)
         record, by_id = _match(records, ref)
         if record is None:
@@ -432,7 +436,7 @@ def _remove_layers(
 ) -> tuple[list[str], list[tuple[str, str]]]:
     removed: list[str] = []
     kept: list[tuple[str, str]] = []
-    used_by = {}
+    used_by: dict[str, ImageRecord] = {}
     for other in others:
         for layer_id in other.layers:
             used_by.setdefault(layer_id, other)

@@ -359,3 +359,24 @@ def test_two_images_on_one_chain_export_by_name_or_with_image(driver: aufs.Drive
     with pytest.raises(aufs.ImageError, match="not below"):
         driver.create("elsewhere")
         aufs.export_image(driver, "elsewhere", ramdir / "bad", image="t")
+
+
+def test_images_list_and_export_on_a_read_only_store(ramdir: Path, arm64: Path) -> None:
+    home = ramdir / "home"
+    store = aufs.Driver(home)
+    ids = aufs.import_image(store, arm64, platform="linux/arm64")
+    store.cleanup()
+    run("mount", "--bind", str(home), str(home))
+    try:
+        run("mount", "-o", "remount,bind,ro", str(home))
+        code, out, err = aufs_cli(home, "--json", "images")
+        assert code == 0, err
+        assert [i["layers"] for i in json.loads(out)] == [ids]
+        code, out, err = aufs_cli(home, "export", "t", str(ramdir / "out"))
+        assert code == 0, err
+        assert oci_config(ramdir / "out")[0]["architecture"] == "arm64"
+        code, _, err = aufs_cli(home, "rmi", "t")
+        assert code != 0 and "read-only" in err
+    finally:
+        run("umount", str(home))
+    assert [i.layers for i in aufs.list_images(aufs.Driver(home))] == [tuple(ids)]
