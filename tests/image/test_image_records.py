@@ -380,3 +380,26 @@ def test_images_list_and_export_on_a_read_only_store(ramdir: Path, arm64: Path) 
     finally:
         run("umount", str(home))
     assert [i.layers for i in aufs.list_images(aufs.Driver(home))] == [tuple(ids)]
+
+
+def test_parallel_imports_of_one_image_make_one_record(driver: aufs.Driver, ramdir: Path, arm64: Path) -> None:
+    import threading
+
+    run("skopeo", "copy", "-q", f"oci:{arm64}:t", f"docker-archive:{ramdir / 'a.tar'}:example/app:1")
+    sources = [(arm64, "linux/arm64"), (ramdir / "a.tar", None)] * 3
+    results: list[Any] = []
+
+    def one(source: Path, platform: str | None) -> None:
+        try:
+            results.append(aufs.import_image(aufs.Driver(driver.home), source, platform=platform))
+        except BaseException as exc:  # noqa: BLE001
+            results.append(exc)
+
+    threads = [threading.Thread(target=one, args=s) for s in sources]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert all(r == results[0] for r in results), results
+    [image] = aufs.list_images(driver)
+    assert sorted(image.refs) == ["docker.io/example/app:1", "t"] and list(image.layers) == results[0]
