@@ -10,6 +10,7 @@ diff verbs in :mod:`aufs.diffs` and the consistency check in :mod:`aufs.check`.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import pathlib
@@ -144,11 +145,16 @@ class Driver:
         self._holder_pid = -1
         self._holder_name = ""
         exists = os.path.isfile(layout.meta_file)
+        made_home = False
         if not exists:
             _check_new_home(layout, create)
+            made_home = not os.path.isdir(layout.home)
             os.makedirs(layout.home, mode=0o700, exist_ok=True)
         read_only = _read_only(layout.home)
+        opened: list[bool] = []
         with contextlib.ExitStack() as stack:
+            if made_home:  # nothing half-created: a refused new home goes again
+                stack.callback(_remove_if_refused, layout, opened)
             stack.enter_context(_hold(layout.store_lock))
             meta = _read_store_meta(layout)
             if meta is None and read_only:
@@ -156,6 +162,8 @@ class Driver:
                                     path=layout.home)
             fmt = None if meta is None else WhiteoutFormat(meta["format"])
             backend_cls, fmt = _choose_backend(backend, fmt)
+            if fmt is WhiteoutFormat.OVERLAY and not read_only:
+                _require_trusted_xattrs(layout.home)
             tightened: list[str] = []
             if not read_only:
                 for directory in layout.directories():
@@ -169,6 +177,7 @@ class Driver:
             self._diffs = LayerDiffs(self._core)
             if not read_only:
                 self._core.sweep()
+            opened.append(True)
 
     # ------------------------------------------------------------------ properties
 
@@ -682,3 +691,26 @@ def _describe_holders(holders: dict[str, int]) -> str:
             token = ProcessToken.parse(holder)
             names.append(f"pid {token.pid}" if token is not None else holder)
     return ", ".join(dict.fromkeys(names))
+
+
+def _remove_if_refused(layout: Layout, opened: list[bool]) -> None:
+    """Undo the home this Driver made if opening failed (only the lock file is in it)."""
+    if not opened:
+        unlink_quietly(layout.store_lock)
+        rmdir_quietly(layout.home)
+
+
+def _require_trusted_xattrs(home: str) -> None:
+    """The overlay whiteout format keeps opaque directories in ``trusted.overlay.opaque``: a
+    filesystem that cannot hold trusted.* attributes (ramfs) would lose them silently."""
+    probe = "trusted.aufs-probe"
+    try:
+        os.setxattr(home, probe, b"1", follow_symlinks=False)
+    except OSError as exc:
+        if exc.errno not in (errno.ENOTSUP, errno.EOPNOTSUPP):
+            raise
+        raise BackendUnavailable(
+            f"the filesystem of {home} cannot hold trusted.* extended attributes, which the overlay "
+            "whiteout format needs (opaque directories): put the store on ext4, xfs, btrfs or tmpfs",
+            path=home) from exc
+    os.removexattr(home, probe, follow_symlinks=False)
