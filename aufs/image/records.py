@@ -440,6 +440,12 @@ def _remove_layers(
     for other in others:
         for layer_id in other.layers:
             used_by.setdefault(layer_id, other)
+    children: dict[str, list[str]] = {}
+    for layer_id in driver.layers():
+        try:
+            children.setdefault(driver.parent(layer_id) or "", []).append(layer_id)
+        except LayerNotFound:
+            continue  # removed meanwhile
     layers = list(reversed(record.layers))
     for index, layer_id in enumerate(layers):
         reason = None
@@ -451,9 +457,10 @@ def _remove_layers(
         elif driver.is_mounted(layer_id):
             reason = "mounted (aufs umount it, or put() it, first)"
         else:
-            children = sorted(i for i in driver.layers() if driver.parent(i) == layer_id)
-            if children:
-                reason = f"parent of layer {children[0]}" + (f" and {len(children) - 1} more" if len(children) > 1 else "")
+            # (a child created since the listing makes remove raise LayerInUse: kept too)
+            kids = sorted(set(children.get(layer_id, ())) - set(removed))
+            if kids:
+                reason = f"parent of layer {kids[0]}" + (f" and {len(kids) - 1} more" if len(kids) > 1 else "")
             else:
                 try:
                     driver.remove(layer_id)
