@@ -27,7 +27,7 @@ from .backends.base import detach
 from .changes import Change
 from .check import CheckReport, check_store
 from .clone import remove_tree
-from .core import StoreCore, is_healthy, is_mount_point, rmdir_quietly, unlink_quietly
+from .core import StoreCore, is_healthy, mounted_or_dead, rmdir_quietly, unlink_quietly
 from .diffs import DiffSource, DiffTarget, LayerDiffs
 from .errors import (
     BackendUnavailable,
@@ -266,7 +266,7 @@ class Driver:
         """True if the layer's union is mounted now (by any holder). Raises
         :class:`aufs.LayerNotFound`. Takes no lock."""
         self._core.require(layer_id)
-        return is_mount_point(self._core.layout.mountpoint(layer_id))
+        return mounted_or_dead(self._core.layout.mountpoint(layer_id))
 
     def holders(self, layer_id: str) -> dict[str, int]:
         """Who holds references to the layer's mount now: holder -> count, live holders only
@@ -306,7 +306,7 @@ class Driver:
                 best, backing = len(point), info.fstype
         layer_ids = self.layers()
         layout = self._core.layout
-        mounted = sum(1 for i in layer_ids if is_mount_point(layout.mountpoint(i)))
+        mounted = sum(1 for i in layer_ids if mounted_or_dead(layout.mountpoint(i)))
         return {
             "backend": self.backend,
             "home": home,
@@ -345,7 +345,7 @@ class Driver:
             ancestors: list[str] = []
             if parent is not None:
                 try:
-                    parent_meta = core.layer_meta(parent)
+                    parent_meta = core.load_meta(parent)
                 except LayerNotFound:
                     raise LayerNotFound(
                         f"cannot create {layer_id!r}: its parent {parent!r} does not exist", layer_id=parent
@@ -382,7 +382,7 @@ class Driver:
         children = []
         for other in self.layers():
             try:
-                if self._core.layer_meta(other)["parent"] == layer_id:
+                if self._core.load_meta(other)["parent"] == layer_id:
                     children.append(other)
             except LayerNotFound:
                 continue
@@ -403,7 +403,7 @@ class Driver:
         core.require_writable(f"remove layer {layer_id!r}")
         layout = core.layout
         with core.store_lock(), core.layer_lock(layer_id) as lock_fd:
-            core.layer_meta(layer_id)
+            core.load_meta(layer_id)
             children = self._children(layer_id)
             if children:
                 raise LayerInUse(
@@ -449,10 +449,10 @@ class Driver:
         target = layout.mountpoint(layer_id)
         with core.locked_layer(layer_id) as meta:
             refs = RefTable.load(layout.refs_file(layer_id))
-            if is_mount_point(target) and not is_healthy(target):
+            if mounted_or_dead(target) and not is_healthy(target):
                 # its daemon died (killed, OOM): the mount is dead for every holder; replace it
                 detach(target)
-            if not is_mount_point(target):
+            if not mounted_or_dead(target):
                 core.mount_layer(layer_id, meta)
                 try:
                     refs.take(self.holder)
@@ -531,7 +531,7 @@ class Driver:
                 with core.layer_lock(layer_id):
                     core.settle(layer_id, wait=True)
                     unlink_quietly(layout.refs_file(layer_id))
-                    if not is_mount_point(layout.mountpoint(layer_id)):
+                    if not mounted_or_dead(layout.mountpoint(layer_id)):
                         rmdir_quietly(layout.mountpoint(layer_id))
             core.sweep()
 
