@@ -20,6 +20,8 @@ __all__ = [
     "BackendUnavailable",
     "StoreFormatMismatch",
     "StoreLocked",
+    "StoreNotFound",
+    "StoreReadOnly",
     "LayerNotFound",
     "InvalidLayerId",
     "LayerExists",
@@ -66,6 +68,14 @@ class StoreFormatMismatch(AufsError, ValueError):
 
 class StoreLocked(AufsError, RuntimeError):
     """A store-wide operation could not take the store lock."""
+
+
+class StoreNotFound(AufsError, FileNotFoundError):
+    """There is no store at the home directory (and the operation does not create one)."""
+
+
+class StoreReadOnly(AufsError, PermissionError):
+    """The store's filesystem is mounted read-only: it can be read, not changed."""
 
 
 class LayerNotFound(AufsError, LookupError):
