@@ -179,8 +179,9 @@ class Engine:
         assert self.with_plugin
         with open(self.plugin_log, "ab") as log:
             self.plugin_proc = subprocess.Popen(
+                # no --socket: the default path is /run/docker/plugins/NAME.sock, where dockerd looks
                 [sys.executable, "-m", "aufs", "--debug", "--home", str(self.store_home), "serve", "docker",
-                 "--name", self.storage_driver, "--socket", str(self.plugin_socket)],
+                 "--name", self.storage_driver],
                 stdout=log, stderr=log)
         deadline = time.monotonic() + 30
         while True:
