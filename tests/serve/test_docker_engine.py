@@ -121,6 +121,8 @@ def test_diff_commit_run_save_import(engine: Engine, store: aufs.Driver, loaded:
     try:
         engine.docker(*RUN, "--name", "writer", loaded, "sh", "-c",
                       "echo written > /tmp/new && rm /etc/gone && mkdir /data && echo x > /data/y")
+        # DiffSize of the container's layer: the bytes of /tmp/new and /data/y
+        assert engine.docker("ps", "-a", "-s", "--filter", "name=writer", "--format", "{{.Size}}").stdout.startswith("10B")
         changes = set(engine.docker("diff", "writer").stdout.splitlines())
         assert {"A /tmp/new", "D /etc/gone", "A /data", "A /data/y", "C /etc", "C /tmp"} <= changes
         engine.docker("commit", "writer", "aufs-test/committed:1")
