@@ -7,9 +7,9 @@ and container filesystem then lives in the store. This module owns that protocol
 
 * :class:`GraphDriverPlugin` -- the endpoints' meaning over a :class:`aufs.Driver`
   (ids, parents, refusals, the answer of each call), independent of HTTP;
-* :class:`DockerPluginServer` -- the HTTP side: a threading server on a unix socket that is
-  created 0600 and refused when another user owns the path or its directory; chunked request
-  bodies (``ApplyDiff``) decoded and drained, chunked responses (``Diff``);
+* :class:`DockerPluginServer` -- the HTTP side: each endpoint's request read and answered,
+  refusals as ``{"Err": ...}``, layer streams in (``ApplyDiff``, drained whatever happens) and
+  out (``Diff``); the socket, bodies and chunks are :mod:`aufs.serve.unixhttp`'s;
 * :func:`serve_docker` -- serve until SIGTERM/SIGINT, then remove the socket.
 
 Facts of the protocol this server relies on (moby v20.10 ``daemon/graphdriver/proxy.go``,
@@ -24,7 +24,6 @@ store's references are held under a persistent holder name (``docker-NAME``).
 """
 from __future__ import annotations
 
-import errno
 import http.server
 import io
 import json
@@ -32,9 +31,6 @@ import logging
 import os
 import re
 import signal
-import socket as _socket
-import socketserver
-import stat
 import threading
 import time
 from typing import TYPE_CHECKING, Any, BinaryIO, Callable, cast
@@ -47,6 +43,17 @@ from ..errors import (
     LayerNotFound,
 )
 from ..layout import is_valid_layer_id
+from .unixhttp import (
+    READ_CHUNK,
+    ChunkedResponse,
+    ClientGone,
+    MalformedBody,
+    SocketRefused,
+    UnixHTTPServer,
+    client_gone,
+    drain,
+    request_body,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..store import Driver
@@ -83,15 +90,10 @@ _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,56}\Z")
 
 # a JSON request of the protocol is a few hundred bytes; anything far larger is not one
 _MAX_JSON_BODY = 1 << 20
-_COPY_CHUNK = 1 << 20
 
 
 class BadRequest(AufsError, ValueError):
     """A request the protocol does not allow or this store does not support (answered with 400)."""
-
-
-class SocketRefused(AufsError, PermissionError):
-    """The socket path cannot be used safely (owned by another user, live, or not a socket)."""
 
 
 def holder_name(name: str) -> str:
@@ -333,170 +335,11 @@ class GraphDriverPlugin:
         return {"Size": self.driver.apply_diff(layer_id, body)}
 
 
-# ---------------------------------------------------------------------------------- HTTP bodies
-
-
-class ClientGone(AufsError, ConnectionError):
-    """The client closed the connection in the middle of a request body."""
-
-
-class _ChunkedBody(io.RawIOBase):
-    """The decoded body of a ``Transfer-Encoding: chunked`` request, read as a stream.
-
-    A body cut short raises :class:`ClientGone`; a malformed chunk header :class:`BadRequest`
-    (the connection cannot be resynchronised after either: the handler closes it).
-    """
-
-    def __init__(self, rfile: BinaryIO) -> None:
-        super().__init__()
-        self._rfile = rfile
-        self._left = 0  # bytes of the current chunk not yet read
-        self.finished = False
-        self.failure: AufsError | None = None  # once the framing failed, every read fails alike
-
-    def readable(self) -> bool:
-        return True
-
-    def _line(self) -> bytes:
-        line = self._rfile.readline(4097)
-        if not line:
-            raise ClientGone("the client hung up in the middle of a chunked request body")
-        if not line.endswith(b"\n"):
-            raise BadRequest("malformed chunked request body: a chunk header line is too long")
-        return line.rstrip(b"\r\n")
-
-    def _next_chunk(self) -> None:
-        text = self._line().split(b";", 1)[0].strip()
-        try:
-            size = int(text, 16)
-        except ValueError:
-            raise BadRequest(f"malformed chunked request body: bad chunk size {text[:40]!r}") from None
-        if size < 0:
-            raise BadRequest("malformed chunked request body: negative chunk size")
-        if size == 0:
-            while self._line():  # trailer fields, up to the empty line
-                pass
-            self.finished = True
-        self._left = size
-
-    def readinto(self, buffer: Any) -> int:
-        if self.failure is not None:
-            raise self.failure
-        try:
-            return self._fill(buffer)
-        except (BadRequest, ClientGone) as exc:
-            self.failure = exc
-            raise
-
-    def _fill(self, buffer: Any) -> int:
-        # fills the whole buffer across chunks: dockerd's chunks follow its tar reader's reads
-        # (often one 512-byte header or one small file), and the layer reader's cost is per call
-        view = memoryview(buffer).cast("B")
-        filled = 0
-        while filled < len(view) and not self.finished:
-            if self._left == 0:
-                self._next_chunk()
-                if self.finished:
-                    break
-            data = self._rfile.read1(min(len(view) - filled, self._left))  # type: ignore[attr-defined]
-            if not data:
-                raise ClientGone("the client hung up in the middle of a chunked request body")
-            n = len(data)
-            view[filled:filled + n] = data
-            filled += n
-            self._left -= n
-            if self._left == 0 and self._rfile.read(2) != b"\r\n":
-                raise BadRequest("malformed chunked request body: a chunk does not end with CRLF")
-        return filled
-
-
-class _SizedBody(io.RawIOBase):
-    """A ``Content-Length`` request body, read as a stream; short means :class:`ClientGone`."""
-
-    def __init__(self, rfile: BinaryIO, length: int) -> None:
-        super().__init__()
-        self._rfile = rfile
-        self._left = length
-        self.finished = length == 0
-        self.failure: AufsError | None = None
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Any) -> int:
-        view = memoryview(buffer).cast("B")
-        if self._left == 0 or not len(view):
-            self.finished = self._left == 0
-            return 0
-        data = self._rfile.read1(min(len(view), self._left))  # type: ignore[attr-defined]
-        if not data:
-            self.failure = ClientGone(f"the client hung up with {self._left} bytes of the request body unsent")
-            raise self.failure
-        n = len(data)
-        view[:n] = data
-        self._left -= n
-        self.finished = self._left == 0
-        return n
-
-
-def _gone(body: io.RawIOBase) -> bool:
-    """True if the client hung up while sending ``body``: nobody is left to answer."""
-    return isinstance(getattr(body, "failure", None), ClientGone)
-
-
-def _drain(body: io.RawIOBase) -> bool:
-    """Read ``body`` to its end (so the client gets the answer); False if that is impossible."""
-    if getattr(body, "failure", None) is not None:
-        return False
-    try:
-        while body.read(_COPY_CHUNK):
-            pass
-    except (AufsError, OSError):
-        return False
-    return True
-
-
-class _ChunkedWriter:
-    """The response body of ``Diff``: headers on the first write, then one chunk per write."""
-
-    def __init__(self, handler: _Handler) -> None:
-        self._handler = handler
-        self.started = False
-
-    def _start(self) -> None:
-        if not self.started:
-            self.started = True
-            h = self._handler
-            h.send_response(200)
-            h.send_header("Content-Type", "application/x-tar")
-            h.send_header("Transfer-Encoding", "chunked")
-            h.end_headers()
-
-    def write(self, data: Any) -> int:
-        n = len(memoryview(data))
-        if n:
-            self._start()
-            # one write per chunk: the response socket is unbuffered
-            self._handler.wfile.write(b"".join((b"%x\r\n" % n, data, b"\r\n")))
-        return n
-
-    def writable(self) -> bool:
-        return True
-
-    def flush(self) -> None:
-        self._handler.wfile.flush()
-
-    def finish(self) -> None:
-        self._start()
-        self._handler.wfile.write(b"0\r\n\r\n")
-        self._handler.wfile.flush()
-
-
 # ---------------------------------------------------------------------------------- HTTP server
 
 
 def _status_for(exc: BaseException) -> int:
-    if isinstance(exc, (BadRequest, InvalidLayerId)):
+    if isinstance(exc, (BadRequest, MalformedBody, InvalidLayerId)):
         return 400
     if isinstance(exc, LayerNotFound):
         return 404
@@ -507,7 +350,7 @@ def _status_for(exc: BaseException) -> int:
 
 class _Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive, as dockerd's Go client expects
-    rbufsize = _COPY_CHUNK  # layer bodies arrive in many small chunks: few, large socket reads
+    rbufsize = READ_CHUNK  # layer bodies arrive in many small chunks: few, large socket reads
     server_version = "aufs-serve-docker"
     server: DockerPluginServer
 
@@ -545,19 +388,6 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         log.info("%s -> %d %s", self.path, code, message)
         self._reply(code, {"Err": message})
 
-    def _body(self) -> io.RawIOBase:
-        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
-            return _ChunkedBody(cast(BinaryIO, self.rfile))
-        length_text = self.headers.get("Content-Length") or "0"
-        try:
-            length = int(length_text)
-            if length < 0:
-                raise ValueError(length_text)
-        except ValueError:
-            self.close_connection = True
-            raise BadRequest(f"bad Content-Length {length_text!r}") from None
-        return _SizedBody(cast(BinaryIO, self.rfile), length)
-
     # -- requests -----------------------------------------------------------------------------
 
     def do_POST(self) -> None:
@@ -577,12 +407,12 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         path, _, query = self.path.partition("?")
         endpoint = path.lstrip("/")
         try:
-            body = self._body()
-        except BadRequest as exc:
+            body = request_body(self)
+        except MalformedBody as exc:
             self._fail(exc)
             return
         if endpoint not in plugin.endpoints:
-            if not _drain(body):
+            if not drain(body):
                 self.close_connection = True
             self._reply(404, {"Err": f"unknown endpoint {path!r}: {plugin.name} implements "
                                      + ", ".join(sorted(plugin.endpoints))})
@@ -592,7 +422,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             return
         try:
             request = self._json(body)
-        except (BadRequest, ClientGone) as exc:
+        except (BadRequest, MalformedBody, ClientGone) as exc:
             self._refuse_body(exc, body)
             return
         if endpoint == "GraphDriver.Diff":
@@ -607,18 +437,18 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     def _refuse_body(self, exc: BaseException, body: io.RawIOBase) -> None:
         """Answer a failed request whose body may be unread, broken, or cut off."""
-        if _gone(body):
+        if client_gone(body):
             log.info("%s: %s", self.path, body.failure)  # type: ignore[attr-defined]
             self.close_connection = True  # nobody is left to answer
             return
-        if self.close_connection or not _drain(body):
+        if self.close_connection or not drain(body):
             self.close_connection = True  # the next request cannot be found in this stream
         self._fail(exc)
 
     def _json(self, body: io.RawIOBase) -> dict[str, Any]:
         data = bytearray()
         while True:
-            chunk = body.read(_COPY_CHUNK)
+            chunk = body.read(READ_CHUNK)
             if not chunk:
                 break
             data += chunk
@@ -644,7 +474,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         except Exception as exc:  # noqa: BLE001
             self._fail(exc)
             return
-        writer = _ChunkedWriter(self)
+        writer = ChunkedResponse(self, "application/x-tar")
         try:
             plugin.diff(layer_id, cast(BinaryIO, writer))
             writer.finish()
@@ -665,121 +495,29 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         except Exception as exc:  # noqa: BLE001
             self._refuse_body(exc, body)
             return
-        if not _drain(body):  # bytes after the tar's end (padding): read them, or lose the framing
+        if not drain(body):  # bytes after the tar's end (padding): read them, or lose the framing
             self.close_connection = True
             return
         self._reply(200, answer)
 
 
-class DockerPluginServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+class DockerPluginServer(UnixHTTPServer):
     """The graph-driver plugin of ``driver`` on the unix socket ``path`` (one thread per connection).
 
     The socket is created mode 0600 (it gives root's powers over the store and every mount).
     Refused with :class:`SocketRefused`: a path another user owns, or whose directory another
     user may write; an existing path that is not a socket; a socket a live server answers on.
-    A stale socket of ours (nothing listening) is replaced. :meth:`close` removes the socket.
-    Use as a context manager, with :meth:`serve_forever` in a thread and :meth:`shutdown`.
+    A stale socket of ours (nothing listening) is replaced. ``name`` (default: the socket's
+    file name without ``.sock``) must be one dockerd can load (:func:`check_plugin_name`).
+    :meth:`close` removes the socket. Use as a context manager, with ``serve_forever`` in a
+    thread and ``shutdown``.
     """
 
-    daemon_threads = True
-    block_on_close = False
-    allow_reuse_address = False
-
     def __init__(self, driver: Driver, path: str | os.PathLike[str], *, name: str | None = None) -> None:
-        self.socket_path = os.path.abspath(os.fspath(path))
         if name is None:
-            base = os.path.basename(self.socket_path)
-            name = base.removesuffix(".sock")
+            name = os.path.basename(os.fspath(path)).removesuffix(".sock")
         self.plugin = GraphDriverPlugin(driver, name=check_plugin_name(name))
-        self._active = 0
-        self._idle = threading.Condition()
-        _prepare_socket_path(self.socket_path)
-        old_umask = os.umask(0o177)  # the socket is born 0600: no window where others may connect
-        try:
-            super().__init__(self.socket_path, _Handler)
-        finally:
-            os.umask(old_umask)
-        try:
-            os.chmod(self.socket_path, 0o600)
-            self._inode = os.lstat(self.socket_path).st_ino
-        except BaseException:
-            self.server_close()
-            raise
-
-    def track_request(self) -> _Tracking:
-        return _Tracking(self)
-
-    def wait_idle(self, timeout: float) -> bool:
-        """Wait until no request is being answered (at most ``timeout`` seconds)."""
-        with self._idle:
-            return self._idle.wait_for(lambda: self._active == 0, timeout)
-
-    def server_close(self) -> None:
-        super().server_close()
-        try:  # only our own socket: a newer server may have replaced it
-            if os.lstat(self.socket_path).st_ino == getattr(self, "_inode", None):
-                os.unlink(self.socket_path)
-        except FileNotFoundError:
-            pass
-
-    def close(self) -> None:
-        """Stop listening and remove the socket (requests in progress finish on their threads)."""
-        self.server_close()
-
-    def __enter__(self) -> DockerPluginServer:  # noqa: PYI034 - Python 3.9 has no typing.Self
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-class _Tracking:
-    def __init__(self, server: DockerPluginServer) -> None:
-        self._server = server
-
-    def __enter__(self) -> None:
-        with self._server._idle:
-            self._server._active += 1
-
-    def __exit__(self, *exc: object) -> None:
-        with self._server._idle:
-            self._server._active -= 1
-            self._server._idle.notify_all()
-
-
-def _prepare_socket_path(path: str) -> None:
-    """Refuse an unsafe socket path; remove a stale socket of ours."""
-    directory = os.path.dirname(path)
-    me = os.geteuid()
-    try:
-        dir_st = os.stat(directory)
-    except FileNotFoundError:
-        raise SocketRefused(f"cannot serve on {path}: the directory {directory} does not exist", path=path) from None
-    if dir_st.st_uid not in (me, 0):
-        raise SocketRefused(f"cannot serve on {path}: {directory} belongs to uid {dir_st.st_uid}, "
-                            "who could replace the socket", path=path)
-    if dir_st.st_mode & 0o022 and not dir_st.st_mode & stat.S_ISVTX:
-        raise SocketRefused(f"cannot serve on {path}: {directory} may be written by other users "
-                            f"(mode {oct(dir_st.st_mode & 0o7777)}); use a directory only root can write", path=path)
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        return
-    if st.st_uid != me:
-        raise SocketRefused(f"cannot serve on {path}: it belongs to uid {st.st_uid}, not to this user", path=path)
-    if not stat.S_ISSOCK(st.st_mode):
-        raise SocketRefused(f"cannot serve on {path}: it exists and is not a socket", path=path)
-    probe = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
-    try:
-        probe.connect(path)
-    except OSError as exc:
-        if exc.errno not in (errno.ECONNREFUSED, errno.ENOENT):
-            raise
-    else:
-        raise SocketRefused(f"cannot serve on {path}: another server is answering there", path=path)
-    finally:
-        probe.close()
-    os.unlink(path)  # stale: left by a server that was killed
+        super().__init__(path, _Handler)
 
 
 def serve_docker(driver: Driver, socket: str | os.PathLike[str], *, name: str | None = None,
