@@ -240,7 +240,7 @@ CLI_HOLDER = "aufs-mount"
 
 
 def _open_driver(args: argparse.Namespace, *, create: bool = False, holder: str | None = None) -> Driver:
-    """The store at ``--home``; only the commands that fill a store (create, import) make one."""
+    """The store at ``--home``; only the commands that fill a store (create, import, serve) make one."""
     from .store import Driver
 
     return Driver(args.home, backend=args.backend, create=create, holder=holder)
@@ -540,11 +540,14 @@ def cmd_serve_docker(args: argparse.Namespace, out: _Output) -> int:
     import logging
 
     from .serve import docker
-    from .store import Driver
 
-    # refusals are answers to dockerd, not failures of the server: logged only with --debug
-    logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING,
-                        format="aufs serve docker: %(message)s")
+    # the server's own log only; refusals are answers to dockerd, not failures: --debug shows them
+    handler = logging.StreamHandler(out.stderr)
+    handler.setFormatter(logging.Formatter("aufs serve docker: %(message)s"))
+    served = logging.getLogger("aufs.serve")
+    served.addHandler(handler)
+    served.setLevel(logging.DEBUG if args.debug else logging.WARNING)
+    served.propagate = False
 
     try:
         name = docker.check_plugin_name(args.name)
@@ -555,7 +558,7 @@ def cmd_serve_docker(args: argparse.Namespace, out: _Output) -> int:
         socket = docker.default_socket(name)
         os.makedirs(os.path.dirname(socket), mode=0o755, exist_ok=True)  # dockerd's, if it is not up yet
     # dockerd's references outlive this process: a restarted server must Put what this one Got
-    driver = Driver(args.home, backend=args.backend, holder=docker.holder_name(name))
+    driver = _open_driver(args, create=True, holder=docker.holder_name(name))
     try:
         docker.serve_docker(driver, socket, name=name,
                             ready=lambda server: print(f"aufs serve docker: {name} on {server.socket_path}",
