@@ -49,6 +49,7 @@ _LAZY = {
     "ChangeKind": "aufs.changes",
     "import_image": "aufs.image",
     "export_image": "aufs.image",
+    "serve_containerd": "aufs.serve.containerd",
 }
 
 __all__ = [
@@ -102,3 +103,4 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers only
     from .mounts import unmount as unmount
     from .check import CheckReport as CheckReport
     from .store import Driver as Driver
+    from .serve.containerd import serve_containerd as serve_containerd

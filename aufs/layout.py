@@ -17,6 +17,8 @@
       empty/                 an empty directory: the lowest lower of every mount
       tmp/KIND.OWNER.RAND    work in progress (staged creates, removes, applies, lower views)
       image-imports/OWNER.RAND.json  journals of image imports in progress (aufs.image.journal)
+      snapshotter/           `aufs serve containerd`: snapshots.json (containerd key -> layer),
+                             server.lock (held by the running server)
 
 Layer ids are 1 to 128 characters of ``[A-Za-z0-9_.-]`` starting with a letter or digit, so an
 id is always a single, non-hidden path component and can never name a temporary entry.
@@ -80,6 +82,7 @@ class Layout:
         self.empty_dir = self.home / "empty"
         self.tmp_dir = self.home / "tmp"
         self.imports_dir = self.home / "image-imports"
+        self.snapshotter_dir = self.home / "snapshotter"
         # hot paths (get of a 500-layer chain) build thousands of paths: plain strings are
         # an order of magnitude cheaper than pathlib objects
         self._layers_str = str(self.layers_dir) + "/"

@@ -1,0 +1,1 @@
+"""Servers that let container engines use an aufs store (``aufs serve ENGINE``)."""

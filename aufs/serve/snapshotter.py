@@ -1,0 +1,536 @@
+"""containerd's snapshot model over a layer store: :class:`Snapshotter` (no gRPC here).
+
+**Model.** containerd names *snapshots* by *keys* of its own choosing
+(``default/4/extract-12345 sha256:...``); a snapshot is *active* (writable, made by
+``prepare``), a *view* (read-only, made by ``view``) or *committed* (made from an active one by
+``commit``, the only kind that can be a parent). Every snapshot here is one layer of the store:
+``prepare`` and ``view`` create a fresh empty layer on the parent's layer, ``commit`` re-keys
+the same layer, ``remove`` deletes it. Keys never become paths: a snapshot's layer id is
+``ctd-<16 hex digits of sha256(key)>-<counter>``, so a key may hold any character but NUL.
+
+**Records.** The key -> snapshot map (kind, layer id, parent key, labels, created/updated
+times) lives in ``HOME/snapshotter/snapshots.json``, rewritten whole by write-temp, fsync,
+rename, so a crash leaves the old map or the new one. Layers are created before their record
+is saved and records deleted before their layer is removed; a crash in between leaves a
+``ctd-*`` layer no record names, which opening the snapshotter (and ``cleanup``) removes.
+
+**Concurrency.** One :class:`Snapshotter` per store: it holds ``HOME/snapshotter/server.lock``
+while open (a second one fails with :class:`aufs.StoreLocked`). Its methods are thread-safe and
+serialised by one lock, so of two racing ``prepare`` calls for one key exactly one succeeds and
+the other raises :class:`SnapshotExists`.
+
+**Mounts.** ``prepare``/``view``/``mounts`` return the store's description of the layer's union
+(``Driver.mounts``): one overlay mount the caller performs with mount(2). Its option data must
+fit in one page, so the depth limit is what one page of lower-dir paths holds: with the store's
+fixed-length short links about 4096 / 31 ~ 130 layers for a store home of typical length
+(the store raises :class:`aufs.MaxDepthExceeded` beyond it; ``prepare`` reports that as
+:class:`SnapshotConflict`).
+
+**Errors** (each an :class:`aufs.AufsError`): :class:`SnapshotNotFound` (a ``LookupError``),
+:class:`SnapshotExists` (a ``FileExistsError``), :class:`SnapshotConflict` (the snapshot's kind
+or children forbid it), :class:`InvalidSnapshotRequest` (a ``ValueError``: bad key, labels,
+parent kind, field path or filter). Every refused request changes nothing.
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import re
+import threading
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+from ..errors import AufsError, LayerNotFound, MaxDepthExceeded, StoreLocked
+from ..layout import Layout
+from .filters import compile_filters
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..store import Driver
+
+__all__ = [
+    "ACTIVE",
+    "COMMITTED",
+    "VIEW",
+    "InvalidSnapshotRequest",
+    "MAX_KEY_BYTES",
+    "MAX_LABEL_PAIR_BYTES",
+    "MAX_LABELS_BYTES",
+    "Snapshot",
+    "SnapshotConflict",
+    "SnapshotExists",
+    "SnapshotNotFound",
+    "Snapshotter",
+    "Usage",
+]
+
+ACTIVE, VIEW, COMMITTED = "active", "view", "committed"
+KINDS = (ACTIVE, VIEW, COMMITTED)
+
+MAX_KEY_BYTES = 4096
+"""Longest key or name accepted (UTF-8 bytes); containerd's own are far shorter."""
+MAX_LABEL_PAIR_BYTES = 4096
+"""containerd's limit on one label's key plus value."""
+MAX_LABELS_BYTES = 64 * 1024
+"""Limit on all labels of one snapshot together (keeps the records file small)."""
+
+RECORDS_VERSION = 1
+_LAYER_ID = re.compile(r"ctd-[0-9a-f]{16}-[0-9]+\Z")
+
+
+class SnapshotNotFound(AufsError, LookupError):
+    """No snapshot has that key (or the named parent does not exist)."""
+
+
+class SnapshotExists(AufsError, FileExistsError):
+    """A snapshot with that key or name already exists."""
+
+
+class SnapshotConflict(AufsError, RuntimeError):
+    """The snapshot's kind or its children forbid the operation (gRPC FailedPrecondition)."""
+
+
+class InvalidSnapshotRequest(AufsError, ValueError):
+    """A malformed request: key, labels, parent kind, field path or filter (InvalidArgument)."""
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """One snapshot: containerd's ``Info`` plus the layer that holds it."""
+
+    key: str
+    kind: str
+    layer_id: str
+    parent: str = ""
+    labels: Mapping[str, str] = field(default_factory=dict)
+    created: int = 0
+    """Nanoseconds since the epoch."""
+    updated: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {"kind": self.kind, "layer": self.layer_id, "parent": self.parent,
+                "labels": dict(self.labels), "created": self.created, "updated": self.updated}
+
+    @classmethod
+    def from_json(cls, key: str, data: Mapping[str, Any]) -> Snapshot:
+        return cls(key=key, kind=data["kind"], layer_id=data["layer"], parent=data["parent"],
+                   labels=dict(data["labels"]), created=int(data["created"]), updated=int(data["updated"]))
+
+    def field_value(self, path: Sequence[str]) -> str | None:
+        """The value a List filter sees at ``path`` (None: absent)."""
+        if len(path) == 1:
+            return {"name": self.key, "parent": self.parent, "kind": self.kind}.get(path[0])
+        if len(path) >= 2 and path[0] == "labels":
+            return self.labels.get(".".join(path[1:]))
+        return None
+
+
+class Usage(NamedTuple):
+    """Disk use of a snapshot's own layer: bytes allocated and distinct inodes."""
+
+    size: int
+    inodes: int
+
+
+def _now() -> int:
+    return time.time_ns()
+
+
+def check_key(key: object, what: str = "key") -> str:
+    """Return ``key`` if it is a usable snapshot key: non-empty text, no NUL, at most 4096 bytes."""
+    if not isinstance(key, str) or key == "":
+        raise InvalidSnapshotRequest(f"snapshot {what} must not be empty")
+    if "\0" in key:
+        raise InvalidSnapshotRequest(f"snapshot {what} {key[:80]!r} holds a NUL character")
+    if len(key.encode("utf-8", "surrogatepass")) > MAX_KEY_BYTES:
+        raise InvalidSnapshotRequest(f"snapshot {what} {key[:80]!r}... is longer than {MAX_KEY_BYTES} bytes")
+    return key
+
+
+def check_labels(labels: Mapping[str, str]) -> dict[str, str]:
+    """A copy of ``labels`` if each pair fits containerd's 4096 bytes and all fit 64 KiB."""
+    total = 0
+    for name, value in labels.items():
+        size = len(name.encode()) + len(value.encode())
+        if name == "" or "\0" in name or "\0" in value:
+            raise InvalidSnapshotRequest(f"label {name[:80]!r}: names must not be empty, nor hold NUL")
+        if size > MAX_LABEL_PAIR_BYTES:
+            raise InvalidSnapshotRequest(
+                f"label {name[:80]!r}: key and value are {size} bytes, more than {MAX_LABEL_PAIR_BYTES}")
+        total += size
+    if total > MAX_LABELS_BYTES:
+        raise InvalidSnapshotRequest(
+            f"{len(labels)} labels of {total} bytes: a snapshot holds at most {MAX_LABELS_BYTES} bytes of labels")
+    return dict(labels)
+
+
+def disk_usage(root: str) -> Usage:
+    """Bytes allocated (512-byte blocks) and distinct inodes below ``root``, like containerd's."""
+    seen: set[tuple[int, int]] = set()
+    size = 0
+    stack = [root]
+    while stack:
+        path = stack.pop()
+        st = os.lstat(path)
+        if (st.st_dev, st.st_ino) not in seen:
+            seen.add((st.st_dev, st.st_ino))
+            size += st.st_blocks * 512
+        if os.path.isdir(path) and not os.path.islink(path):
+            with os.scandir(path) as entries:
+                stack.extend(e.path for e in entries)
+    return Usage(size, len(seen))
+
+
+class _Records:
+    """The persistent key -> :class:`Snapshot` map (callers serialise access)."""
+
+    def __init__(self, directory: str) -> None:
+        self.path = os.path.join(directory, "snapshots.json")
+        self.snapshots: dict[str, Snapshot] = {}
+        self.next_serial = 1
+        try:
+            with open(self.path, encoding="utf-8") as f:
+                data = json.load(f)
+        except FileNotFoundError:
+            return
+        if data.get("version") != RECORDS_VERSION:
+            raise AufsError(f"{self.path}: unknown records version {data.get('version')!r}", path=self.path)
+        self.next_serial = int(data["next_serial"])
+        self.snapshots = {k: Snapshot.from_json(k, v) for k, v in data["snapshots"].items()}
+
+    def layer_id_for(self, key: str) -> str:
+        serial = self.next_serial
+        self.next_serial += 1
+        return f"ctd-{hashlib.sha256(key.encode('utf-8', 'surrogatepass')).hexdigest()[:16]}-{serial}"
+
+    def save(self) -> None:
+        data = {"version": RECORDS_VERSION, "next_serial": self.next_serial,
+                "snapshots": {k: s.to_json() for k, s in self.snapshots.items()}}
+        temp = f"{self.path}.tmp"
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                json.dump(data, f, separators=(",", ":"))
+                f.flush()
+                os.fsync(f.fileno())
+            os.rename(temp, self.path)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(temp)
+            raise
+        dir_fd = os.open(os.path.dirname(self.path), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+
+class Snapshotter:
+    """containerd's snapshotter contract over ``driver``'s store (see the module docstring).
+
+    Open it with ``with Snapshotter(driver) as s:`` or call :meth:`close`. Opening takes the
+    store's snapshotter lock (:class:`aufs.StoreLocked` if another one holds it) and removes
+    ``ctd-*`` layers no record names (debris of a crash).
+    """
+
+    def __init__(self, driver: Driver) -> None:
+        self.driver = driver
+        directory = Layout(driver.home).snapshotter_dir
+        os.makedirs(directory, 0o700, exist_ok=True)
+        lock_path = os.path.join(directory, "server.lock")
+        self._lock_fd: int | None = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+            raise StoreLocked(f"another snapshotter server uses the store {driver.home} "
+                              f"(it holds {lock_path}); stop it first", path=lock_path) from None
+        self._mutex = threading.Lock()
+        try:
+            self._records = _Records(str(directory))
+            self._sweep()
+        except BaseException:
+            self.close()
+            raise
+
+    def __enter__(self) -> Snapshotter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Release the store's snapshotter lock. Idempotent; snapshots persist."""
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    # ------------------------------------------------------------------ helpers
+
+    def _get(self, key: str) -> Snapshot:
+        check_key(key)
+        try:
+            return self._records.snapshots[key]
+        except KeyError:
+            raise SnapshotNotFound(f"snapshot {key!r} does not exist") from None
+
+    def _sweep(self) -> None:
+        """Remove ``ctd-*`` layers that no record names, children first."""
+        named = {s.layer_id for s in self._records.snapshots.values()}
+        orphans = [i for i in self.driver.layers() if _LAYER_ID.match(i) and i not in named]
+        depth = {i: self._depth(i) for i in orphans}
+        for layer_id in sorted(orphans, key=lambda i: -depth[i]):
+            with contextlib.suppress(LayerNotFound):
+                self.driver.remove(layer_id)
+
+    def _depth(self, layer_id: str) -> int:
+        depth = 0
+        parent = self.driver.parent(layer_id)
+        while parent is not None:
+            depth += 1
+            parent = self.driver.parent(parent)
+        return depth
+
+    def _new(self, kind: str, key: str, parent: str, labels: Mapping[str, str]) -> Snapshot:
+        check_key(key)
+        labels = check_labels(labels)
+        with self._mutex:
+            records = self._records
+            if key in records.snapshots:
+                raise SnapshotExists(f"snapshot {key!r} already exists")
+            parent_layer = None
+            if parent:
+                check_key(parent, "parent")
+                base = records.snapshots.get(parent)
+                if base is None:
+                    raise SnapshotNotFound(f"parent snapshot {parent!r} of {key!r} does not exist")
+                if base.kind != COMMITTED:
+                    raise InvalidSnapshotRequest(
+                        f"parent {parent!r} of {key!r} is a {base.kind} snapshot, not a committed one")
+                parent_layer = base.layer_id
+            layer_id = records.layer_id_for(key)
+            try:
+                self.driver.create(layer_id, parent_layer)
+            except MaxDepthExceeded as exc:
+                raise SnapshotConflict(f"cannot {'prepare' if kind == ACTIVE else 'view'} {key!r}: {exc}") from exc
+            now = _now()
+            snap = Snapshot(key, kind, layer_id, parent, labels, now, now)
+            records.snapshots[key] = snap
+            try:
+                records.save()
+            except BaseException:
+                del records.snapshots[key]
+                with contextlib.suppress(AufsError, OSError):
+                    self.driver.remove(layer_id)
+                raise
+            return snap
+
+    def _describe(self, snap: Snapshot) -> list[Any]:
+        return describe_mounts(self.driver, snap.layer_id, readonly=snap.kind == VIEW)
+
+    # ------------------------------------------------------------------ the contract
+
+    def prepare(self, key: str, parent: str = "", labels: Mapping[str, str] | None = None) -> list[Any]:
+        """Create the active snapshot ``key`` on the committed ``parent`` ("" for none).
+
+        Returns its mounts (writable). Raises :class:`SnapshotExists` if ``key`` exists,
+        :class:`SnapshotNotFound` for a missing parent, :class:`InvalidSnapshotRequest` for a
+        parent that is not committed or a bad key or labels. Not idempotent.
+        """
+        snap = self._new(ACTIVE, key, parent, labels or {})
+        return self._describe(snap)
+
+    def view(self, key: str, parent: str = "", labels: Mapping[str, str] | None = None) -> list[Any]:
+        """Like :meth:`prepare`, for the read-only view ``key`` of ``parent``'s content."""
+        snap = self._new(VIEW, key, parent, labels or {})
+        return self._describe(snap)
+
+    def mounts(self, key: str) -> list[Any]:
+        """The mounts of the active or view snapshot ``key`` (again, as prepare/view returned).
+
+        Raises :class:`SnapshotNotFound`, :class:`SnapshotConflict` for a committed snapshot.
+        """
+        with self._mutex:
+            snap = self._get(key)
+        if snap.kind == COMMITTED:
+            raise SnapshotConflict(f"snapshot {key!r} is committed: only active and view snapshots mount")
+        return self._describe(snap)
+
+    def commit(self, name: str, key: str, labels: Mapping[str, str] | None = None) -> Snapshot:
+        """Turn the active snapshot ``key`` into the committed snapshot ``name`` (same layer).
+
+        ``key`` disappears; ``name`` gets ``labels`` (only those) and fresh times. Raises
+        :class:`SnapshotNotFound`, :class:`SnapshotConflict` if ``key`` is not active,
+        :class:`SnapshotExists` if ``name`` exists.
+        """
+        check_key(name, "name")
+        labels = check_labels(labels or {})
+        with self._mutex:
+            records = self._records
+            active = self._get(key)
+            if active.kind != ACTIVE:
+                raise SnapshotConflict(f"snapshot {key!r} is a {active.kind} snapshot, not an active one: "
+                                       "only active snapshots commit")
+            if name in records.snapshots:
+                raise SnapshotExists(f"snapshot {name!r} already exists")
+            now = _now()
+            committed = Snapshot(name, COMMITTED, active.layer_id, active.parent, labels, now, now)
+            records.snapshots[name] = committed
+            del records.snapshots[key]
+            try:
+                records.save()
+            except BaseException:
+                del records.snapshots[name]
+                records.snapshots[key] = active
+                raise
+            return committed
+
+    def remove(self, key: str) -> None:
+        """Delete the snapshot ``key`` and its layer.
+
+        Raises :class:`SnapshotNotFound`, :class:`SnapshotConflict` if snapshots have it as
+        parent. The record goes first: a crash before the layer is gone leaves debris the next
+        open removes, never a record without its layer.
+        """
+        with self._mutex:
+            records = self._records
+            snap = self._get(key)
+            children = sorted(k for k, s in records.snapshots.items() if s.parent == key)
+            if children:
+                shown = ", ".join(repr(c) for c in children[:3])
+                raise SnapshotConflict(f"cannot remove snapshot {key!r}: it is the parent of {shown}"
+                                       f"{' ...' if len(children) > 3 else ''}; remove those first")
+            del records.snapshots[key]
+            try:
+                records.save()
+            except BaseException:
+                records.snapshots[key] = snap
+                raise
+            with contextlib.suppress(LayerNotFound):
+                self.driver.remove(snap.layer_id)
+
+    def stat(self, key: str) -> Snapshot:
+        """The snapshot ``key``. Raises :class:`SnapshotNotFound`."""
+        with self._mutex:
+            return self._get(key)
+
+    def update(self, key: str, labels: Mapping[str, str], fieldpaths: Sequence[str] = ()) -> Snapshot:
+        """Change the labels of ``key`` as containerd does; returns the updated snapshot.
+
+        No field paths: the labels become ``labels``. ``"labels"``: the same. ``"labels.K"``:
+        label K takes its value in ``labels``, or is deleted if ``labels`` has none. Any other
+        path (name, parent, kind, created) is immutable: :class:`InvalidSnapshotRequest`.
+        """
+        labels = dict(labels)
+        with self._mutex:
+            records = self._records
+            snap = self._get(key)
+            updated = dict(snap.labels)
+            if not fieldpaths:
+                updated = dict(labels)
+            for path in fieldpaths:
+                if path == "labels":
+                    updated = dict(labels)
+                elif path.startswith("labels."):
+                    name = path[len("labels."):]
+                    if name in labels:
+                        updated[name] = labels[name]
+                    else:
+                        updated.pop(name, None)
+                else:
+                    raise InvalidSnapshotRequest(f"cannot update the {path!r} field of snapshot {key!r}: "
+                                                 "only labels are mutable")
+            new = replace(snap, labels=check_labels(updated), updated=_now())
+            records.snapshots[key] = new
+            try:
+                records.save()
+            except BaseException:
+                records.snapshots[key] = snap
+                raise
+            return new
+
+    def walk(self, filters: Sequence[str] = ()) -> list[Snapshot]:
+        """The snapshots matching any of ``filters`` (containerd syntax; none: all), by key.
+
+        Raises :class:`aufs.serve.filters.FilterSyntaxError` (an InvalidArgument) for a bad filter.
+        """
+        match = compile_filters(filters)
+        with self._mutex:
+            snapshots = sorted(self._records.snapshots.values(), key=lambda s: s.key)
+        return [s for s in snapshots if match(s.field_value)]
+
+    def usage(self, key: str) -> Usage:
+        """Bytes and inodes of the snapshot's own layer (its diff dir), measured now."""
+        with self._mutex:
+            snap = self._get(key)
+        try:
+            return disk_usage(diff_dir(self.driver, snap.layer_id))
+        except FileNotFoundError:
+            # removed while we measured: the snapshot is gone too
+            raise SnapshotNotFound(f"snapshot {key!r} does not exist") from None
+
+    def cleanup(self) -> None:
+        """Remove the layers of snapshots that no longer exist (crash debris). Idempotent."""
+        with self._mutex:
+            self._sweep()
+
+    def keys(self) -> Iterable[str]:
+        with self._mutex:
+            return list(self._records.snapshots)
+
+
+# -------------------------------------------------------------------- store adapters
+
+def diff_dir(driver: Driver, layer_id: str) -> str:
+    """The layer's diff dir (``Driver.diff_dir`` where the store has it)."""
+    method = getattr(driver, "diff_dir", None)
+    if method is not None:
+        return str(method(layer_id))
+    driver.parent(layer_id)  # LayerNotFound if absent
+    return str(Layout(driver.home).diff_dir(layer_id))
+
+
+def describe_mounts(driver: Driver, layer_id: str, *, readonly: bool = False) -> list[Any]:
+    """``driver.mounts(layer_id, readonly=...)``: the layer's union described, not performed."""
+    method = getattr(driver, "mounts", None)
+    if method is not None:
+        return list(method(layer_id, readonly=readonly))
+    return _describe_fallback(driver, layer_id, readonly)
+
+
+class _Mount(NamedTuple):
+    type: str
+    source: str
+    options: tuple[str, ...]
+
+
+def _describe_fallback(driver: Any, layer_id: str, readonly: bool) -> list[Any]:
+    # Stand-in until Driver.mounts (issue 13) lands on main; uses the store's internals.
+    from ..backends.overlay import MOUNT_OPTIONS
+
+    meta = driver._require(layer_id)
+    layout = driver._layout
+    chain = driver._mount_chain(layer_id, list(meta["ancestors"]))
+    ids = ([layer_id] if readonly else []) + chain
+    page = os.sysconf("SC_PAGE_SIZE")
+
+    def options(short: bool) -> tuple[str, ...]:
+        lowers = [driver._backend.short_lower_path(i) if short else layout.diff_path(i) for i in ids]
+        if len(lowers) < (2 if readonly else 1):
+            lowers.append(str(layout.empty_dir))
+        opts = list(MOUNT_OPTIONS) + ["lowerdir=" + ":".join(lowers)]
+        if readonly:
+            opts.insert(0, "ro")
+        else:
+            opts += ["upperdir=" + layout.diff_path(layer_id), "workdir=" + str(layout.work_dir(layer_id))]
+        return tuple(opts)
+
+    opts = options(short=False)
+    if len(",".join(opts)) >= page:
+        opts = options(short=True)
+    return [_Mount("overlay", "overlay", opts)]
