@@ -45,8 +45,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from ..errors import AufsError, LayerNotFound, MaxDepthExceeded, StoreLocked
+from ..errors import AufsError, BackendUnavailable, LayerNotFound, MaxDepthExceeded, StoreLocked
 from ..layout import Layout
+from ..whiteouts import WhiteoutFormat
 from .filters import compile_filters
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -238,6 +239,10 @@ class Snapshotter:
     """
 
     def __init__(self, driver: Driver) -> None:
+        if driver.whiteout_format is not WhiteoutFormat.OVERLAY:
+            raise BackendUnavailable(
+                f"the store {driver.home} uses {driver.whiteout_format.name.lower()} whiteouts; containerd "
+                "mounts snapshots with kernel overlayfs itself, so it needs a store made by the overlay backend")
         self.driver = driver
         directory = Layout(driver.home).snapshotter_dir
         os.makedirs(directory, 0o700, exist_ok=True)
