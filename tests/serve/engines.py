@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -22,12 +23,24 @@ REPO = Path(__file__).resolve().parents[2]
 
 def _wait_for_socket(path: Path, proc: subprocess.Popen, what: str, log: Path, timeout: float = 30.0) -> None:  # type: ignore[type-arg]
     deadline = time.monotonic() + timeout
-    while not path.is_socket():
+    while not _accepts(path):
         if proc.poll() is not None:
             raise AssertionError(f"{what} exited with {proc.returncode}:\n{log.read_text()[-4000:]}")
         if time.monotonic() > deadline:
             raise AssertionError(f"{what} did not create {path} in {timeout}s:\n{log.read_text()[-4000:]}")
         time.sleep(0.02)
+
+
+def _accepts(path: Path) -> bool:
+    """True if something listens on the socket ``path`` (a stale socket file does not count)."""
+    probe = socket.socket(socket.AF_UNIX)
+    try:
+        probe.connect(str(path))
+    except OSError:
+        return False
+    finally:
+        probe.close()
+    return True
 
 
 class SnapshotServer:
