@@ -23,7 +23,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 def _wait_for_socket(path: Path, proc: subprocess.Popen, what: str, log: Path, timeout: float = 30.0) -> None:  # type: ignore[type-arg]
     deadline = time.monotonic() + timeout
-    while not _accepts(path):
+    while not accepts(path):
         if proc.poll() is not None:
             raise AssertionError(f"{what} exited with {proc.returncode}:\n{log.read_text()[-4000:]}")
         if time.monotonic() > deadline:
@@ -31,7 +31,7 @@ def _wait_for_socket(path: Path, proc: subprocess.Popen, what: str, log: Path, t
         time.sleep(0.02)
 
 
-def _accepts(path: Path) -> bool:
+def accepts(path: Path) -> bool:
     """True if something listens on the socket ``path`` (a stale socket file does not count)."""
     probe = socket.socket(socket.AF_UNIX)
     try:

@@ -20,7 +20,7 @@ import pytest
 import aufs
 from aufs import Driver
 
-from .engines import REPO, SnapshotServer, _accepts
+from .engines import REPO, SnapshotServer, accepts
 from .helpers import Client
 
 NOBODY = 65534
@@ -80,7 +80,7 @@ def test_group_option_makes_the_socket_0660_for_that_group(ramdir: pathlib.Path)
                             cwd=str(REPO), env={**os.environ, "PYTHONPATH": str(REPO)})
     try:
         deadline = time.monotonic() + 30
-        while not _accepts(sock):  # the server chmods before it listens
+        while not accepts(sock):  # the server chmods before it listens
             assert proc.poll() is None and time.monotonic() < deadline
             time.sleep(0.02)
         st = sock.lstat()
