@@ -42,6 +42,7 @@ import grpc
 from google.protobuf import empty_pb2, timestamp_pb2
 
 from ..errors import AufsError, LayerNotFound
+from ..plan import Mount
 from ._proto import mount_pb2, snapshots_pb2, snapshots_pb2_grpc
 from .snapshotter import (
     ACTIVE,
@@ -94,7 +95,7 @@ def _info(snap: Snapshot) -> snapshots_pb2.Info:
     )
 
 
-def _mounts(described: list[Any]) -> list[mount_pb2.Mount]:
+def _mounts(described: list[Mount]) -> list[mount_pb2.Mount]:
     return [mount_pb2.Mount(type=m.type, source=m.source, options=list(m.options)) for m in described]
 
 

@@ -46,7 +46,7 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from ..errors import AufsError, BackendUnavailable, LayerNotFound, MaxDepthExceeded, StoreLocked
-from ..layout import Layout
+from ..plan import Mount
 from ..whiteouts import WhiteoutFormat
 from .filters import compile_filters
 
@@ -243,8 +243,12 @@ class Snapshotter:
             raise BackendUnavailable(
                 f"the store {driver.home} uses {driver.whiteout_format.name.lower()} whiteouts; containerd "
                 "mounts snapshots with kernel overlayfs itself, so it needs a store made by the overlay backend")
+        if any(c in str(driver.home) for c in ",:\\"):
+            raise InvalidSnapshotRequest(
+                f"the store's home {driver.home} holds ',', ':' or '\\': containerd splits overlay "
+                "options on them without unescaping; use a home path without them")
         self.driver = driver
-        directory = Layout(driver.home).snapshotter_dir
+        directory = driver.layout.snapshotter_dir
         os.makedirs(directory, 0o700, exist_ok=True)
         lock_path = os.path.join(directory, "server.lock")
         self._lock_fd: int | None = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
@@ -335,12 +339,12 @@ class Snapshotter:
                 raise
             return snap
 
-    def _describe(self, snap: Snapshot) -> list[Any]:
-        return describe_mounts(self.driver, snap.layer_id, readonly=snap.kind == VIEW)
+    def _describe(self, snap: Snapshot) -> list[Mount]:
+        return self.driver.mounts(snap.layer_id, readonly=snap.kind == VIEW)
 
     # ------------------------------------------------------------------ the contract
 
-    def prepare(self, key: str, parent: str = "", labels: Mapping[str, str] | None = None) -> list[Any]:
+    def prepare(self, key: str, parent: str = "", labels: Mapping[str, str] | None = None) -> list[Mount]:
         """Create the active snapshot ``key`` on the committed ``parent`` ("" for none).
 
         Returns its mounts (writable). Raises :class:`SnapshotExists` if ``key`` exists,
@@ -350,12 +354,12 @@ class Snapshotter:
         snap = self._new(ACTIVE, key, parent, labels or {})
         return self._describe(snap)
 
-    def view(self, key: str, parent: str = "", labels: Mapping[str, str] | None = None) -> list[Any]:
+    def view(self, key: str, parent: str = "", labels: Mapping[str, str] | None = None) -> list[Mount]:
         """Like :meth:`prepare`, for the read-only view ``key`` of ``parent``'s content."""
         snap = self._new(VIEW, key, parent, labels or {})
         return self._describe(snap)
 
-    def mounts(self, key: str) -> list[Any]:
+    def mounts(self, key: str) -> list[Mount]:
         """The mounts of the active or view snapshot ``key`` (again, as prepare/view returned).
 
         Raises :class:`SnapshotNotFound`, :class:`SnapshotConflict` for a committed snapshot.
@@ -474,8 +478,8 @@ class Snapshotter:
         with self._mutex:
             snap = self._get(key)
         try:
-            return disk_usage(diff_dir(self.driver, snap.layer_id))
-        except FileNotFoundError:
+            return disk_usage(self.driver.diff_dir(snap.layer_id))
+        except (FileNotFoundError, LayerNotFound):
             # removed while we measured: the snapshot is gone too
             raise SnapshotNotFound(f"snapshot {key!r} does not exist") from None
 
@@ -487,55 +491,3 @@ class Snapshotter:
     def keys(self) -> Iterable[str]:
         with self._mutex:
             return list(self._records.snapshots)
-
-
-# -------------------------------------------------------------------- store adapters
-
-def diff_dir(driver: Driver, layer_id: str) -> str:
-    """The layer's diff dir (``Driver.diff_dir`` where the store has it)."""
-    method = getattr(driver, "diff_dir", None)
-    if method is not None:
-        return str(method(layer_id))
-    driver.parent(layer_id)  # LayerNotFound if absent
-    return str(Layout(driver.home).diff_dir(layer_id))
-
-
-def describe_mounts(driver: Driver, layer_id: str, *, readonly: bool = False) -> list[Any]:
-    """``driver.mounts(layer_id, readonly=...)``: the layer's union described, not performed."""
-    method = getattr(driver, "mounts", None)
-    if method is not None:
-        return list(method(layer_id, readonly=readonly))
-    return _describe_fallback(driver, layer_id, readonly)
-
-
-class _Mount(NamedTuple):
-    type: str
-    source: str
-    options: tuple[str, ...]
-
-
-def _describe_fallback(driver: Any, layer_id: str, readonly: bool) -> list[Any]:
-    # Stand-in until Driver.mounts (issue 13) lands on main; uses the store's internals.
-    from ..backends.overlay import MOUNT_OPTIONS
-
-    meta = driver._require(layer_id)
-    layout = driver._layout
-    chain = driver._mount_chain(layer_id, list(meta["ancestors"]))
-    ids = ([layer_id] if readonly else []) + chain
-    page = os.sysconf("SC_PAGE_SIZE")
-
-    def options(short: bool) -> tuple[str, ...]:
-        lowers = [driver._backend.short_lower_path(i) if short else layout.diff_path(i) for i in ids]
-        if len(lowers) < (2 if readonly else 1):
-            lowers.append(str(layout.empty_dir))
-        opts = list(MOUNT_OPTIONS) + ["lowerdir=" + ":".join(lowers)]
-        if readonly:
-            opts.insert(0, "ro")
-        else:
-            opts += ["upperdir=" + layout.diff_path(layer_id), "workdir=" + str(layout.work_dir(layer_id))]
-        return tuple(opts)
-
-    opts = options(short=False)
-    if len(",".join(opts)) >= page:
-        opts = options(short=True)
-    return [_Mount("overlay", "overlay", opts)]
