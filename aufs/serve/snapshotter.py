@@ -20,11 +20,12 @@ serialised by one lock, so of two racing ``prepare`` calls for one key exactly o
 the other raises :class:`SnapshotExists`.
 
 **Mounts.** ``prepare``/``view``/``mounts`` return the store's description of the layer's union
-(``Driver.mounts``): one overlay mount the caller performs with mount(2). Its option data must
-fit in one page, so the depth limit is what one page of lower-dir paths holds: with the store's
-fixed-length short links about 4096 / 31 ~ 130 layers for a store home of typical length
-(the store raises :class:`aufs.MaxDepthExceeded` beyond it; ``prepare`` reports that as
-:class:`SnapshotConflict`).
+(``Driver.mounts``): one overlay mount that containerd performs itself with mount(2), whose
+data must fit in one page. containerd shortens long lower-dir lists by making them relative to
+their common parent (:func:`containerd_can_mount` repeats its arithmetic), so the depth limit
+is about 130 layers (4096 bytes over ~29 per ``ctd-*/diff`` entry, less the absolute upper and
+work dirs); ``prepare``/``view`` of a deeper chain raise :class:`SnapshotConflict` and change
+nothing, rather than hand containerd a mount it cannot perform.
 
 **Errors** (each an :class:`aufs.AufsError`): :class:`SnapshotNotFound` (a ``LookupError``),
 :class:`SnapshotExists` (a ``FileExistsError``), :class:`SnapshotConflict` (the snapshot's kind
@@ -67,6 +68,7 @@ __all__ = [
     "SnapshotNotFound",
     "Snapshotter",
     "Usage",
+    "containerd_can_mount",
 ]
 
 ACTIVE, VIEW, COMMITTED = "active", "view", "committed"
@@ -184,6 +186,29 @@ def disk_usage(root: str) -> Usage:
             with os.scandir(path) as entries:
                 stack.extend(e.path for e in entries)
     return Usage(size, len(seen))
+
+
+def containerd_can_mount(mounts: Sequence[Mount], page: int | None = None) -> bool:
+    """True if containerd (1.6) can perform ``mounts`` with mount(2).
+
+    containerd mounts each entry with one mount(2), whose data must fit in a page. For overlay
+    data of ``page - 512`` bytes or more it first rewrites the lower dirs relative to the parent
+    of their longest common prefix and mounts from there (its ``compactLowerdirOption``); upper
+    and work dirs stay absolute. This repeats that arithmetic.
+    """
+    page = page or os.sysconf("SC_PAGE_SIZE")
+    for m in mounts:
+        options = [o for o in m.options if o not in ("ro", "rw")]
+        size = len(",".join(options))
+        if m.type == "overlay" and size >= page - 512:
+            lowers = [o for o in options if o.startswith("lowerdir=")]
+            dirs = lowers[0][len("lowerdir="):].split(":") if len(lowers) == 1 else []
+            common = os.path.dirname(os.path.commonprefix(dirs)) if len(dirs) > 1 else ""
+            if common not in ("", "/"):
+                size -= (len(common) + 1) * len(dirs)
+        if size > page:
+            return False
+    return True
 
 
 class _Records:
@@ -305,7 +330,7 @@ class Snapshotter:
             parent = self.driver.parent(parent)
         return depth
 
-    def _new(self, kind: str, key: str, parent: str, labels: Mapping[str, str]) -> Snapshot:
+    def _new(self, kind: str, key: str, parent: str, labels: Mapping[str, str]) -> list[Mount]:
         check_key(key)
         labels = check_labels(labels)
         with self._mutex:
@@ -323,21 +348,27 @@ class Snapshotter:
                         f"parent {parent!r} of {key!r} is a {base.kind} snapshot, not a committed one")
                 parent_layer = base.layer_id
             layer_id = records.layer_id_for(key)
+            verb = "prepare" if kind == ACTIVE else "view"
             try:
                 self.driver.create(layer_id, parent_layer)
             except MaxDepthExceeded as exc:
-                raise SnapshotConflict(f"cannot {'prepare' if kind == ACTIVE else 'view'} {key!r}: {exc}") from exc
+                raise SnapshotConflict(f"cannot {verb} {key!r}: {exc}") from exc
             now = _now()
             snap = Snapshot(key, kind, layer_id, parent, labels, now, now)
             records.snapshots[key] = snap
             try:
+                described = self._describe(snap)
+                if not containerd_can_mount(described):
+                    raise SnapshotConflict(
+                        f"cannot {verb} {key!r}: its chain of {self._depth(layer_id) + 1} layers is deeper "
+                        "than containerd can mount (its mount(2) data would not fit in one page)")
                 records.save()
             except BaseException:
                 del records.snapshots[key]
                 with contextlib.suppress(AufsError, OSError):
                     self.driver.remove(layer_id)
                 raise
-            return snap
+            return described
 
     def _describe(self, snap: Snapshot) -> list[Mount]:
         return self.driver.mounts(snap.layer_id, readonly=snap.kind == VIEW)
@@ -351,13 +382,11 @@ class Snapshotter:
         :class:`SnapshotNotFound` for a missing parent, :class:`InvalidSnapshotRequest` for a
         parent that is not committed or a bad key or labels. Not idempotent.
         """
-        snap = self._new(ACTIVE, key, parent, labels or {})
-        return self._describe(snap)
+        return self._new(ACTIVE, key, parent, labels or {})
 
     def view(self, key: str, parent: str = "", labels: Mapping[str, str] | None = None) -> list[Mount]:
         """Like :meth:`prepare`, for the read-only view ``key`` of ``parent``'s content."""
-        snap = self._new(VIEW, key, parent, labels or {})
-        return self._describe(snap)
+        return self._new(VIEW, key, parent, labels or {})
 
     def mounts(self, key: str) -> list[Mount]:
         """The mounts of the active or view snapshot ``key`` (again, as prepare/view returned).

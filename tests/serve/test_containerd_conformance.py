@@ -479,3 +479,28 @@ def test_cleanup_removes_layers_no_snapshot_names(client: Client, overlay_driver
 def client_layer(driver: Driver) -> str:
     (only,) = [i for i in driver.layers() if i.startswith("ctd-") and not i.endswith("-999")]
     return only
+
+
+def test_chains_deeper_than_containerd_mounts_are_refused_unchanged(client: Client, overlay_driver: Driver,
+                                                                      work: pathlib.Path) -> None:
+    parent = ""
+    depth = 0
+    while True:
+        key = f"deep-{depth}-active"
+        try:
+            client.prepare(key, parent, GC_ROOT)
+        except grpc.RpcError as exc:
+            assert exc.code() == PRECONDITION and "deeper than containerd can mount" in (exc.details() or "")
+            break
+        client.commit(f"deep-{depth}", key, GC_ROOT)
+        parent = f"deep-{depth}"
+        depth += 1
+        assert depth < 300, "no limit met: containerd's mount(2) cannot take this"
+    assert depth >= 120  # what the docstring promises, for this test's home of ~60 bytes
+    layers = sorted(overlay_driver.layers())
+    assert len(layers) == depth and code_of(client.stat, key) == NOT_FOUND
+    assert sorted(overlay_driver.layers()) == layers
+    # the deepest accepted chain mounts the way containerd mounts it
+    client.remove(f"deep-{depth - 1}")
+    with mounted(client.prepare("deepest", f"deep-{depth - 2}", GC_ROOT), str(work / "deepest")) as root:
+        pathlib.Path(root, "top").write_text("ok")
