@@ -10,6 +10,8 @@ from __future__ import annotations
 import io
 import pathlib
 import shutil
+import subprocess
+import sys
 import tarfile
 import time
 from collections.abc import Iterator
@@ -19,7 +21,7 @@ import pytest
 from aufs import Driver
 
 from . import images
-from .engines import PLUGIN, Containerd, SnapshotServer
+from .engines import PLUGIN, REPO, Containerd, SnapshotServer
 
 for _tool in ("containerd", "ctr", "runc", "containerd-shim-runc-v2"):
     if shutil.which(_tool) is None:
@@ -108,6 +110,12 @@ def test_import_oci_archive_and_run_prints_a_file_of_the_image(rig: Rig, oci_arc
     assert report.clean, report
     (top,) = [i for i in driver.layers() if driver.parent(i) is not None]
     assert {(c.path, c.kind.name) for c in driver.changes(top)} >= {("/etc/obsolete", "DELETE")}
+    cli = subprocess.run([sys.executable, "-m", "aufs", "--home", str(rig.home), "changes", top],
+                         capture_output=True, text=True, check=True, cwd=str(REPO))
+    assert "D /etc/obsolete" in cli.stdout and "A /etc/greeting" in cli.stdout
+    # `aufs check --repair` never breaks containerd's view: it finds nothing, containers still run
+    assert Driver(rig.home, backend="overlay").check(repair=True).clean
+    assert rig.run("after-check", "/bin/cat", "/etc/greeting") == images.GREETING.decode()
 
 
 def test_import_docker_archive_made_by_skopeo(rig: Rig, ramdir: pathlib.Path) -> None:
@@ -187,6 +195,9 @@ def test_two_containers_at_once(rig: Rig, oci_archive: pathlib.Path) -> None:
         assert out.stdout == f"{name}\n"
     tasks = rig.ctr("tasks", "ls")
     assert tasks.count("RUNNING") == 2
+    # containerd's own mounts of the active snapshots are nothing `check --repair` touches
+    assert Driver(rig.home, backend="overlay").check(repair=True).clean
+    assert rig.ctr("tasks", "exec", "--exec-id", "again", "one", "/bin/cat", "/tmp/who") == "one\n"
     assert sum(kind == "Active" for kind in rig.snapshots().values()) == 2
     rig.containerd.remove_everything()
     assert sum(kind == "Active" for kind in rig.snapshots().values()) == 0
