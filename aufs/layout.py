@@ -17,8 +17,8 @@
       empty/                 an empty directory: the lowest lower of every mount
       tmp/KIND.OWNER.RAND    work in progress (staged creates, removes, applies, lower views)
       image-imports/OWNER.RAND.json  journals of image imports in progress (aufs.image.journal)
-      snapshotter/           `aufs serve containerd`: snapshots.json (containerd key -> layer),
-                             server.lock (held by the running server)
+      snapshotter/           `aufs serve containerd`: snapshots/HASH.json (one per containerd
+                             key: its layer, kind, parent, labels), server.lock (the server's)
 
 Layer ids are 1 to 128 characters of ``[A-Za-z0-9_.-]`` starting with a letter or digit, so an
 id is always a single, non-hidden path component and can never name a temporary entry.

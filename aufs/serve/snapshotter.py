@@ -6,13 +6,17 @@
 ``commit``, the only kind that can be a parent). Every snapshot here is one layer of the store:
 ``prepare`` and ``view`` create a fresh empty layer on the parent's layer, ``commit`` re-keys
 the same layer, ``remove`` deletes it. Keys never become paths: a snapshot's layer id is
-``ctd-<16 hex digits of sha256(key)>-<counter>``, so a key may hold any character but NUL.
+``ctd-<10 hex digits of sha256(key)>-<6 random hex digits>``, so a key may hold any
+character but NUL.
 
 **Records.** The key -> snapshot map (kind, layer id, parent key, labels, created/updated
-times) lives in ``HOME/snapshotter/snapshots.json``, rewritten whole by write-temp, fsync,
-rename, so a crash leaves the old map or the new one. Layers are created before their record
-is saved and records deleted before their layer is removed; a crash in between leaves a
-``ctd-*`` layer no record names, which opening the snapshotter (and ``cleanup``) removes.
+times) lives in ``HOME/snapshotter/snapshots/``, one file per snapshot named by a hash of its
+key, each written by write-temp, fsync, rename: a crash leaves a record old or new, and a write
+costs the same however many snapshots exist. Layers are created before their record is written
+and records deleted before their layer is removed; a crash in between leaves a ``ctd-*`` layer
+no record names, which opening the snapshotter (and ``cleanup``) removes. Commit writes the
+committed record before it deletes the active one; a crash between leaves both, and opening
+finishes the commit.
 
 **Concurrency.** One :class:`Snapshotter` per store: it holds ``HOME/snapshotter/server.lock``
 while open (a second one fails with :class:`aufs.StoreLocked`). Its methods are thread-safe and
@@ -23,7 +27,7 @@ the other raises :class:`SnapshotExists`.
 (``Driver.mounts``): one overlay mount that containerd performs itself with mount(2), whose
 data must fit in one page. containerd shortens long lower-dir lists by making them relative to
 their common parent (:func:`containerd_can_mount` repeats its arithmetic), so the depth limit
-is about 130 layers (4096 bytes over ~29 per ``ctd-*/diff`` entry, less the absolute upper and
+is about 140 layers (4096 bytes over 27 per ``ctd-*/diff`` entry, less the absolute upper and
 work dirs); ``prepare``/``view`` of a deeper chain raise :class:`SnapshotConflict` and change
 nothing, rather than hand containerd a mount it cannot perform.
 
@@ -46,7 +50,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from ..errors import AufsError, BackendUnavailable, LayerNotFound, MaxDepthExceeded, StoreLocked
+from ..errors import AufsError, BackendUnavailable, LayerExists, LayerNotFound, MaxDepthExceeded, StoreLocked
 from ..plan import Mount
 from ..whiteouts import WhiteoutFormat
 from .filters import compile_filters
@@ -82,7 +86,7 @@ MAX_LABELS_BYTES = 64 * 1024
 """Limit on all labels of one snapshot together (keeps the records file small)."""
 
 RECORDS_VERSION = 1
-_LAYER_ID = re.compile(r"ctd-[0-9a-f]{16}-[0-9]+\Z")
+_LAYER_ID = re.compile(r"ctd-[0-9a-f]{10}-[0-9a-f]{6}\Z")
 
 
 class SnapshotNotFound(AufsError, LookupError):
@@ -212,47 +216,80 @@ def containerd_can_mount(mounts: Sequence[Mount], page: int | None = None) -> bo
 
 
 class _Records:
-    """The persistent key -> :class:`Snapshot` map (callers serialise access)."""
+    """The persistent key -> :class:`Snapshot` map: one file per snapshot (callers serialise).
+
+    ``snapshots/<sha256 of the key>.json`` holds one record, written to a temporary name,
+    fsynced and renamed into place, so every write and delete costs the same however many
+    snapshots exist. Commit writes the committed record, then deletes the active one; a crash
+    between the two leaves both naming one layer, which loading resolves for the commit.
+    """
 
     def __init__(self, directory: str) -> None:
-        self.path = os.path.join(directory, "snapshots.json")
+        self.directory = os.path.join(directory, "snapshots")
+        os.makedirs(self.directory, 0o700, exist_ok=True)
         self.snapshots: dict[str, Snapshot] = {}
-        self.next_serial = 1
-        try:
-            with open(self.path, encoding="utf-8") as f:
+        by_layer: dict[str, Snapshot] = {}
+        for name in sorted(os.listdir(self.directory)):
+            path = os.path.join(self.directory, name)
+            if not name.endswith(".json"):
+                os.unlink(path)  # a write that a crash interrupted before its rename
+                continue
+            with open(path, encoding="utf-8") as f:
                 data = json.load(f)
-        except FileNotFoundError:
-            return
-        if data.get("version") != RECORDS_VERSION:
-            raise AufsError(f"{self.path}: unknown records version {data.get('version')!r}", path=self.path)
-        self.next_serial = int(data["next_serial"])
-        self.snapshots = {k: Snapshot.from_json(k, v) for k, v in data["snapshots"].items()}
+            if data.get("version") != RECORDS_VERSION or self._file(data["key"]) != path:
+                raise AufsError(f"{path}: not a snapshot record of this version ({RECORDS_VERSION})", path=path)
+            snap = Snapshot.from_json(data["key"], data)
+            other = by_layer.get(snap.layer_id)
+            if other is not None:
+                # a commit interrupted between its two steps: finish it
+                active, committed = (other, snap) if snap.kind == COMMITTED else (snap, other)
+                os.unlink(self._file(active.key))
+                self.snapshots.pop(active.key, None)
+                snap = committed
+            by_layer[snap.layer_id] = snap
+            self.snapshots[snap.key] = snap
 
-    def layer_id_for(self, key: str) -> str:
-        serial = self.next_serial
-        self.next_serial += 1
-        return f"ctd-{hashlib.sha256(key.encode('utf-8', 'surrogatepass')).hexdigest()[:16]}-{serial}"
+    def _file(self, key: str) -> str:
+        digest = hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
+        return os.path.join(self.directory, digest + ".json")
 
-    def save(self) -> None:
-        data = {"version": RECORDS_VERSION, "next_serial": self.next_serial,
-                "snapshots": {k: s.to_json() for k, s in self.snapshots.items()}}
-        temp = f"{self.path}.tmp"
+    @staticmethod
+    def new_layer_id(key: str) -> str:
+        """A fresh layer id for ``key``: a hash of the key (to recognise it) and random bits."""
+        # short, because containerd's mount(2) data holds ~27 bytes per lower layer
+        digest = hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()[:10]
+        return f"ctd-{digest}-{os.urandom(3).hex()}"
+
+    def _sync_directory(self) -> None:
+        fd = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def put(self, snap: Snapshot) -> None:
+        """Write ``snap``'s record (new or replacing); the map changes only if that succeeded."""
+        path = self._file(snap.key)
+        temp = path + ".tmp"
         fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(data, f, separators=(",", ":"))
+                json.dump({"version": RECORDS_VERSION, "key": snap.key, **snap.to_json()}, f,
+                          separators=(",", ":"))
                 f.flush()
                 os.fsync(f.fileno())
-            os.rename(temp, self.path)
+            os.rename(temp, path)
         except BaseException:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(temp)
             raise
-        dir_fd = os.open(os.path.dirname(self.path), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        self._sync_directory()
+        self.snapshots[snap.key] = snap
+
+    def delete(self, key: str) -> None:
+        os.unlink(self._file(key))
+        self._sync_directory()
+        del self.snapshots[key]
 
 
 class Snapshotter:
@@ -347,24 +384,26 @@ class Snapshotter:
                     raise InvalidSnapshotRequest(
                         f"parent {parent!r} of {key!r} is a {base.kind} snapshot, not a committed one")
                 parent_layer = base.layer_id
-            layer_id = records.layer_id_for(key)
             verb = "prepare" if kind == ACTIVE else "view"
-            try:
-                self.driver.create(layer_id, parent_layer)
-            except MaxDepthExceeded as exc:
-                raise SnapshotConflict(f"cannot {verb} {key!r}: {exc}") from exc
+            while True:
+                layer_id = records.new_layer_id(key)
+                try:
+                    self.driver.create(layer_id, parent_layer)
+                    break
+                except LayerExists:
+                    continue  # 24 random bits met an earlier layer of the same key hash: draw again
+                except MaxDepthExceeded as exc:
+                    raise SnapshotConflict(f"cannot {verb} {key!r}: {exc}") from exc
             now = _now()
             snap = Snapshot(key, kind, layer_id, parent, labels, now, now)
-            records.snapshots[key] = snap
             try:
                 described = self._describe(snap)
                 if not containerd_can_mount(described):
                     raise SnapshotConflict(
                         f"cannot {verb} {key!r}: its chain of {self._depth(layer_id) + 1} layers is deeper "
                         "than containerd can mount (its mount(2) data would not fit in one page)")
-                records.save()
+                records.put(snap)
             except BaseException:
-                del records.snapshots[key]
                 with contextlib.suppress(AufsError, OSError):
                     self.driver.remove(layer_id)
                 raise
@@ -418,13 +457,12 @@ class Snapshotter:
                 raise SnapshotExists(f"snapshot {name!r} already exists")
             now = _now()
             committed = Snapshot(name, COMMITTED, active.layer_id, active.parent, labels, now, now)
-            records.snapshots[name] = committed
-            del records.snapshots[key]
+            records.put(committed)
             try:
-                records.save()
+                records.delete(key)
             except BaseException:
-                del records.snapshots[name]
-                records.snapshots[key] = active
+                with contextlib.suppress(OSError):
+                    records.delete(name)
                 raise
             return committed
 
@@ -443,12 +481,7 @@ class Snapshotter:
                 shown = ", ".join(repr(c) for c in children[:3])
                 raise SnapshotConflict(f"cannot remove snapshot {key!r}: it is the parent of {shown}"
                                        f"{' ...' if len(children) > 3 else ''}; remove those first")
-            del records.snapshots[key]
-            try:
-                records.save()
-            except BaseException:
-                records.snapshots[key] = snap
-                raise
+            records.delete(key)
             with contextlib.suppress(LayerNotFound):
                 self.driver.remove(snap.layer_id)
 
@@ -484,12 +517,7 @@ class Snapshotter:
                     raise InvalidSnapshotRequest(f"cannot update the {path!r} field of snapshot {key!r}: "
                                                  "only labels are mutable")
             new = replace(snap, labels=check_labels(updated), updated=_now())
-            records.snapshots[key] = new
-            try:
-                records.save()
-            except BaseException:
-                records.snapshots[key] = snap
-                raise
+            records.put(new)
             return new
 
     def walk(self, filters: Sequence[str] = ()) -> list[Snapshot]:

@@ -470,14 +470,14 @@ def test_list_streams_in_batches_and_survives_a_client_that_leaves(client: Clien
 
 def test_cleanup_removes_layers_no_snapshot_names(client: Client, overlay_driver: Driver) -> None:
     client.prepare("kept", "", GC_ROOT)
-    overlay_driver.create("ctd-0123456789abcdef-999")  # as a crash between create and save leaves it
+    overlay_driver.create("ctd-0123456789-abc999")  # as a crash between create and save leaves it
     overlay_driver.create("users-own-layer")
     client.cleanup()
     assert sorted(overlay_driver.layers()) == sorted([client_layer(overlay_driver), "users-own-layer"])
 
 
 def client_layer(driver: Driver) -> str:
-    (only,) = [i for i in driver.layers() if i.startswith("ctd-") and not i.endswith("-999")]
+    (only,) = [i for i in driver.layers() if i.startswith("ctd-") and not i.endswith("-abc999")]
     return only
 
 
@@ -496,7 +496,7 @@ def test_chains_deeper_than_containerd_mounts_are_refused_unchanged(client: Clie
         parent = f"deep-{depth}"
         depth += 1
         assert depth < 300, "no limit met: containerd's mount(2) cannot take this"
-    assert depth >= 120  # what the docstring promises, for this test's home of ~60 bytes
+    assert depth >= 128  # containerd's own suite mounts 128; the docstring promises ~140
     layers = sorted(overlay_driver.layers())
     assert len(layers) == depth and code_of(client.stat, key) == NOT_FOUND
     assert sorted(overlay_driver.layers()) == layers
