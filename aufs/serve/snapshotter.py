@@ -50,7 +50,14 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from ..errors import AufsError, BackendUnavailable, LayerExists, LayerNotFound, MaxDepthExceeded, StoreLocked
+from ..errors import (
+    AufsError,
+    BackendUnavailable,
+    LayerExists,
+    LayerNotFound,
+    MaxDepthExceeded,
+    StoreLocked,
+)
 from ..plan import Mount
 from ..whiteouts import WhiteoutFormat
 from .filters import compile_filters
@@ -61,11 +68,11 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = [
     "ACTIVE",
     "COMMITTED",
+    "MAX_KEY_BYTES",
+    "MAX_LABELS_BYTES",
+    "MAX_LABEL_PAIR_BYTES",
     "VIEW",
     "InvalidSnapshotRequest",
-    "MAX_KEY_BYTES",
-    "MAX_LABEL_PAIR_BYTES",
-    "MAX_LABELS_BYTES",
     "Snapshot",
     "SnapshotConflict",
     "SnapshotExists",

@@ -8,10 +8,10 @@ import pytest
 
 pytest.importorskip("grpc", reason="aufs[containerd] (grpcio, protobuf) is not installed")
 
-from aufs import Driver  # noqa: E402
-from aufs.serve.containerd import ContainerdServer  # noqa: E402
+from aufs import Driver
+from aufs.serve.containerd import ContainerdServer
 
-from .helpers import Client  # noqa: E402
+from .helpers import Client
 
 
 @pytest.fixture

@@ -15,10 +15,10 @@ from contextlib import contextmanager
 from typing import Any
 
 import grpc
+from google.protobuf import field_mask_pb2
 
 from aufs import mounts as aufs_mounts
 from aufs.serve._proto import snapshots_pb2, snapshots_pb2_grpc
-from google.protobuf import field_mask_pb2
 
 MS_RDONLY = 1
 KIND_NAMES = {snapshots_pb2.VIEW: "view", snapshots_pb2.ACTIVE: "active", snapshots_pb2.COMMITTED: "committed"}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from aufs import Driver, StoreLocked
-from aufs.serve.snapshotter import Snapshotter, SnapshotNotFound
+from aufs.serve.snapshotter import SnapshotNotFound, Snapshotter
 
 
 def test_records_survive_reopening(overlay_driver: Driver) -> None:
@@ -52,9 +52,8 @@ def test_debris_of_a_crash_is_swept_and_nothing_else(overlay_driver: Driver) -> 
 
 
 def test_one_snapshotter_per_store(overlay_driver: Driver) -> None:
-    with Snapshotter(overlay_driver):
-        with pytest.raises(StoreLocked):
-            Snapshotter(Driver(overlay_driver.home, backend="overlay"))
+    with Snapshotter(overlay_driver), pytest.raises(StoreLocked):
+        Snapshotter(Driver(overlay_driver.home, backend="overlay"))
 
 
 def test_a_record_whose_layer_was_removed_by_hand_reports_not_found(overlay_driver: Driver) -> None:

@@ -45,7 +45,7 @@ def serve(home: pathlib.Path, sock: pathlib.Path, *extra: str) -> subprocess.Com
     """Run the server to completion (for the cases where it must refuse to start)."""
     return subprocess.run([sys.executable, "-m", "aufs", "--home", str(home), "--backend", "overlay",
                            "serve", "containerd", "--socket", str(sock), *extra],
-                          capture_output=True, text=True, timeout=60, cwd=str(REPO),
+                          check=False, capture_output=True, text=True, timeout=60, cwd=str(REPO),
                           env={**os.environ, "PYTHONPATH": str(REPO)})
 
 
@@ -168,7 +168,7 @@ def test_store_with_aufs_whiteouts_is_refused(ramdir: pathlib.Path) -> None:
         pytest.skip(f"a store with AUFS whiteouts needs fuse-overlayfs here: {reason}")
     Driver(ramdir / "store", backend="fuse-overlayfs")
     result = subprocess.run([sys.executable, "-m", "aufs", "--home", str(ramdir / "store"), "serve", "containerd",
-                             "--socket", str(ramdir / "s.sock")], capture_output=True, text=True, timeout=60,
+                             "--socket", str(ramdir / "s.sock")], check=False, capture_output=True, text=True, timeout=60,
                             cwd=str(REPO), env={**os.environ, "PYTHONPATH": str(REPO)})
     assert result.returncode == 8 and "overlay backend" in result.stderr
     assert not (ramdir / "s.sock").exists()
