@@ -273,7 +273,8 @@ class ContainerdServer:
         self._snapshotter = Snapshotter(self.driver)
         try:
             server = grpc.server(futures.ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="aufs-grpc"))
-            snapshots_pb2_grpc.add_SnapshotsServicer_to_server(_Servicer(self._snapshotter), server)
+            snapshots_pb2_grpc.add_SnapshotsServicer_to_server(  # type: ignore[no-untyped-call]
+                _Servicer(self._snapshotter), server)
             # the socket is created by bind() inside add_insecure_port: the umask makes it 0600
             # from its first instant (the umask is process-wide, hence the short window)
             old = os.umask(0o177)
@@ -331,7 +332,7 @@ def serve_containerd(driver: Driver, socket: PathArg, *, group: str | int | None
     """
     stop = stop if stop is not None else threading.Event()
     in_main = threading.current_thread() is threading.main_thread()
-    saved: dict[int, Any] = {}
+    saved: dict[signal.Signals, Any] = {}
     if in_main:
         for signum in (signal.SIGTERM, signal.SIGINT):
             saved[signum] = signal.signal(signum, lambda received, frame: stop.set())
