@@ -3,7 +3,7 @@
 Two layers: a base holding ``/bin/busybox`` and its applet links, and a second layer that adds
 ``/etc/greeting`` and deletes ``/etc/obsolete`` (a whiteout), so an import exercises parents
 and deletions. Written as an OCI image layout by hand (independent of aufs's own exporter),
-then packed by real tools: ``tar`` for the OCI archive, ``skopeo`` for the docker-archive.
+then packed by skopeo as an OCI archive or a docker-archive, as ``ctr images import`` takes them.
 """
 from __future__ import annotations
 
@@ -90,16 +90,19 @@ def write_oci_layout(layout: Path, ref: str = "latest") -> Path:
 
 
 def oci_archive(workdir: Path, name: str) -> Path:
-    """The image as an OCI archive (a tar of the layout) named ``name`` for ``ctr images import``."""
-    layout = write_oci_layout(workdir / "oci-layout", ref=name)
+    """The image as an OCI archive made by skopeo (``oci-archive:``), named ``name``."""
+    layout = workdir / "oci-layout"
+    if not layout.exists():
+        write_oci_layout(layout)
     archive = workdir / "image-oci.tar"
-    subprocess.run(["tar", "-C", str(layout), "-cf", str(archive), "."], check=True)
+    subprocess.run(["skopeo", "copy", "--quiet", f"oci:{layout}:latest", f"oci-archive:{archive}:{name}"],
+                   check=True, capture_output=True)
     return archive
 
 
 def docker_archive(workdir: Path, name: str) -> Path:
     """The image as a docker-archive (``docker save`` format) made by skopeo, tagged ``name``."""
-    layout = workdir / "oci-for-skopeo"
+    layout = workdir / "oci-layout"
     if not layout.exists():
         write_oci_layout(layout)
     archive = workdir / "image-docker.tar"

@@ -3,7 +3,7 @@
 Each test starts its own containerd (private config: root, state and sockets under the test's
 tmpfs directory, the CRI plugin off) and its own snapshotter server, inside the session's
 private mount namespace; the finalizers stop both. The image is built here from Debian's
-static busybox (tests/serve/images.py) and packed by tar (OCI archive) or skopeo (docker-archive).
+static busybox (tests/serve/images.py) and packed by skopeo (OCI archive, docker-archive).
 """
 from __future__ import annotations
 
@@ -23,9 +23,9 @@ from aufs import Driver
 from . import images
 from .engines import PLUGIN, REPO, Containerd, SnapshotServer
 
-for _tool in ("containerd", "ctr", "runc", "containerd-shim-runc-v2"):
+for _tool in ("containerd", "ctr", "runc", "containerd-shim-runc-v2", "skopeo"):
     if shutil.which(_tool) is None:
-        pytest.skip(f"{_tool} is not installed (scripts/bootstrap installs Debian's containerd and runc)",
+        pytest.skip(f"{_tool} is not installed (scripts/bootstrap installs containerd, runc and skopeo)",
                     allow_module_level=True)
 
 IMAGE = "docker.io/aufs/busybox:oci"
@@ -119,8 +119,6 @@ def test_import_oci_archive_and_run_prints_a_file_of_the_image(rig: Rig, oci_arc
 
 
 def test_import_docker_archive_made_by_skopeo(rig: Rig, ramdir: pathlib.Path) -> None:
-    if shutil.which("skopeo") is None:
-        pytest.skip("skopeo is not installed")
     work = ramdir / "image"
     work.mkdir()
     name = "docker.io/aufs/busybox:docker"
