@@ -27,8 +27,11 @@ from .errors import (
     MountDataTooLong,
     MountError,
     NoSpace,
+    PathTooLong,
     StoreFormatMismatch,
     StoreLocked,
+    StoreNotFound,
+    StoreReadOnly,
     UnsafeArchive,
 )
 
@@ -69,8 +72,11 @@ __all__ = [
     "MountDataTooLong",
     "MountError",
     "NoSpace",
+    "PathTooLong",
     "StoreFormatMismatch",
     "StoreLocked",
+    "StoreNotFound",
+    "StoreReadOnly",
     "UnsafeArchive",
     *_LAZY,
 ]

@@ -37,6 +37,10 @@ Kinds of finding (one term each, the same in the report, the docs and the CLI):
     an absent layer. Repair: drop the dead holders, or the table.
 ``stale-mountpoint``
     an entry of ``mnt/`` that is not mounted. Repair: delete it.
+``loose-permissions``
+    a store directory other users may enter (stores made before 0.2 were 0755): they could
+    reach mounted root filesystems and run their setuid programs. Opening the store already
+    tightens it to 0700 (the report says so); a read-only store only reports it.
 ``stale-state``
     a lock file or backend record of an absent layer, a short link (``l/``) to an absent
     layer. Repair: delete it.
@@ -52,6 +56,7 @@ import contextlib
 import errno
 import json
 import os
+import stat
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -79,6 +84,7 @@ KINDS = (
     "stale-references",
     "stale-mountpoint",
     "stale-state",
+    "loose-permissions",
 )
 UNREPAIRABLE_KINDS = frozenset({"dangling-parent", "corrupt-metadata", "incomplete-layer"})
 
@@ -166,6 +172,7 @@ class _Checker:
     # -- the parts of the store, in an order where each repair helps the next step ------------
 
     def run(self) -> CheckReport:
+        self.check_permissions()
         self.check_temporaries()
         self.check_layer_dirs()
         self.check_lineage()
@@ -175,6 +182,20 @@ class _Checker:
         self.check_state()
         self.check_links()
         return self.report
+
+    def check_permissions(self) -> None:
+        for path in self.core.tightened:
+            self.report.findings.append(Finding(
+                "loose-permissions", path, "other users could enter this store directory; "
+                "opening the store made it 0700", None, True))
+        for path in self.layout.directories():
+            try:
+                mode = stat.S_IMODE(os.lstat(path).st_mode)
+            except FileNotFoundError:
+                continue
+            if mode & 0o077:
+                self.found("loose-permissions", path, f"mode {mode:04o}: other users may enter it and "
+                           "reach mounted root filesystems", fix=lambda p=path, m=mode: os.chmod(p, m & 0o700))  # type: ignore[misc]
 
     def check_temporaries(self) -> None:
         layout = self.layout

@@ -10,7 +10,7 @@ Exit codes:
 0     success
 1     any other aufs error
 2     usage error (bad arguments, bad layer id)
-3     layer not found
+3     layer not found, or no store at --home
 4     layer already exists
 5     busy: layer in use (mounted, or a parent), store locked
 6     bad image: malformed image, digest mismatch
@@ -54,6 +54,8 @@ from .errors import (
     MountError,
     NoSpace,
     StoreLocked,
+    StoreNotFound,
+    StoreReadOnly,
 )
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -68,6 +70,8 @@ EXIT_CODES: tuple[tuple[type, int], ...] = (
     # most specific first
     (InvalidLayerId, EXIT_USAGE),
     (LayerNotFound, 3),
+    (StoreNotFound, 3),
+    (StoreReadOnly, 10),
     (LayerExists, 4),
     (LayerInUse, 5),
     (StoreLocked, 5),
@@ -228,10 +232,15 @@ class _CountingWriter:
 # ---------------------------------------------------------------- commands
 
 
-def _open_driver(args: argparse.Namespace) -> Driver:
+CLI_HOLDER = "aufs-mount"
+"""The persistent holder of mounts made by ``aufs mount``: they stay until ``aufs umount``."""
+
+
+def _open_driver(args: argparse.Namespace, *, create: bool = False, holder: str | None = None) -> Driver:
+    """The store at ``--home``; only the commands that fill a store (create, import) make one."""
     from .store import Driver
 
-    return Driver(args.home, backend=args.backend)
+    return Driver(args.home, backend=args.backend, create=create, holder=holder)
 
 
 def _close(driver: Driver) -> None:
@@ -243,7 +252,7 @@ def _close(driver: Driver) -> None:
 def cmd_import(args: argparse.Namespace, out: _Output) -> int:
     from .image import import_image
 
-    driver = _open_driver(args)
+    driver = _open_driver(args, create=True)
     try:
         with out.progress("layer") as update:
             ids = import_image(
@@ -274,7 +283,7 @@ def cmd_export(args: argparse.Namespace, out: _Output) -> int:
 
 
 def cmd_create(args: argparse.Namespace, out: _Output) -> int:
-    driver = _open_driver(args)
+    driver = _open_driver(args, create=True)
     try:
         driver.create(args.layer, args.parent)
     finally:
@@ -343,11 +352,14 @@ def _render_tree(rows: list[dict[str, Any]]) -> str:
 
 
 def cmd_mount(args: argparse.Namespace, out: _Output) -> int:
-    driver = _open_driver(args)
+    driver = _open_driver(args, holder=CLI_HOLDER)
     try:
-        # No put(): the reference stays recorded in the store after this process exits, and
-        # `aufs umount` releases it.
-        path = driver.get(args.layer)
+        # one persistent reference, whatever the number of `aufs mount` calls: the mount stays
+        # after this process exits, `aufs check` knows it is wanted, `aufs umount` releases it
+        if driver.holder in driver.holders(args.layer) and driver.is_mounted(args.layer):
+            path = driver.mountpoint(args.layer)
+        else:
+            path = driver.get(args.layer)
     finally:
         _close(driver)
     out.result(path, {"id": args.layer, "path": path})
@@ -355,18 +367,24 @@ def cmd_mount(args: argparse.Namespace, out: _Output) -> int:
 
 
 def cmd_umount(args: argparse.Namespace, out: _Output) -> int:
-    driver = _open_driver(args)
+    driver = _open_driver(args, holder=CLI_HOLDER)
     try:
-        # The `aufs mount` that made this mount has exited, so its reference is gone and a put()
-        # from this new holder alone would be a no-op. get() adopts the mount, and the matching
-        # put() takes it down unless a live process still holds a reference of its own.
-        driver.get(args.layer)
-        driver.put(args.layer)
-        still = driver.is_mounted(args.layer)
+        holders = driver.holders(args.layer)
+        if not driver.is_mounted(args.layer):
+            mounted, text = False, f"{args.layer}: not mounted"
+        else:
+            if driver.holder in holders:
+                driver.put(args.layer)
+            elif not holders:
+                # a mount nobody holds (left by an older aufs, or adopted): take it down
+                driver.get(args.layer)
+                driver.put(args.layer)
+            mounted = driver.is_mounted(args.layer)
+            others = driver.holders(args.layer)
+            text = f"{args.layer}: still mounted (held by {', '.join(sorted(others))})" if mounted else ""
     finally:
         _close(driver)
-    text = f"{args.layer}: still mounted (a running process holds it)" if still else ""
-    out.result(text, {"id": args.layer, "mounted": still})
+    out.result(text, {"id": args.layer, "mounted": mounted})
     return EXIT_OK
 
 
@@ -406,23 +424,30 @@ def cmd_changes(args: argparse.Namespace, out: _Output) -> int:
 
 def cmd_rm(args: argparse.Namespace, out: _Output) -> int:
     driver = _open_driver(args)
+    removed: list[str] = []
     try:
         for layer_id in args.layers:
-            driver.remove(layer_id)
+            driver.remove(layer_id, force=args.force)
+            removed.append(layer_id)
+    except BaseException:
+        if removed:  # say what happened before the failure; the error says the rest
+            out.stderr.write(f"aufs rm: removed {', '.join(removed)}\n")
+        raise
     finally:
         _close(driver)
-    out.result("", {"removed": args.layers})
+    out.result("\n".join(removed), {"removed": removed})
     return EXIT_OK
 
 
 def cmd_status(args: argparse.Namespace, out: _Output) -> int:
     driver = _open_driver(args)
     try:
-        status = {str(k): str(v) for k, v in driver.status().items()}
+        status = driver.status()
     finally:
         _close(driver)
     width = max((len(k) for k in status), default=0)
-    out.result("\n".join(f"{k.ljust(width)}  {v}" for k, v in status.items()), status)
+    shown = {k: ("yes" if v else "no") if isinstance(v, bool) else str(v) for k, v in status.items()}
+    out.result("\n".join(f"{k.ljust(width)}  {v}" for k, v in shown.items()), status)
     return EXIT_OK
 
 
@@ -512,7 +537,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="aufs",
         description="Container image layers on disk, mounted as one root filesystem.",
-        epilog="exit codes: 0 ok, 1 aufs error, 2 usage, 3 layer not found, 4 layer exists, 5 busy, "
+        epilog="exit codes: 0 ok, 1 aufs error, 2 usage, 3 layer or store not found, 4 layer exists, 5 busy, "
         "6 bad image, 7 bad layer tar, 8 cannot mount, 9 no space, 10 system error, "
         "11 check found inconsistencies, 130 interrupted",
     )
@@ -561,8 +586,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("changes", cmd_changes, "list a layer's changes against its parent (A added, C changed, D deleted)")
     p.add_argument("layer")
 
-    p = add("rm", cmd_rm, "remove layers (children before parents)")
+    p = add("rm", cmd_rm, "remove layers (children before parents); prints what it removed")
     p.add_argument("layers", nargs="+", metavar="layer")
+    p.add_argument("--force", "-f", action="store_true", help="unmount and remove even while the layer is held")
 
     add("status", cmd_status, "show the store's backend, home and counts")
     add("cleanup", cmd_cleanup, "unmount everything under the store's home")
@@ -603,16 +629,31 @@ def main(argv: Sequence[str] | None = None, *, stdout: IO[str] | None = None, st
     except (AufsError, OSError, ValueError) as exc:
         if args.debug:
             traceback.print_exc(file=stderr)
-        stderr.write(f"aufs {args.command}: {_one_line(exc)}\n")
-        return exit_code_for(exc)
+        return _report_error(args, stderr, _one_line(exc), exc, exit_code_for(exc))
     except Exception as exc:  # noqa: BLE001 - a bug: still one line, the traceback on request
         if args.debug:
             traceback.print_exc(file=stderr)
             hint = ""
         else:
             hint = " (rerun with --debug for the traceback)"
-        stderr.write(f"aufs {args.command}: internal error: {type(exc).__name__}: {_one_line(exc)}{hint}\n")
-        return EXIT_ERROR
+        return _report_error(args, stderr, f"internal error: {type(exc).__name__}: {_one_line(exc)}{hint}",
+                             exc, EXIT_ERROR)
+
+
+def _report_error(args: argparse.Namespace, stderr: IO[str], message: str, exc: BaseException, code: int) -> int:
+    """One line on stderr: ``aufs COMMAND: message``, or under ``--json`` one JSON object
+    ``{"error", "kind", "exit"}`` (plus ``layer_id`` and ``path`` when the error names them)."""
+    if args.json:
+        record: dict[str, Any] = {"error": message, "kind": type(exc).__name__, "exit": code,
+                                  "command": args.command}
+        for field in ("layer_id", "path"):
+            value = getattr(exc, field, None)
+            if value is not None:
+                record[field] = str(value)
+        stderr.write(json.dumps(record) + "\n")
+    else:
+        stderr.write(f"aufs {args.command}: {message}\n")
+    return code
 
 
 def _one_line(exc: BaseException) -> str:

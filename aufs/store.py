@@ -14,6 +14,7 @@ import json
 import os
 import pathlib
 import re
+import stat
 import threading
 import uuid
 from collections.abc import Iterator
@@ -34,6 +35,8 @@ from .errors import (
     LayerNotFound,
     MaxDepthExceeded,
     StoreFormatMismatch,
+    StoreNotFound,
+    StoreReadOnly,
 )
 from .interrupts import defers_signals, reports_no_space, signals_deferred
 from .layout import Layout, validate_layer_id
@@ -104,8 +107,9 @@ class Driver:
     ...     open(f"{root}/hello", "w").write("hi")
     """
 
-    def __init__(self, home: PathArg, *, backend: str = "auto", holder: str | None = None) -> None:
-        """Open the store under ``home``, creating it if needed.
+    def __init__(self, home: PathArg, *, backend: str = "auto", holder: str | None = None,
+                 create: bool = True) -> None:
+        """Open the store under ``home``, creating it there if ``create`` (the default).
 
         ``backend`` is ``"auto"`` (kernel AUFS if the kernel has it, else kernel overlayfs if
         this process may mount, else fuse-overlayfs if installed; for an existing store only
@@ -114,11 +118,22 @@ class Driver:
         references are counted under that name and survive the process, so a restarted
         server that opens the store with the same name can ``put`` what it ``get`` before.
 
-        Raises ``ValueError`` for an unknown backend or a malformed holder name,
-        :class:`aufs.StoreFormatMismatch` if the store's format cannot be read by ``backend``,
-        :class:`aufs.BackendUnavailable` saying what is missing if no usable backend exists.
-        Takes the store lock; opening sweeps the debris of dead processes. Idempotent.
+        A new store is made only in a directory that is missing or empty; its directories are
+        private to the store's owner (0700: a mounted root filesystem must not be reachable by
+        other users, nor its setuid programs runnable by them), and opening an older store
+        tightens them (``check`` reports it). A store on a read-only filesystem opens for
+        reading: ``layers``, ``status``, ``diff``, ``changes``, ``diff_size``, ``check``
+        work, every change raises :class:`aufs.StoreReadOnly`.
+
+        Raises ``ValueError`` for an empty ``home``, an unknown backend or a malformed holder
+        name, :class:`aufs.StoreNotFound` if there is no store and ``create`` is false (nothing
+        is created), :class:`aufs.StoreFormatMismatch` if ``home`` is a non-empty directory
+        holding no store or a store ``backend`` cannot read, :class:`aufs.BackendUnavailable`
+        saying what is missing if no usable backend exists. Takes the store lock; opening
+        sweeps the debris of dead processes. Idempotent.
         """
+        if not os.fspath(home):
+            raise ValueError("the store's home directory must be a path, not an empty string")
         if backend not in BACKEND_NAMES:
             raise ValueError(f"unknown backend {backend!r}; use one of {', '.join(BACKEND_NAMES)}")
         if holder is not None and (not isinstance(holder, str) or not _HOLDER_RE.match(holder)):
@@ -128,20 +143,32 @@ class Driver:
         self._holder_lock = threading.Lock()
         self._holder_pid = -1
         self._holder_name = ""
-        os.makedirs(layout.home, exist_ok=True)
+        exists = os.path.isfile(layout.meta_file)
+        if not exists:
+            _check_new_home(layout, create)
+            os.makedirs(layout.home, mode=0o700, exist_ok=True)
+        read_only = _read_only(layout.home)
         with contextlib.ExitStack() as stack:
             stack.enter_context(_hold(layout.store_lock))
             meta = _read_store_meta(layout)
+            if meta is None and read_only:
+                raise StoreReadOnly(f"cannot create a store in {layout.home}: its filesystem is read-only",
+                                    path=layout.home)
             fmt = None if meta is None else WhiteoutFormat(meta["format"])
             backend_cls, fmt = _choose_backend(backend, fmt)
-            for directory in layout.directories():
-                os.makedirs(directory, mode=0o755, exist_ok=True)
-            if meta is None:
-                os.chmod(layout.layers_dir, 0o700)
-                _write_store_meta(layout, fmt, backend_cls.name)
-            self._core = StoreCore(layout, fmt, backend_cls(layout, fmt))
+            tightened: list[str] = []
+            if not read_only:
+                for directory in layout.directories():
+                    os.makedirs(directory, mode=0o700, exist_ok=True)
+                tightened = _make_private(layout)
+                if meta is None:
+                    _write_store_meta(layout, fmt, backend_cls.name)
+                    tightened = []  # a new store is private from the start
+            self._core = StoreCore(layout, fmt, backend_cls(layout, fmt), read_only=read_only,
+                                   tightened=tightened)
             self._diffs = LayerDiffs(self._core)
-            self._core.sweep()
+            if not read_only:
+                self._core.sweep()
 
     # ------------------------------------------------------------------ properties
 
@@ -164,6 +191,11 @@ class Driver:
     def max_depth(self) -> int:
         """The longest chain (a layer and its ancestors) the backend mounts; ``create`` enforces it."""
         return self._core.backend.max_depth
+
+    @property
+    def read_only(self) -> bool:
+        """True if the store's filesystem is read-only (every change raises StoreReadOnly)."""
+        return self._core.read_only
 
     @property
     def layout(self) -> Layout:
@@ -227,6 +259,13 @@ class Driver:
         self._core.require(layer_id)
         return is_mount_point(self._core.layout.mountpoint(layer_id))
 
+    def holders(self, layer_id: str) -> dict[str, int]:
+        """Who holds references to the layer's mount now: holder -> count, live holders only
+        (``PID-START:NONCE`` for a Driver in a running process, ``@NAME`` for a persistent
+        holder). Raises :class:`aufs.LayerNotFound`. Takes the layer lock."""
+        with self._core.locked_layer(layer_id):
+            return dict(RefTable.load(self._core.layout.refs_file(layer_id)).holders)
+
     def mounts(self, layer_id: str, *, readonly: bool = False) -> list[Mount]:
         """The mounts :meth:`get` would perform for the layer, described, not performed.
 
@@ -245,9 +284,10 @@ class Driver:
         meta = self._core.require(layer_id)
         return self._core.describe(layer_id, list(meta["ancestors"]), readonly=readonly)
 
-    def status(self) -> dict[str, str]:
-        """Facts about the store, as strings: backend, home, format, layers, backing filesystem...
-        Takes no lock."""
+    def status(self) -> dict[str, str | int | bool]:
+        """Facts about the store: ``backend``, ``home``, ``whiteout_format``,
+        ``backing_filesystem`` (str); ``layers``, ``mounted``, ``max_depth`` (the longest chain,
+        top layer included) (int); ``read_only`` (bool). Takes no lock."""
         home = self._core.home
         backing = "unknown"
         best = -1
@@ -262,9 +302,10 @@ class Driver:
             "backend": self.backend,
             "home": home,
             "whiteout_format": self.whiteout_format.value,
-            "layers": str(len(layer_ids)),
-            "mounted": str(mounted),
-            "max_depth": str(self.max_depth),
+            "layers": len(layer_ids),
+            "mounted": mounted,
+            "max_depth": self.max_depth,
+            "read_only": self.read_only,
             "backing_filesystem": backing,
         }
 
@@ -287,6 +328,7 @@ class Driver:
         if parent is not None:
             validate_layer_id(parent)
         core = self._core
+        core.require_writable(f"create layer {layer_id!r}")
         layout = core.layout
         with core.store_lock():
             if core.exists(layer_id):
@@ -337,15 +379,19 @@ class Driver:
                 continue
         return children
 
-    def remove(self, layer_id: str) -> None:
-        """Delete the layer, unmounting it first if it is mounted (whoever holds it).
+    def remove(self, layer_id: str, *, force: bool = False) -> None:
+        """Delete the layer.
 
-        Raises :class:`aufs.LayerInUse` if other layers have it as parent,
-        :class:`aufs.LayerNotFound` if absent (not idempotent). Takes the store lock, then
-        the layer lock. Atomic: the layer vanishes by one rename.
+        Raises :class:`aufs.LayerInUse` if other layers have it as parent, or, unless
+        ``force``, if any live holder references its mount (the error names the holders:
+        process ids, persistent holder names); with ``force`` the mount is taken down
+        whoever holds it and their references are dropped. Raises
+        :class:`aufs.LayerNotFound` if absent (not idempotent), :class:`aufs.StoreReadOnly`.
+        Takes the store lock, then the layer lock. Atomic: the layer vanishes by one rename.
         """
         validate_layer_id(layer_id)
         core = self._core
+        core.require_writable(f"remove layer {layer_id!r}")
         layout = core.layout
         with core.store_lock(), core.layer_lock(layer_id) as lock_fd:
             core.layer_meta(layer_id)
@@ -354,6 +400,13 @@ class Driver:
                 raise LayerInUse(
                     f"layer {layer_id!r} is the parent of {', '.join(sorted(children)[:5])}"
                     f"{' ...' if len(children) > 5 else ''}: remove those first",
+                    layer_id=layer_id,
+                )
+            holders = RefTable.load(layout.refs_file(layer_id)).holders
+            if holders and not force:
+                raise LayerInUse(
+                    f"layer {layer_id!r} is mounted and held by {_describe_holders(holders)}: "
+                    "put it first (`aufs umount`), or remove with force",
                     layer_id=layer_id,
                 )
             core.unmount_layer(layer_id)
@@ -382,6 +435,7 @@ class Driver:
         mount and its reference agree.
         """
         core = self._core
+        core.require_writable(f"mount layer {layer_id!r}")
         layout = core.layout
         target = layout.mountpoint(layer_id)
         with core.locked_layer(layer_id) as meta:
@@ -413,6 +467,7 @@ class Driver:
         :class:`aufs.NoSpace`. Takes the layer lock.
         """
         core = self._core
+        core.require_writable(f"release a reference to layer {layer_id!r}")
         layout = core.layout
         with core.locked_layer(layer_id):
             refs = RefTable.load(layout.refs_file(layer_id))
@@ -426,8 +481,9 @@ class Driver:
     def mount(self, layer_id: str) -> Iterator[str]:
         """``with driver.mount(layer_id) as path:`` -- :meth:`get` on entry, :meth:`put` on exit.
 
-        A Ctrl-C at any moment leaves no reference behind (get and put hold signals back, and
-        the reference get took is known here before a held-back signal is delivered).
+        A Ctrl-C at any moment leaves no reference behind: get and put run with signals held
+        back, and a signal that lands before the hold takes effect on exit still gets the
+        reference given back.
         """
         path = None
         try:
@@ -436,7 +492,15 @@ class Driver:
             yield path
         finally:
             if path is not None:
-                self.put(layer_id)
+                released = False
+                try:
+                    with signals_deferred():
+                        self.put(layer_id)
+                        released = True
+                except KeyboardInterrupt:
+                    if not released:  # interrupted before put began: it did nothing yet
+                        self.put(layer_id)
+                    raise
 
     # ------------------------------------------------------------------ cleanup / check
 
@@ -449,6 +513,8 @@ class Driver:
         the store lock, then each layer's lock. Idempotent.
         """
         core = self._core
+        if core.read_only:  # nothing of a read-only store can be mounted or held
+            return
         layout = core.layout
         with core.store_lock():
             core.unmount_all_below_home()
@@ -468,6 +534,8 @@ class Driver:
         Safe while other threads and processes use the store: takes the store lock, and each
         layer's lock while it looks at that layer. Idempotent once repaired.
         """
+        if repair:
+            self._core.require_writable("repair the store")
         return check_store(self._core, repair=repair)
 
     # ------------------------------------------------------------------ diff verbs (aufs.diffs)
@@ -554,3 +622,63 @@ def _choose_backend(name: str, fmt: WhiteoutFormat | None) -> tuple[type[Backend
             return cls, fmt if fmt is not None else cls.formats[0]
         reasons.append(f"{cls.name}: {reason}")
     raise BackendUnavailable("no usable union backend: " + "; ".join(reasons))
+
+
+# the entries of a store's home, so that a half-made store (killed before its description was
+# written) counts as empty, not as someone else's directory
+_STORE_ENTRIES = frozenset({
+    ".lock", "aufs-store.json", "aufs-store.json.tmp", "layers", "mnt", "state", "l", "empty", "tmp",
+    "image-imports", "images", "snapshotter",
+})
+
+
+def _check_new_home(layout: Layout, create: bool) -> None:
+    """Refuse to make a store where none is, unless asked to, and never over someone's files."""
+    try:
+        entries = os.listdir(layout.home)
+    except FileNotFoundError:
+        entries = None
+    except NotADirectoryError:
+        raise StoreFormatMismatch(f"{layout.home} is not a directory; a store needs one", path=layout.home) from None
+    if not create:
+        raise StoreNotFound(f"there is no aufs store in {layout.home} (create one with `aufs create` or "
+                            "`aufs import`, or pick another --home)", path=layout.home)
+    foreign = sorted(set(entries or ()) - _STORE_ENTRIES)
+    if foreign:
+        raise StoreFormatMismatch(
+            f"{layout.home} is not empty ({', '.join(foreign[:3])}{' ...' if len(foreign) > 3 else ''}) "
+            "and holds no aufs store: pick a new or empty directory", path=layout.home)
+
+
+def _read_only(path: str) -> bool:
+    try:
+        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
+
+
+def _make_private(layout: Layout) -> list[str]:
+    """Make the store's directories 0700 (an older store's were 0755); returns those changed.
+
+    Only the owner may reach a mounted root filesystem (``mnt/``), a layer's files
+    (``layers/``, ``l/``), work in progress (``tmp/``) and the references (``state/``).
+    """
+    changed = []
+    for directory in layout.directories():
+        st = os.lstat(directory)
+        if stat.S_IMODE(st.st_mode) & 0o077:
+            os.chmod(directory, stat.S_IMODE(st.st_mode) & 0o700)
+            changed.append(directory)
+    return changed
+
+
+def _describe_holders(holders: dict[str, int]) -> str:
+    """``pid 123, @aufs-mount`` for the holders of a reference table."""
+    names = []
+    for holder in sorted(holders):
+        if holder.startswith(PERSISTENT_PREFIX):
+            names.append(f"{holder} (persistent)")
+        else:
+            token = ProcessToken.parse(holder)
+            names.append(f"pid {token.pid}" if token is not None else holder)
+    return ", ".join(dict.fromkeys(names))
