@@ -510,11 +510,14 @@ def cmd_serve_containerd(args: argparse.Namespace, out: _Output) -> int:
         raise _UsageError(f"aufs serve containerd needs grpcio and protobuf: pip install 'aufs[containerd]' ({exc})")
     import logging
 
-    logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO, stream=sys.stderr,
-                        format="aufs serve containerd: %(message)s")
-    # gRPC's own loggers say nothing a user of this command needs, even at --debug
-    logging.getLogger("grpc").setLevel(logging.WARNING)
-    serve_containerd(_open_driver(args), args.socket, group=args.group)
+    # the server's own log only: other libraries' loggers stay as quiet as they were
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("aufs serve containerd: %(message)s"))
+    served = logging.getLogger("aufs.serve")
+    served.addHandler(handler)
+    served.setLevel(logging.DEBUG if args.debug else logging.INFO)
+    served.propagate = False
+    serve_containerd(_open_driver(args, create=True), args.socket, group=args.group)
     return EXIT_OK
 
 
