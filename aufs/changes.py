@@ -249,10 +249,11 @@ def _too_long_path(layer_fd: int, limit: int) -> str:
             fd = -1
             while stack:
                 parent_fd, parent, rest = stack[-1]
-                name = next(rest, None)
-                if name is None:
+                entry: str | None = next(rest, None)
+                if entry is None:
                     os.close(stack.pop()[0])
                     continue
+                name = entry
                 try:
                     fd = os.open(name, _O_DIR | os.O_NOFOLLOW, dir_fd=parent_fd)
                 except OSError as exc:

@@ -25,6 +25,7 @@ Exit codes:
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import sys
@@ -252,6 +253,7 @@ def _close(driver: Driver) -> None:
 def cmd_import(args: argparse.Namespace, out: _Output) -> int:
     from .image import import_image
 
+    _require_input(args.source)
     driver = _open_driver(args, create=True)
     try:
         with out.progress("layer") as update:
@@ -262,6 +264,11 @@ def cmd_import(args: argparse.Namespace, out: _Output) -> int:
                 ref=args.ref,
                 progress=lambda layer_id, done, total: update(layer_id, done, total),
             )
+    except ImageError as exc:
+        if "with ref=" in exc.message:  # the API's keyword is the CLI's option
+            exc.message = exc.message.replace("with ref=", "with --ref")
+            exc.args = (exc.message,)
+        raise
     finally:
         _close(driver)
     out.result(ids[-1], {"layers": ids, "top": ids[-1]})
@@ -282,6 +289,12 @@ def cmd_export(args: argparse.Namespace, out: _Output) -> int:
     return EXIT_OK
 
 
+def _require_input(path: str | os.PathLike[str]) -> None:
+    """One error, the same for every command, for an input file that is not there."""
+    if not os.path.lexists(path):
+        raise FileNotFoundError(errno.ENOENT, "no such file or directory", os.fspath(path))
+
+
 def cmd_create(args: argparse.Namespace, out: _Output) -> int:
     driver = _open_driver(args, create=True)
     try:
@@ -298,6 +311,7 @@ def cmd_apply(args: argparse.Namespace, out: _Output) -> int:
             source: IO[bytes] = sys.stdin.buffer
             total: int | None = None
         else:
+            _require_input(args.diff)
             source = stack.enter_context(open(args.diff, "rb"))
             total = os.fstat(source.fileno()).st_size
         driver = _open_driver(args)
@@ -660,6 +674,10 @@ def _report_error(args: argparse.Namespace, stderr: IO[str], message: str, exc: 
 
 
 def _one_line(exc: BaseException) -> str:
+    if (isinstance(exc, OSError) and not isinstance(exc, AufsError) and exc.strerror
+            and exc.filename is not None):
+        # "[Errno 2] No such file or directory: 'x'" -> "no such file or directory: x"
+        return " ".join(f"{exc.strerror[:1].lower()}{exc.strerror[1:]}: {os.fsdecode(exc.filename)}".split())
     text = str(exc) or type(exc).__name__
     if isinstance(exc, OSError) and not isinstance(exc, AufsError) and exc.filename is not None and str(exc.filename) not in text:
         text = f"{text}: {exc.filename}"

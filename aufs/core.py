@@ -35,7 +35,7 @@ from .owners import ProcessToken
 from .plan import Mount, mount_chain
 from .whiteouts import OPAQUE_NAME, OPAQUE_XATTRS, WhiteoutFormat, root_is_opaque
 
-__all__ = ["StoreCore", "is_mount_point", "rmdir_quietly", "unlink_quietly"]
+__all__ = ["StoreCore", "mounted_or_dead", "rmdir_quietly", "unlink_quietly"]
 
 
 def rmdir_quietly(path: str) -> None:
@@ -54,7 +54,7 @@ def unlink_quietly(path: str) -> None:
         pass
 
 
-def is_mount_point(path: str) -> bool:
+def mounted_or_dead(path: str) -> bool:
     """:func:`aufs.mounts.mounted`, where a FUSE mount whose daemon died (ENOTCONN) counts."""
     try:
         return mounts.mounted(path)
@@ -100,7 +100,7 @@ class StoreCore:
 
     # ------------------------------------------------------------------ layers
 
-    def layer_meta(self, layer_id: str) -> dict[str, Any]:
+    def load_meta(self, layer_id: str) -> dict[str, Any]:
         """The layer's ``layer.json``; :class:`aufs.LayerNotFound` if it does not exist."""
         try:
             with open(self.layout.layer_meta(layer_id), "rb") as f:
@@ -110,8 +110,8 @@ class StoreCore:
         return meta
 
     def require(self, layer_id: str) -> dict[str, Any]:
-        """:meth:`layer_meta` of a validated id (:class:`aufs.InvalidLayerId` otherwise)."""
-        return self.layer_meta(validate_layer_id(layer_id))
+        """:meth:`load_meta` of a validated id (:class:`aufs.InvalidLayerId` otherwise)."""
+        return self.load_meta(validate_layer_id(layer_id))
 
     def exists(self, layer_id: str) -> bool:
         return is_valid_layer_id(layer_id) and os.path.isfile(self.layout.layer_meta(layer_id))
@@ -138,7 +138,7 @@ class StoreCore:
         remove may have won the race for it)."""
         self.require(layer_id)
         with self.layer_lock(layer_id):
-            yield self.layer_meta(layer_id)
+            yield self.load_meta(layer_id)
 
     # ------------------------------------------------------------------ mount planning
 
@@ -296,7 +296,7 @@ class StoreCore:
             # a live layer's mountpoint belongs to its get/put (under the layer lock): a get may
             # have just made it; only the mountpoints of layers that are gone are debris
             path = layout.mnt_dir + "/" + name
-            if name not in live and not is_mount_point(path):
+            if name not in live and not mounted_or_dead(path):
                 rmdir_quietly(path)
         for name in _listdir(layout.state_dir):
             layer_id, _, kind = name.partition(".")

@@ -24,7 +24,7 @@ from . import changes as _changes
 from . import export as _export
 from .changes import Change
 from .clone import clone_tree, remove_tree
-from .core import StoreCore, is_mount_point
+from .core import StoreCore, mounted_or_dead
 from .errors import AufsError, LayerInUse, NoSpace, PathTooLong
 from .interrupts import reports_no_space
 from .owners import ProcessToken
@@ -63,7 +63,7 @@ class LayerDiffs:
         core.require_writable(f"apply a diff to layer {layer_id!r}")
         layout = core.layout
         with core.locked_layer(layer_id) as meta:
-            if is_mount_point(layout.mountpoint(layer_id)):
+            if mounted_or_dead(layout.mountpoint(layer_id)):
                 raise LayerInUse(f"layer {layer_id!r} is mounted: put it before applying a diff", layer_id=layer_id)
             diff_dir = core.settle(layer_id)
             stage = layout.temp_path("apply", ProcessToken.current(), layer_id)

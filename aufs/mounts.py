@@ -34,7 +34,7 @@ from typing import NamedTuple
 from . import _syscalls
 from ._syscalls import StrPath
 from .errors import MountDataTooLong, MountError
-from .plan import Mount, parse_overlay_options
+from .plan import Mount, mount_data, overlay_mount, parse_overlay_options
 
 __all__ = [
     "MOUNTINFO",
@@ -411,17 +411,8 @@ def submounts(path: StrPath, mountinfo: StrPath = MOUNTINFO) -> list[MountInfo]:
 
 def _legacy_overlay_data(lowerdirs: Sequence[str], upperdir: str | None,
                          workdir: str | None, options: Sequence[str]) -> str:
-    for p in (*lowerdirs, upperdir or "", workdir or ""):
-        bad = [c for c in (",", ":", "\\") if c in p]
-        if bad:
-            raise MountError(f"overlay layer path {p!r} contains {bad[0]!r}, which legacy "
-                             f"mount(2) data cannot carry; this kernel lacks the new mount API "
-                             f"with lowerdir+ (Linux 6.8+)", path=p)
-    parts = ["lowerdir=" + ":".join(lowerdirs)]
-    if upperdir is not None:
-        parts += ["upperdir=" + upperdir, "workdir=" + (workdir or "")]
-    parts += list(options)
-    return ",".join(parts)
+    # the kernel's overlay option parser reads backslash escapes: any path can be carried
+    return mount_data(overlay_mount(lowerdirs, upperdir, workdir, options).options)
 
 
 def mount_overlay(target: StrPath, lowerdirs: Sequence[StrPath],
@@ -451,7 +442,8 @@ def mount_overlay(target: StrPath, lowerdirs: Sequence[StrPath],
     work = None if workdir is None else os.fsdecode(workdir)
 
     features = kernel_features()
-    long_paths = any(len(os.fsencode(p)) >= 256 for p in (*lowers, upper or "", work or ""))
+    # paths fsconfig cannot take as strings: too long, or holding a backslash (unescaped there)
+    long_paths = any(len(os.fsencode(p)) >= 256 or "\\" in p for p in (*lowers, upper or "", work or ""))
     if features.overlay_lowerdir_plus and (features.overlay_layer_fd or not long_paths):
         try:
             _syscalls.overlay_mount(target, lowers, upper, work, opts)

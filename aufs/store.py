@@ -10,6 +10,7 @@ diff verbs in :mod:`aufs.diffs` and the consistency check in :mod:`aufs.check`.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import pathlib
@@ -26,7 +27,7 @@ from .backends.base import detach
 from .changes import Change
 from .check import CheckReport, check_store
 from .clone import remove_tree
-from .core import StoreCore, is_healthy, is_mount_point, rmdir_quietly, unlink_quietly
+from .core import StoreCore, is_healthy, mounted_or_dead, rmdir_quietly, unlink_quietly
 from .diffs import DiffSource, DiffTarget, LayerDiffs
 from .errors import (
     BackendUnavailable,
@@ -144,11 +145,16 @@ class Driver:
         self._holder_pid = -1
         self._holder_name = ""
         exists = os.path.isfile(layout.meta_file)
+        made_home = False
         if not exists:
             _check_new_home(layout, create)
+            made_home = not os.path.isdir(layout.home)
             os.makedirs(layout.home, mode=0o700, exist_ok=True)
         read_only = _read_only(layout.home)
+        opened: list[bool] = []
         with contextlib.ExitStack() as stack:
+            if made_home:  # nothing half-created: a refused new home goes again
+                stack.callback(_remove_if_refused, layout, opened)
             stack.enter_context(_hold(layout.store_lock))
             meta = _read_store_meta(layout)
             if meta is None and read_only:
@@ -156,6 +162,8 @@ class Driver:
                                     path=layout.home)
             fmt = None if meta is None else WhiteoutFormat(meta["format"])
             backend_cls, fmt = _choose_backend(backend, fmt)
+            if fmt is WhiteoutFormat.OVERLAY and not read_only:
+                _require_trusted_xattrs(layout.home)
             tightened: list[str] = []
             if not read_only:
                 for directory in layout.directories():
@@ -169,6 +177,7 @@ class Driver:
             self._diffs = LayerDiffs(self._core)
             if not read_only:
                 self._core.sweep()
+            opened.append(True)
 
     # ------------------------------------------------------------------ properties
 
@@ -257,7 +266,7 @@ class Driver:
         """True if the layer's union is mounted now (by any holder). Raises
         :class:`aufs.LayerNotFound`. Takes no lock."""
         self._core.require(layer_id)
-        return is_mount_point(self._core.layout.mountpoint(layer_id))
+        return mounted_or_dead(self._core.layout.mountpoint(layer_id))
 
     def holders(self, layer_id: str) -> dict[str, int]:
         """Who holds references to the layer's mount now: holder -> count, live holders only
@@ -297,7 +306,7 @@ class Driver:
                 best, backing = len(point), info.fstype
         layer_ids = self.layers()
         layout = self._core.layout
-        mounted = sum(1 for i in layer_ids if is_mount_point(layout.mountpoint(i)))
+        mounted = sum(1 for i in layer_ids if mounted_or_dead(layout.mountpoint(i)))
         return {
             "backend": self.backend,
             "home": home,
@@ -336,7 +345,7 @@ class Driver:
             ancestors: list[str] = []
             if parent is not None:
                 try:
-                    parent_meta = core.layer_meta(parent)
+                    parent_meta = core.load_meta(parent)
                 except LayerNotFound:
                     raise LayerNotFound(
                         f"cannot create {layer_id!r}: its parent {parent!r} does not exist", layer_id=parent
@@ -373,7 +382,7 @@ class Driver:
         children = []
         for other in self.layers():
             try:
-                if self._core.layer_meta(other)["parent"] == layer_id:
+                if self._core.load_meta(other)["parent"] == layer_id:
                     children.append(other)
             except LayerNotFound:
                 continue
@@ -394,7 +403,7 @@ class Driver:
         core.require_writable(f"remove layer {layer_id!r}")
         layout = core.layout
         with core.store_lock(), core.layer_lock(layer_id) as lock_fd:
-            core.layer_meta(layer_id)
+            core.load_meta(layer_id)
             children = self._children(layer_id)
             if children:
                 raise LayerInUse(
@@ -440,10 +449,10 @@ class Driver:
         target = layout.mountpoint(layer_id)
         with core.locked_layer(layer_id) as meta:
             refs = RefTable.load(layout.refs_file(layer_id))
-            if is_mount_point(target) and not is_healthy(target):
+            if mounted_or_dead(target) and not is_healthy(target):
                 # its daemon died (killed, OOM): the mount is dead for every holder; replace it
                 detach(target)
-            if not is_mount_point(target):
+            if not mounted_or_dead(target):
                 core.mount_layer(layer_id, meta)
                 try:
                     refs.take(self.holder)
@@ -522,7 +531,7 @@ class Driver:
                 with core.layer_lock(layer_id):
                     core.settle(layer_id, wait=True)
                     unlink_quietly(layout.refs_file(layer_id))
-                    if not is_mount_point(layout.mountpoint(layer_id)):
+                    if not mounted_or_dead(layout.mountpoint(layer_id)):
                         rmdir_quietly(layout.mountpoint(layer_id))
             core.sweep()
 
@@ -682,3 +691,26 @@ def _describe_holders(holders: dict[str, int]) -> str:
             token = ProcessToken.parse(holder)
             names.append(f"pid {token.pid}" if token is not None else holder)
     return ", ".join(dict.fromkeys(names))
+
+
+def _remove_if_refused(layout: Layout, opened: list[bool]) -> None:
+    """Undo the home this Driver made if opening failed (only the lock file is in it)."""
+    if not opened:
+        unlink_quietly(layout.store_lock)
+        rmdir_quietly(layout.home)
+
+
+def _require_trusted_xattrs(home: str) -> None:
+    """The overlay whiteout format keeps opaque directories in ``trusted.overlay.opaque``: a
+    filesystem that cannot hold trusted.* attributes (ramfs) would lose them silently."""
+    probe = "trusted.aufs-probe"
+    try:
+        os.setxattr(home, probe, b"1", follow_symlinks=False)
+    except OSError as exc:
+        if exc.errno not in (errno.ENOTSUP, errno.EOPNOTSUPP):
+            raise
+        raise BackendUnavailable(
+            f"the filesystem of {home} cannot hold trusted.* extended attributes, which the overlay "
+            "whiteout format needs (opaque directories): put the store on ext4, xfs, btrfs or tmpfs",
+            path=home) from exc
+    os.removexattr(home, probe, follow_symlinks=False)
