@@ -136,6 +136,15 @@ class Containerd:
                 time.sleep(0.05)  # the task is still dying
             self.ctr("containers", "delete", container, check=False)
 
+    def restart(self) -> None:
+        """Stop containerd (containers and their snapshots stay, no task may run) and start it."""
+        proc, self.proc = self.proc, None
+        assert proc is not None
+        proc.terminate()
+        proc.wait(timeout=30)
+        self.address.unlink(missing_ok=True)
+        self.start()
+
     def stop(self) -> None:
         proc, self.proc = self.proc, None
         if proc is None or proc.poll() is not None:

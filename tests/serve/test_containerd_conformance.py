@@ -323,6 +323,14 @@ def test_view_is_read_only(client: Client, work: pathlib.Path) -> None:
     client.remove("committed")
 
 
+def test_view_without_parent_is_an_empty_read_only_root(client: Client, work: pathlib.Path) -> None:
+    with mounted(client.view("empty-view", "", GC_ROOT), str(work / "ev")) as root:
+        assert os.listdir(root) == []
+        with pytest.raises(OSError) as refused:
+            pathlib.Path(root, "x").write_text("x")
+        assert refused.value.errno == errno.EROFS
+
+
 def test_root_of_a_new_snapshot_is_0755(client: Client, work: pathlib.Path) -> None:
     with mounted(client.prepare("preparing", "", GC_ROOT), str(work / "p")) as root:
         assert os.stat(root).st_mode & 0o777 == 0o755

@@ -161,6 +161,16 @@ def test_server_restarted_in_the_middle(rig: Rig, oci_archive: pathlib.Path) -> 
     assert started == images.GREETING.decode()
 
 
+def test_containerd_restarted_finds_every_snapshot(rig: Rig, oci_archive: pathlib.Path) -> None:
+    rig.import_image(oci_archive)
+    rig.ctr("containers", "create", "--snapshotter", PLUGIN, IMAGE, "made-before", "/bin/cat", "/etc/greeting")
+    before = rig.snapshots()
+    rig.containerd.restart()
+    assert rig.snapshots() == before
+    assert rig.ctr("tasks", "start", "made-before") == images.GREETING.decode()
+    assert rig.run("made-after", "/bin/cat", "/etc/greeting") == images.GREETING.decode()
+
+
 def test_killed_server_restarted_loses_nothing(rig: Rig, oci_archive: pathlib.Path) -> None:
     rig.import_image(oci_archive)
     rig.run("keeper", "/bin/sh", "-c", "echo kept > /kept", rm=False)
