@@ -42,11 +42,12 @@ import contextlib
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import re
 import threading
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -54,6 +55,7 @@ from ..errors import (
     AufsError,
     BackendUnavailable,
     LayerExists,
+    LayerInUse,
     LayerNotFound,
     MaxDepthExceeded,
     StoreLocked,
@@ -91,6 +93,8 @@ MAX_LABEL_PAIR_BYTES = 4096
 """containerd's limit on one label's key plus value."""
 MAX_LABELS_BYTES = 64 * 1024
 """Limit on all labels of one snapshot together (keeps the records file small)."""
+
+log = logging.getLogger("aufs.serve.snapshotter")
 
 RECORDS_VERSION = 1
 _LAYER_ID = re.compile(r"ctd-[0-9a-f]{10}-[0-9a-f]{6}\Z")
@@ -363,8 +367,17 @@ class Snapshotter:
         orphans = [i for i in self.driver.layers() if _LAYER_ID.match(i) and i not in named]
         depth = {i: self._depth(i) for i in orphans}
         for layer_id in sorted(orphans, key=lambda i: -depth[i]):
-            with contextlib.suppress(LayerNotFound):
-                self.driver.remove(layer_id)
+            self._remove_layer(layer_id)
+
+    def _remove_layer(self, layer_id: str) -> None:
+        """Remove a layer no snapshot names any more; one someone holds (``aufs mount``) stays
+        until a later sweep (open, Cleanup), rather than being pulled from under its user."""
+        try:
+            self.driver.remove(layer_id)
+        except LayerNotFound:
+            pass
+        except LayerInUse as exc:
+            log.warning("layer %s of a removed snapshot stays until it is released: %s", layer_id, exc)
 
     def _depth(self, layer_id: str) -> int:
         depth = 0
@@ -489,8 +502,7 @@ class Snapshotter:
                 raise SnapshotConflict(f"cannot remove snapshot {key!r}: it is the parent of {shown}"
                                        f"{' ...' if len(children) > 3 else ''}; remove those first")
             records.delete(key)
-            with contextlib.suppress(LayerNotFound):
-                self.driver.remove(snap.layer_id)
+            self._remove_layer(snap.layer_id)
 
     def stat(self, key: str) -> Snapshot:
         """The snapshot ``key``. Raises :class:`SnapshotNotFound`."""
@@ -552,6 +564,3 @@ class Snapshotter:
         with self._mutex:
             self._sweep()
 
-    def keys(self) -> Iterable[str]:
-        with self._mutex:
-            return list(self._records.snapshots)

@@ -2,6 +2,9 @@
 killed between two steps leaves, reproduced on disk, then opened by the next server."""
 from __future__ import annotations
 
+import os
+import pathlib
+
 import pytest
 
 from aufs import Driver, StoreLocked
@@ -65,3 +68,28 @@ def test_a_record_whose_layer_was_removed_by_hand_reports_not_found(overlay_driv
             s.usage("a")
         s.remove("a")  # containerd can still clean up its view
         assert s.walk() == []
+
+
+def test_a_layer_the_user_holds_outlives_its_snapshot_until_released(overlay_driver: Driver) -> None:
+    with Snapshotter(overlay_driver) as s:
+        s.prepare("a", "")
+        (layer,) = overlay_driver.layers()
+        root = overlay_driver.get(layer)  # `aufs mount` of a containerd layer
+        try:
+            s.remove("a")  # containerd's view: gone at once
+            with pytest.raises(SnapshotNotFound):
+                s.stat("a")
+            assert overlay_driver.layers() == [layer] and os.path.ismount(root)
+            s.cleanup()
+            assert overlay_driver.layers() == [layer]
+        finally:
+            overlay_driver.put(layer)
+        s.cleanup()
+        assert overlay_driver.layers() == []
+
+
+def test_a_home_containerd_cannot_name_is_refused(ramdir: pathlib.Path) -> None:
+    driver = Driver(ramdir / "a,b", backend="overlay")
+    with pytest.raises(ValueError, match="containerd splits overlay options"):
+        Snapshotter(driver)
+    assert not (ramdir / "a,b" / "snapshotter").exists()
