@@ -65,7 +65,10 @@ PathArg = Union[str, "os.PathLike[str]"]
 log = logging.getLogger("aufs.serve.containerd")
 
 LIST_BATCH = 100
-"""Snapshots per List response message (containerd's own service sends 100 at a time)."""
+"""Snapshots per List response message at most (containerd's own service sends 100 at a time)."""
+LIST_BATCH_BYTES = 1 << 20
+"""...and at most about this many bytes (labels can be large; gRPC clients refuse messages over
+4 MiB by default)."""
 
 _KIND_TO_PROTO = {VIEW: snapshots_pb2.VIEW, ACTIVE: snapshots_pb2.ACTIVE, COMMITTED: snapshots_pb2.COMMITTED}
 
@@ -169,11 +172,18 @@ class _Servicer(snapshots_pb2_grpc.SnapshotsServicer):
         # the walk copies the records under the lock; the stream runs without it, so a client
         # that stops reading (or disconnects) holds nothing up
         found = self._call("List", f"filters={filters}", context, lambda: self.snapshotter.walk(filters))
-        for start in range(0, len(found), LIST_BATCH):
-            if not context.is_active():
-                log.debug("List: client went away after %d of %d snapshots", start, len(found))
-                return
-            yield snapshots_pb2.ListSnapshotsResponse(info=[_info(s) for s in found[start:start + LIST_BATCH]])
+        batch: list[Any] = []
+        size = 0
+        for sent, snap in enumerate(found):
+            info = _info(snap)
+            batch.append(info)
+            size += info.ByteSize()
+            if len(batch) == LIST_BATCH or size >= LIST_BATCH_BYTES or sent == len(found) - 1:
+                if not context.is_active():
+                    log.debug("List: client went away after %d of %d snapshots", sent + 1 - len(batch), len(found))
+                    return
+                yield snapshots_pb2.ListSnapshotsResponse(info=batch)
+                batch, size = [], 0
 
     def Usage(self, request: Any, context: grpc.ServicerContext) -> Any:
         def work() -> Any:

@@ -512,3 +512,14 @@ def test_chains_deeper_than_containerd_mounts_are_refused_unchanged(client: Clie
     client.remove(f"deep-{depth - 1}")
     with mounted(client.prepare("deepest", f"deep-{depth - 2}", GC_ROOT), str(work / "deepest")) as root:
         pathlib.Path(root, "top").write_text("ok")
+
+
+def test_list_of_label_heavy_snapshots_fits_default_message_limits(client: Client) -> None:
+    heavy = {f"l{i:02d}": "v" * 4000 for i in range(16)}  # ~64 KiB of labels each
+    for i in range(100):
+        client.view(f"heavy-{i:03d}", "", heavy)
+    from aufs.serve._proto import snapshots_pb2
+
+    responses = list(client.stub.List(snapshots_pb2.ListSnapshotsRequest()))
+    assert sum(len(r.info) for r in responses) == 100 and len(responses) >= 6
+    assert all(r.ByteSize() < 4 << 20 for r in responses)
