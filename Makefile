@@ -42,8 +42,9 @@ clean:
 # fuzzer and the Go archive/tar corpus). A copy of the package with the extension built
 # sanitized goes to $(ASAN_DIR); the tests run there with gcc's libasan preloaded (python
 # itself is not instrumented) and python allocating with plain malloc, so ASan sees every
-# buffer. Any sanitizer report aborts the run. FUZZ_PROFILE=ci (what CI runs) explores a fixed
-# set of examples; the default, thorough, many more.
+# buffer. Any sanitizer report aborts the run (--capture=sys leaves fd 2 alone, so the report
+# is printed). FUZZ_PROFILE=ci (what CI runs) explores a fixed set of examples; the default,
+# thorough, many more.
 ASAN_DIR ?= /tmp/aufs-asan
 ASAN_FLAGS = -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
 FUZZ_PROFILE ?= thorough
@@ -60,7 +61,7 @@ fuzz-asan: setup
 	cd $(ASAN_DIR) && LD_PRELOAD="$$(gcc -print-file-name=libasan.so)" \
 		ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
 		PYTHONMALLOC=malloc AUFS_EXPECT_SANITIZERS=1 HYPOTHESIS_PROFILE=$(FUZZ_PROFILE) \
-		unshare -m --propagation private $(abspath $(VPY)) -m pytest -q -p no:cacheprovider \
+		unshare -m --propagation private $(abspath $(VPY)) -m pytest -q -p no:cacheprovider --capture=sys \
 		--benchmark-disable --rootdir=$(CURDIR) --import-mode=importlib \
 		$(addprefix $(CURDIR)/,$(ASAN_TESTS)) $(PYTEST_ARGS)
 

@@ -19,6 +19,7 @@ from .errors import (
     BackendUnavailable,
     DigestMismatch,
     ImageError,
+    ImageNotFound,
     InvalidLayerId,
     LayerExists,
     LayerInUse,
@@ -54,6 +55,11 @@ _LAZY = {
     "ChangeKind": "aufs.changes",
     "import_image": "aufs.image",
     "export_image": "aufs.image",
+    "list_images": "aufs.image",
+    "remove_image": "aufs.image",
+    "find_image": "aufs.image",
+    "ImageRecord": "aufs.image",
+    "RemovedImage": "aufs.image",
     "serve_containerd": "aufs.serve.containerd",
 }
 
@@ -64,6 +70,7 @@ __all__ = [
     "BackendUnavailable",
     "DigestMismatch",
     "ImageError",
+    "ImageNotFound",
     "InvalidLayerId",
     "LayerExists",
     "LayerInUse",
@@ -100,6 +107,11 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers only
     from .changes import ChangeKind as ChangeKind
     from .image import export_image as export_image
     from .image import import_image as import_image
+    from .image import ImageRecord as ImageRecord
+    from .image import RemovedImage as RemovedImage
+    from .image import find_image as find_image
+    from .image import list_images as list_images
+    from .image import remove_image as remove_image
     from .mounts import KernelFeatures as KernelFeatures
     from .mounts import MountInfo as MountInfo
     from .mounts import kernel_features as kernel_features

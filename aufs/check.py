@@ -44,6 +44,11 @@ Kinds of finding (one term each, the same in the report, the docs and the CLI):
 ``stale-state``
     a lock file or backend record of an absent layer, a short link (``l/``) to an absent
     layer. Repair: delete it.
+``dangling-image``
+    an image record (``images/``) naming a layer that is not in the store (removed with
+    ``remove``). Repair: drop the record; import the image again to get it back.
+``corrupt-image-record``
+    a file in ``images/`` that is no readable image record. Repair: delete it.
 
 Concurrency: the check holds the store lock (no create or remove runs meanwhile) and each
 layer's lock while it looks at that layer's mount and references, so it never mistakes
@@ -65,6 +70,7 @@ from . import locks, mounts
 from .backends.base import detach
 from .clone import remove_tree
 from .core import StoreCore
+from .image.records import check_images
 from .layout import Layout, is_valid_layer_id
 from .owners import ProcessToken
 from .refcount import RefTable
@@ -85,6 +91,8 @@ KINDS = (
     "stale-mountpoint",
     "stale-state",
     "loose-permissions",
+    "dangling-image",
+    "corrupt-image-record",
 )
 UNREPAIRABLE_KINDS = frozenset({"dangling-parent", "corrupt-metadata", "incomplete-layer"})
 
@@ -181,6 +189,7 @@ class _Checker:
         self.check_mountpoints()
         self.check_state()
         self.check_links()
+        check_images(self.layout, self.layers, self.found)
         return self.report
 
     def check_permissions(self) -> None:

@@ -10,7 +10,7 @@ Exit codes:
 0     success
 1     any other aufs error
 2     usage error (bad arguments, bad layer id)
-3     layer not found, or no store at --home
+3     layer or image not found, or no store at --home
 4     layer already exists
 5     busy: layer in use (mounted, or a parent), store locked
 6     bad image: malformed image, digest mismatch
@@ -48,6 +48,7 @@ from .errors import (
     AufsError,
     BackendUnavailable,
     ImageError,
+    ImageNotFound,
     LayerExists,
     LayerInUse,
     InvalidLayerId,
@@ -71,6 +72,7 @@ EXIT_CODES: tuple[tuple[type, int], ...] = (
     # most specific first
     (InvalidLayerId, EXIT_USAGE),
     (LayerNotFound, 3),
+    (ImageNotFound, 3),
     (StoreNotFound, 3),
     (StoreReadOnly, 10),
     (LayerExists, 4),
@@ -281,11 +283,56 @@ def cmd_export(args: argparse.Namespace, out: _Output) -> int:
     driver = _open_driver(args)
     try:
         digest = export_image(
-            driver, args.layer, args.dest, compression="gzip" if args.gzip else "none", ref=args.ref
+            driver, args.layer, args.dest, compression="gzip" if args.gzip else "none", ref=args.ref,
+            image=args.image,
         )
     finally:
         _close(driver)
     out.result(digest, {"manifest_digest": digest, "dest": str(args.dest), "layer": args.layer})
+    return EXIT_OK
+
+
+def cmd_images(args: argparse.Namespace, out: _Output) -> int:
+    from .image import list_images
+
+    driver = _open_driver(args)
+    try:
+        images = list_images(driver)
+    finally:
+        _close(driver)
+    rows = [image.as_dict() for image in images]
+    header = ("NAME", "IMAGE ID", "PLATFORM", "LAYERS", "TOP LAYER", "CREATED")
+    table = [header]
+    for image, row in zip(images, rows):
+        state = f"  [{len(image.missing_layers)} layer(s) missing]" if image.missing_layers else ""
+        created = str(row["created"] or "")[:19].replace("T", " ")
+        for name in image.refs or ("<none>",):
+            table.append((name, image.short_id, image.platform, str(len(image.layers)), image.top[:12],
+                          created + state))
+    widths = [max(len(line[i]) for line in table) for i in range(len(header))]
+    text = "\n".join("  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip() for line in table)
+    out.result(text if images else "(no images)", rows)
+    return EXIT_OK
+
+
+def cmd_rmi(args: argparse.Namespace, out: _Output) -> int:
+    from .image import remove_image
+
+    driver = _open_driver(args)
+    results = []
+    lines = []
+    try:
+        for ref in args.images:
+            done = remove_image(driver, ref, keep_layers=args.keep_layers)
+            results.append(done.as_dict())
+            lines += [f"untagged: {name}" for name in done.untagged]
+            if done.deleted:
+                lines.append(f"deleted: {done.image.id}")
+            lines += [f"removed layer: {layer_id}" for layer_id in done.removed_layers]
+            lines += [f"kept layer: {layer_id}: {reason}" for layer_id, reason in done.kept_layers]
+    finally:
+        _close(driver)
+    out.result("\n".join(lines), results)
     return EXIT_OK
 
 
@@ -554,7 +601,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="aufs",
         description="Container image layers on disk, mounted as one root filesystem.",
-        epilog="exit codes: 0 ok, 1 aufs error, 2 usage, 3 layer or store not found, 4 layer exists, 5 busy, "
+        epilog="exit codes: 0 ok, 1 aufs error, 2 usage, 3 layer, image or store not found, 4 layer exists, 5 busy, "
         "6 bad image, 7 bad layer tar, 8 cannot mount, 9 no space, 10 system error, "
         "11 check found inconsistencies, 130 interrupted",
     )
@@ -574,11 +621,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--platform", help="os/arch[/variant] to pick from a multi-platform image (e.g. linux/arm64)")
     p.add_argument("--ref", help="image name to pick when the source holds several (e.g. latest, debian:12)")
 
-    p = add("export", cmd_export, "write a layer chain as an OCI image layout; prints the manifest digest")
-    p.add_argument("layer")
+    p = add("export", cmd_export, "write an image or a layer chain as an OCI image layout; prints the manifest digest")
+    p.add_argument("layer", metavar="image-or-layer", help="a layer id, or an image name or id from `aufs images`")
     p.add_argument("dest", type=Path, help="new directory (must not exist, or be empty)")
     p.add_argument("--gzip", action="store_true", help="gzip-compress the layer blobs")
     p.add_argument("--ref", default="latest", help="name recorded in index.json (default: latest)")
+    p.add_argument("--image", help="the imported image the layer chain extends (when several share its base)")
+
+    add("images", cmd_images, "list imported images: names, id, platform, layers")
+
+    p = add("rmi", cmd_rmi, "remove images by name or id, and their layers that nothing else uses (like docker rmi)")
+    p.add_argument("images", nargs="+", metavar="image")
+    p.add_argument("--keep-layers", action="store_true", help="remove only the image record, keep its layers")
 
     p = add("create", cmd_create, "create an empty layer")
     p.add_argument("layer")

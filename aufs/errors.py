@@ -35,6 +35,7 @@ __all__ = [
     "PathTooLong",
     "ImageError",
     "DigestMismatch",
+    "ImageNotFound",
 ]
 
 _PathArg = Optional[Union[str, "os.PathLike[str]"]]
@@ -139,3 +140,7 @@ class ImageError(AufsError, ValueError):
 
 class DigestMismatch(ImageError):
     """A blob's sha256 or a layer's diffID does not match what the image declares."""
+
+
+class ImageNotFound(AufsError, LookupError):
+    """No imported image has that name or id (or several do)."""

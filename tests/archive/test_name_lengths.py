@@ -113,7 +113,7 @@ def test_pseudo_link_of_the_report(ramdir: pathlib.Path) -> None:
         driver.create("base")
         driver.apply_diff("base", make_tar([entry("keep", data=b"kept")]))
         deep = "/".join(["p" * 200] * 5) + "/c"
-        for length in range(4080, 4101):  # the link target's length
+        for length in range(4050, 4101):  # the link target's length (4,057 in the report)
             rest = long_name(length - len(PLNK) - 1)
             tar = make_tar([entry(f"{PLNK}/x", data=b"x"), entry(f"{PLNK}/{rest}", data=b"real"),
                             entry(deep, "hardlink", link=f"{PLNK}/{rest}")])
