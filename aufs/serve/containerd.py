@@ -14,7 +14,7 @@ by translating requests to :class:`aufs.serve.snapshotter.Snapshotter` and its e
 gRPC codes containerd's ``errdefs`` turns back into its own: NotFound, AlreadyExists,
 FailedPrecondition, InvalidArgument. Mounts are described, not performed: containerd mounts
 them itself with mount(2), which limits a chain to what one page of overlay options holds
-(about 140 layers, refused beyond; see :mod:`aufs.serve.snapshotter`).
+(about 180 layers, refused beyond; see :mod:`aufs.serve.snapshotter`).
 
 The socket gives root-equivalent power over the host, so it is created 0600 (0660 and owned
 by a group only when one is named), and the server refuses a socket path owned by another user,

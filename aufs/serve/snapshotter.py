@@ -26,8 +26,9 @@ the other raises :class:`SnapshotExists`.
 **Mounts.** ``prepare``/``view``/``mounts`` return the store's description of the layer's union
 (``Driver.mounts``): one overlay mount that containerd performs itself with mount(2), whose
 data must fit in one page. containerd shortens long lower-dir lists by making them relative to
-their common parent (:func:`containerd_can_mount` repeats its arithmetic), so the depth limit
-is about 140 layers (4096 bytes over 27 per ``ctd-*/diff`` entry, less the absolute upper and
+their common parent (:func:`containerd_can_mount` repeats its arithmetic); the store names the
+lowers of such chains by its fixed-length short links, so the depth limit is about 180 layers
+(4096 bytes over 21 per ``l/<20 characters>`` entry, less the absolute upper and
 work dirs); ``prepare``/``view`` of a deeper chain raise :class:`SnapshotConflict` and change
 nothing, rather than hand containerd a mount it cannot perform.
 

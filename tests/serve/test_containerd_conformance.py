@@ -504,7 +504,7 @@ def test_chains_deeper_than_containerd_mounts_are_refused_unchanged(client: Clie
         parent = f"deep-{depth}"
         depth += 1
         assert depth < 300, "no limit met: containerd's mount(2) cannot take this"
-    assert depth >= 128  # containerd's own suite mounts 128; the docstring promises ~140
+    assert depth >= 170  # containerd's own suite mounts 128; short links give ~180
     layers = sorted(overlay_driver.layers())
     assert len(layers) == depth and code_of(client.stat, key) == NOT_FOUND
     assert sorted(overlay_driver.layers()) == layers
