@@ -61,7 +61,7 @@ class OverlayBackend(Backend):
         # data that fits one page, so that mount(2) (a container engine's, an old kernel's)
         # can perform the description; full paths when they fit, as they read best
         return fit_lowers(full, short, lambda lowers: self.describe(lowers, upper, work)[0],
-                          os.sysconf("SC_PAGE_SIZE"), len(self.layout.short_link("x")))
+                          os.sysconf("SC_PAGE_SIZE"))
 
     def describe(self, lowers: Sequence[str], upper: str | None, work: str | None) -> list[Mount]:
         lowers = list(lowers)

@@ -1,2 +1,2 @@
-"""Servers that let container engines use a store: ``aufs serve ENGINE`` (one module per engine)."""
+"""Servers that let container engines use an aufs store (``aufs serve ENGINE``)."""
 from __future__ import annotations
