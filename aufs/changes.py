@@ -49,7 +49,7 @@ import os
 import stat
 from typing import Any, NamedTuple, Optional, Union
 
-from . import _syscalls
+from . import _fastpaths
 from .whiteouts import EntryKind, WhiteoutFormat, classify_entry, is_opaque_dir, is_whiteout_stat
 
 __all__ = ["Change", "ChangeKind", "compute_changes", "diff_size"]
@@ -187,7 +187,7 @@ def compute_changes(
     layer (then every entry is an ADD and whiteouts are DELETEs). Follows the rules in the
     module docstring; sorted by path. Raises ``FileNotFoundError`` if ``layer_dir`` is missing.
 
-    The walk runs in C (:func:`aufs._syscalls.walk_changes`: ``getdents64``, lookups with
+    The walk runs in C (:func:`aufs._fastpaths.walk_changes`: ``getdents64``, lookups with
     ``fstatat`` relative to directory fds opened ``O_NOFOLLOW``), so Python only builds the
     list; :func:`compute_changes_py` is its pure-Python twin, kept as the test oracle. Both
     formats accept both kinds of whiteout, so ``fmt`` does not change the walk.
@@ -199,7 +199,7 @@ def compute_changes(
     try:
         lower_fd = None if lower_root is None else os.open(os.fspath(lower_root), _O_DIR)
         try:
-            paths, kinds = _syscalls.walk_changes(layer_fd, lower_fd)
+            paths, kinds = _fastpaths.walk_changes(layer_fd, lower_fd)
         finally:
             if lower_fd is not None:
                 os.close(lower_fd)
@@ -382,7 +382,7 @@ def diff_size(layer_dir: PathArg, fmt: WhiteoutFormat) -> int:
     root = os.fspath(layer_dir)
     if not os.path.isdir(root):
         raise FileNotFoundError(errno.ENOENT, "layer directory not found", root)
-    scanner = _syscalls.DirScanner()
+    scanner = _fastpaths.DirScanner()
     total = 0
     seen: set[tuple[int, int]] = set()
     root_fd = os.open(root, _O_DIR)

@@ -221,6 +221,19 @@ struct aufs_wapi {
     void *write_data;
 };
 
+/* The archive's output when it is a file descriptor. libarchive writes unbuffered (block
+ * size 0) into aufs_w_out_write, which gathers its bytes in buf; file data is read straight
+ * into buf and handed to libarchive in place, so the callback finds it already there and
+ * copies nothing. One copy in (read) and one out (write), as GNU tar. */
+struct aufs_wout {
+    int fd;
+    int err;            /* errno of the write that failed, else 0 */
+    char *buf;
+    size_t cap;         /* at least 64 KiB */
+    size_t used;
+    int64_t total;      /* bytes accepted: written to fd or waiting in buf */
+};
+
 struct aufs_wctx {
     const struct aufs_wapi *api;
     void *archive;      /* struct archive *, opened for writing */
@@ -230,6 +243,7 @@ struct aufs_wctx {
     int archive_status; /* libarchive's return code behind AUFS_W_ARCHIVE */
     char *name;         /* tar name buffer for aufs_w_run */
     size_t namelen;
+    struct aufs_wout *out; /* the archive's output if it is aufs_w_out_write, else NULL */
 };
 
 /* change kinds, Docker's values */
@@ -247,5 +261,8 @@ ssize_t aufs_w_changes(int layer_fd, int lower_fd, char *paths, size_t paths_len
 int aufs_w_entry(struct aufs_wctx *ctx, int dir_fd, int fd, const char *name,
                  const char *tar_name, const char *hardlink, unsigned int mode, int64_t uid,
                  int64_t gid, int64_t mtime, int64_t size, uint64_t rdev);
+ssize_t aufs_w_out_write(void *archive, void *out, const void *buff, size_t len);
+int aufs_w_out_flush(struct aufs_wout *out);
+int aufs_w_out_close(struct aufs_wout *out, size_t block, size_t last_block);
 
 #endif

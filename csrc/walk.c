@@ -125,6 +125,8 @@ typedef ssize_t (*w_write_data_t)(void *, const void *, size_t);
 
 #define W_ARCHIVE_OK 0
 #define W_ARCHIVE_WARN (-20)
+#define W_ARCHIVE_FATAL (-30)
+#define W_OUT_MIN_READ 65536
 #define W_XATTR_MAX 65536 /* XATTR_LIST_MAX and XATTR_SIZE_MAX */
 #define W_MAX_XATTRS 1024
 
@@ -202,15 +204,33 @@ static int w_header(struct aufs_wctx *ctx)
     return 0;
 }
 
-/* Copies exactly size bytes of fd (libarchive pads if the file shrank meanwhile). */
+/* Copies exactly size bytes of fd (libarchive pads if the file shrank meanwhile). With an
+ * aufs_wout output the data is read into its buffer where the next output byte goes; the
+ * pax writer hands a regular entry's data to the output unchanged (same pointer, no
+ * sparse map: we never declare sparse entries), so aufs_w_out_write only counts it. */
 static int w_data(struct aufs_wctx *ctx, int fd, int64_t size)
 {
     w_write_data_t write_data = (w_write_data_t)ctx->api->write_data;
+    struct aufs_wout *out = ctx->out;
     uint64_t left = (uint64_t)size;
 
     while (left > 0) {
-        size_t want = left < ctx->buflen ? (size_t)left : ctx->buflen;
-        ssize_t n = read(fd, ctx->buf, want);
+        char *dst = ctx->buf;
+        size_t room = ctx->buflen;
+        if (out != NULL) {
+            room = out->cap - out->used;
+            /* a nearly full buffer is written out rather than read into in small pieces */
+            if (room < left && room < W_OUT_MIN_READ) {
+                if (aufs_w_out_flush(out) < 0) {
+                    ctx->archive_status = W_ARCHIVE_FATAL;
+                    return AUFS_W_ARCHIVE;
+                }
+                room = out->cap;
+            }
+            dst = out->buf + out->used;
+        }
+        size_t want = left < room ? (size_t)left : room;
+        ssize_t n = read(fd, dst, want);
         if (n < 0) {
             if (errno == EINTR)
                 continue;
@@ -218,7 +238,7 @@ static int w_data(struct aufs_wctx *ctx, int fd, int64_t size)
         }
         if (n == 0)
             break;
-        ssize_t w = write_data(ctx->archive, ctx->buf, (size_t)n);
+        ssize_t w = write_data(ctx->archive, dst, (size_t)n);
         if (w < 0) {
             ctx->archive_status = (int)w;
             return AUFS_W_ARCHIVE;
@@ -226,6 +246,83 @@ static int w_data(struct aufs_wctx *ctx, int fd, int64_t size)
         left -= (uint64_t)n;
     }
     return 0;
+}
+
+int aufs_w_out_flush(struct aufs_wout *out)
+{
+    size_t done = 0;
+
+    while (done < out->used) {
+        ssize_t n = write(out->fd, out->buf + done, out->used - done);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            out->err = errno;
+            memmove(out->buf, out->buf + done, out->used - done);
+            out->used -= done;
+            return -out->err;
+        }
+        done += (size_t)n;
+    }
+    out->used = 0;
+    return 0;
+}
+
+/* libarchive's write callback (archive_write_callback) for an aufs_wout: -1 with out->err
+ * set when the fd refuses the bytes (libarchive then fails the call that wrote them). */
+ssize_t aufs_w_out_write(void *archive, void *client, const void *buff, size_t len)
+{
+    struct aufs_wout *out = client;
+    const char *data = buff;
+    size_t whole = len;
+
+    (void)archive;
+    if (data == out->buf + out->used && len <= out->cap - out->used) {
+        out->used += len; /* file data that w_data read in place */
+        out->total += (int64_t)len;
+        return (ssize_t)len;
+    }
+    if (len > out->cap - out->used) {
+        if (aufs_w_out_flush(out) < 0)
+            return -1;
+        while (len >= out->cap) { /* nothing gained by copying a large piece */
+            ssize_t n = write(out->fd, data, len);
+            if (n < 0) {
+                if (errno == EINTR)
+                    continue;
+                out->err = errno;
+                return -1;
+            }
+            data += n;
+            len -= (size_t)n;
+            out->total += n;
+        }
+    }
+    memcpy(out->buf + out->used, data, len);
+    out->used += len;
+    out->total += (int64_t)len;
+    return (ssize_t)whole;
+}
+
+/* Ends the output as libarchive's own block writer would with bytes_per_block = block and
+ * bytes_in_last_block = last_block: the last (partial) block is padded with zeros to a
+ * multiple of last_block, at most block. Then writes out what is buffered. */
+int aufs_w_out_close(struct aufs_wout *out, size_t block, size_t last_block)
+{
+    size_t rem = block ? (size_t)(out->total % (int64_t)block) : 0;
+
+    if (rem && last_block) {
+        size_t target = (rem + last_block - 1) / last_block * last_block;
+        size_t pad = (target < block ? target : block) - rem;
+        if (pad > out->cap - out->used && aufs_w_out_flush(out) < 0)
+            return -out->err;
+        if (pad > out->cap)
+            return -EINVAL;
+        memset(out->buf + out->used, 0, pad);
+        out->used += pad;
+        out->total += (int64_t)pad;
+    }
+    return aufs_w_out_flush(out);
 }
 
 int aufs_w_entry(struct aufs_wctx *ctx, int dir_fd, int fd, const char *name,

@@ -12,10 +12,9 @@ The default kernel build allows 127 branches (CONFIG_AUFS_BRANCH_MAX_127).
 """
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 
-from .. import mounts
+from .. import kernel, mounts
 from ..errors import MountDataTooLong, MountError
 from ..whiteouts import WhiteoutFormat
 from . import base
@@ -25,8 +24,6 @@ __all__ = ["AUFS_MAX_BRANCHES", "DEFAULT_XINO", "AufsBackend", "branch_mount_dat
 
 AUFS_MAX_BRANCHES = 127
 DEFAULT_XINO = "/dev/shm/aufs.xino"
-_MS_RDONLY = 1
-_MS_REMOUNT = 32
 _FORBIDDEN = (":", ",", "=", "\n")  # separators of the br: syntax
 
 
@@ -103,13 +100,13 @@ class AufsBackend(Backend):
 
     def mount(self, request: MountRequest) -> None:
         first, appends = branch_mount_data(
-            request.upper, request.lowers, page_size=os.sysconf("SC_PAGE_SIZE")
+            request.upper, request.lowers, page_size=kernel.page_size()
         )
-        flags = _MS_RDONLY if request.upper is None else 0
+        flags = kernel.MS_RDONLY if request.upper is None else 0
         mounts.mount("none", request.target, "aufs", flags, first)
         try:
             for data in appends:
-                mounts.mount("none", request.target, "aufs", flags | _MS_REMOUNT, data)
+                mounts.mount("none", request.target, "aufs", flags | kernel.MS_REMOUNT, data)
         except BaseException:
             base.detach(request.target)
             raise

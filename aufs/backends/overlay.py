@@ -11,9 +11,7 @@ the inode index): with them off, a diff dir holds complete files and whiteouts o
 """
 from __future__ import annotations
 
-import os
-
-from .. import mounts
+from .. import kernel, mounts
 from ..errors import MountError
 from ..whiteouts import WhiteoutFormat
 from .base import Backend, MountRequest, has_cap_sys_admin, kernel_filesystems
@@ -24,12 +22,6 @@ OVERLAY_MAX_LOWERS = 500
 """The kernel's limit on lower layers (OVL_MAX_STACK)."""
 
 MOUNT_OPTIONS = ("index=off", "redirect_dir=off", "metacopy=off")
-
-
-def _lowerdir_plus(longest_path: int) -> bool:
-    """True if every layer can be passed on its own (``lowerdir+``), paths of this length included."""
-    features = mounts.kernel_features()
-    return features.overlay_lowerdir_plus and (features.overlay_layer_fd or longest_path < 256)
 
 
 class OverlayBackend(Backend):
@@ -48,7 +40,7 @@ class OverlayBackend(Backend):
 
     def _legacy(self) -> bool:
         """True if this kernel needs all layers in one page of mount(2) data."""
-        return not _lowerdir_plus(len(self.layout.diff_path("x" * 128)))
+        return not kernel.lowerdir_plus(len(self.layout.diff_path("x" * 128)))
 
     @property
     def max_depth(self) -> int:
@@ -56,7 +48,7 @@ class OverlayBackend(Backend):
             return OVERLAY_MAX_LOWERS + 1
         # legacy mount(2), as Docker's overlay2 does it: lowers named by short links, each
         # costing its path and a ':' out of one page that also holds upper, work and options
-        page = os.sysconf("SC_PAGE_SIZE")
+        page = kernel.page_size()
         per_lower = len(str(self.layout.short_link("x"))) + 1
         longest = len(self.layout.diff_path("x" * 128))
         fixed = len("lowerdir=,upperdir=,workdir=") + 2 * longest + sum(len(o) + 1 for o in MOUNT_OPTIONS)

@@ -1,0 +1,132 @@
+"""What the running kernel offers, found out in one place; the rest of aufs asks here.
+
+* :func:`features`: the syscalls and filesystems aufs uses, probed once per process by the C
+  core (:func:`aufs._syscalls.probe_features`), with ``/proc/filesystems`` as the fallback
+  where the probe cannot ask;
+* :func:`filesystems`: the filesystem types listed in ``/proc/filesystems`` (read each time:
+  loading a module adds one);
+* :func:`page_size`: the most mount data mount(2) copies (terminating NUL included), as the C
+  core's own mount wrapper counts it;
+* :func:`lowerdir_plus`: whether overlayfs can take each layer of a chain as its own
+  ``lowerdir+`` parameter, or needs them all in one page of mount(2) data;
+* :func:`has_cap_sys_admin` and the ``MS_*`` mount(2) flags (``<sys/mount.h>``).
+
+Procfs paths are parameters, so tests can feed recorded files.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+
+from . import _syscalls
+
+__all__ = [
+    "CAP_SYS_ADMIN",
+    "FSCONFIG_STRING_MAX",
+    "MS_BIND",
+    "MS_MOVE",
+    "MS_NODEV",
+    "MS_NOEXEC",
+    "MS_NOSUID",
+    "MS_PRIVATE",
+    "MS_RDONLY",
+    "MS_REC",
+    "MS_REMOUNT",
+    "MS_SHARED",
+    "MS_SLAVE",
+    "KernelFeatures",
+    "features",
+    "filesystems",
+    "has_cap_sys_admin",
+    "lowerdir_plus",
+    "page_size",
+]
+
+# mount(2) flags (<sys/mount.h>)
+MS_RDONLY = 0x1
+MS_NOSUID = 0x2
+MS_NODEV = 0x4
+MS_NOEXEC = 0x8
+MS_REMOUNT = 0x20
+MS_BIND = 0x1000
+MS_MOVE = 0x2000
+MS_REC = 0x4000
+MS_PRIVATE = 0x40000
+MS_SLAVE = 0x80000
+MS_SHARED = 0x100000
+
+CAP_SYS_ADMIN = 21
+"""The capability bit that allows mount(2) (<linux/capability.h>)."""
+
+FSCONFIG_STRING_MAX = 256
+"""fsconfig() copies string values up to this length: longer layer paths go by fd."""
+
+
+@dataclasses.dataclass(frozen=True)
+class KernelFeatures:
+    """What the running kernel supports, as aufs uses it (see :func:`features`)."""
+
+    statx_mount_root: bool
+    """statx() reports STATX_ATTR_MOUNT_ROOT (Linux 5.8+)."""
+    openat2: bool
+    """openat2() with RESOLVE_NO_XDEV (Linux 5.6+)."""
+    new_mount_api: bool
+    """fsopen/fsconfig/fsmount/move_mount (Linux 5.2+)."""
+    overlay: bool
+    """overlayfs is available (built in or loaded)."""
+    overlay_lowerdir_plus: bool
+    """overlayfs takes one lower layer per ``lowerdir+`` parameter (Linux 6.8+)."""
+    overlay_layer_fd: bool
+    """overlayfs takes layers as directory file descriptors (Linux 6.13+)."""
+    aufs: bool
+    """the AUFS filesystem is available."""
+
+
+@functools.cache
+def features() -> KernelFeatures:
+    """Probe the running kernel once (per process) and return what it supports."""
+    bits = _syscalls.probe_features()
+    found = {name: bool(bits & bit) for name, bit in _syscalls.FEATURE_BITS.items()}
+    if not found["new_mount_api"]:
+        # Without fsopen() the C probe cannot ask for a filesystem type; the list will do.
+        known = filesystems()
+        found["overlay"] = "overlay" in known
+        found["aufs"] = "aufs" in known
+    return KernelFeatures(**found)
+
+
+def filesystems(path: str = "/proc/filesystems") -> frozenset[str]:
+    """Filesystem types the running kernel knows (empty if ``path`` cannot be read)."""
+    try:
+        with open(path, encoding="ascii", errors="replace") as f:
+            return frozenset(line.split()[-1] for line in f if line.strip())
+    except OSError:
+        return frozenset()
+
+
+@functools.cache
+def page_size() -> int:
+    """The page size: the most mount data mount(2) copies (terminating NUL included)."""
+    return _syscalls.page_size()
+
+
+def lowerdir_plus(longest_path: int) -> bool:
+    """True if overlayfs can take every layer of a chain on its own (``lowerdir+``, through
+    the new mount API), the longest path (bytes) being ``longest_path``; else all layers go in
+    one page of mount(2) data."""
+    found = features()
+    return found.overlay_lowerdir_plus and (found.overlay_layer_fd
+                                            or longest_path < FSCONFIG_STRING_MAX)
+
+
+def has_cap_sys_admin(status: str = "/proc/self/status") -> bool:
+    """True if the calling process has CAP_SYS_ADMIN in its effective set (may mount)."""
+    try:
+        with open(status, encoding="ascii") as f:
+            for line in f:
+                if line.startswith("CapEff:"):
+                    return bool(int(line.split()[1], 16) >> CAP_SYS_ADMIN & 1)
+    except OSError:
+        pass
+    return os.geteuid() == 0
