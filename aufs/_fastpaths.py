@@ -25,7 +25,13 @@ from typing import Any, Optional, Tuple
 
 from . import _native
 from ._syscalls import oserror
-from .whiteouts import META_PREFIX, OPAQUE_NAME, WHITEOUT_PREFIX
+from .whiteouts import (
+    META_PREFIX,
+    OPAQUE_NAME,
+    OPAQUE_XATTRS,
+    PRIVATE_XATTR_PREFIXES,
+    WHITEOUT_PREFIX,
+)
 
 __all__ = [
     "X_EOF", "X_DIR", "X_SPECIAL", "X_DONE", "X_ARCHIVE", "X_UNSAFE", "X_LIMIT", "X_CORRUPT",
@@ -38,6 +44,30 @@ __all__ = [
 # The compiled module has no type information: everything from it is Any until wrapped here.
 ffi: Any = _native.ffi  # type: ignore[attr-defined,unused-ignore]
 lib: Any = _native.lib  # type: ignore[attr-defined,unused-ignore]
+
+
+def _check_names() -> None:
+    """The reserved names the C gives meaning to must be the ones aufs.whiteouts spells."""
+    python = {
+        lib.AUFS_NAME_WHITEOUT_PREFIX: WHITEOUT_PREFIX,
+        lib.AUFS_NAME_META_PREFIX: META_PREFIX,
+        lib.AUFS_NAME_OPAQUE: OPAQUE_NAME,
+        lib.AUFS_NAME_XATTR_TRUSTED_OVERLAY: PRIVATE_XATTR_PREFIXES[0],
+        lib.AUFS_NAME_XATTR_USER_OVERLAY: PRIVATE_XATTR_PREFIXES[1],
+        lib.AUFS_NAME_XATTR_FUSE_OVERLAY: PRIVATE_XATTR_PREFIXES[2],
+    }
+    if len(python) != lib.AUFS_NAME_COUNT or len(PRIVATE_XATTR_PREFIXES) != 3:
+        raise ImportError("aufs._native: reserved names out of step with aufs.whiteouts; rebuild")
+    for which, spelled in python.items():
+        c_name = lib.aufs_name(which)
+        if c_name == ffi.NULL or ffi.string(c_name) != spelled.encode():
+            raise ImportError(f"aufs._native spells reserved name {which} differently from "
+                              f"aufs.whiteouts ({spelled!r}); rebuild")
+    if set(OPAQUE_XATTRS) != {p + "opaque" for p in PRIVATE_XATTR_PREFIXES}:
+        raise ImportError("aufs.whiteouts: opaque xattrs are not the C's (PREFIX + 'opaque')")
+
+
+_check_names()
 
 
 # --- extraction ---
@@ -84,7 +114,7 @@ class Extractor:
         ctx.api = self._api
         ctx.archive = ffi.cast("void *", archive)
         ctx.root_fd = root_fd
-        ctx.flags = lib.AUFS_X_REPORT_ALL if report_all else 0
+        ctx.flags = lib.AUFS_X_FLAG_REPORT_ALL if report_all else 0
         ctx.max_bytes = -1 if max_bytes is None else max_bytes
         ctx.parent_fd = -1
         self._dirbuf = ffi.new("char[]", _DIRBUF_SIZE)
@@ -259,7 +289,10 @@ def extract_dir_times(root_fd: int, path: bytes, sec: int, nsec: int) -> None:
 W_OPAQUE = int(lib.AUFS_W_OPAQUE)
 W_ARCHIVE = int(lib.AUFS_W_ARCHIVE)
 
+# struct aufs_wrec, as the C lays it out
 _WREC = struct.Struct("=QQQQqqIIIIIIII")
+if _WREC.size != ffi.sizeof("struct aufs_wrec"):  # pragma: no cover - a build mismatch
+    raise ImportError("aufs._native: struct aufs_wrec has an unexpected layout; rebuild")
 W_STOP = int(lib.AUFS_W_STOP)
 
 WALK_API_NAMES = (
@@ -286,7 +319,7 @@ class DirScanner:
         """Every entry of the directory open as ``dir_fd`` but ``.``/``..``, with its lstat
         fields; entries removed between readdir and lstat are left out. Order: readdir's."""
         while True:
-            n = int(lib.aufs_w_scan(dir_fd, lib.AUFS_W_STAT, self._buf, self._size))
+            n = int(lib.aufs_w_scan(dir_fd, lib.AUFS_W_SCAN_STAT, self._buf, self._size))
             if n != -_errno.ENOBUFS:
                 break
             self._size *= 4
@@ -366,7 +399,7 @@ class EntryWriter:
         ffi.memmove(recs, self._scratch, end)
         order = _alloc_raw("uint32_t[]", max(n, 1))
         ffi.memmove(order, self._scratch_order, 4 * n)
-        return ScannedDir(recs, order, n, bool(self._flags[0] & lib.AUFS_W_MARKER))
+        return ScannedDir(recs, order, n, bool(self._flags[0] & lib.AUFS_W_SCAN_HAS_MARKER))
 
     def run(self, d: "ScannedDir", dir_fd: int, prefix: bytes) -> int:
         """Write the entries of ``d`` from its position on, stopping at a directory or an

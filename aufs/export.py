@@ -58,9 +58,13 @@ __all__ = ["write_diff"]
 PathOrFile = Union[str, "os.PathLike[str]", IO[bytes]]
 
 _RECORD_SIZE = 10240  # what `tar -c` pads the archive to
-# libarchive's block size when it buffers (a file object without an fd), our output buffer's
-# size otherwise; the end of the archive is padded the same way for both
+# libarchive's block size when it buffers (a file object without an fd); the end of the
+# archive is padded as this block size makes libarchive pad it, whatever the output
 _BLOCK_SIZE = 1 << 20
+# an fd output's buffer: what one write hands the kernel. A pipe is grown to hold several
+# (see _grow_pipe), so the reader drains one while the next is filled
+_OUT_BUFFER = 1 << 18
+_PIPE_SIZE = 1 << 20
 
 _AE_IFREG = 0o100000
 
@@ -238,16 +242,15 @@ def _stream_fd(out: IO[bytes]) -> Optional[int]:
 
 
 def _grow_pipe(fd: int) -> None:
-    """Let a pipe hold one output buffer, so that a write is one copy and one wakeup of the
-    reader (a 64 KiB pipe takes a 1 MiB write in 16 rounds of sleeping and waking; with the
-    reader on the other core that is what made an export swing between 1.1x and 1.45x of
-    ``tar -c``). Only ever grows the pipe; a refusal (an unprivileged user's limits) costs
-    speed only."""
+    """Let a pipe hold several output buffers. The default 64 KiB pipe takes each write in
+    rounds of sleeping and waking, and with the reader on the other core those rounds were
+    what made an export swing between 1.1x and 1.45x of ``tar -c``. Only ever grows the pipe;
+    a refusal (an unprivileged user's limits) costs speed only."""
     try:
         if not stat.S_ISFIFO(os.fstat(fd).st_mode):
             return
-        if fcntl.fcntl(fd, _F_GETPIPE_SZ) < _BLOCK_SIZE:
-            fcntl.fcntl(fd, _F_SETPIPE_SZ, _BLOCK_SIZE)
+        if fcntl.fcntl(fd, _F_GETPIPE_SZ) < _PIPE_SIZE:
+            fcntl.fcntl(fd, _F_SETPIPE_SZ, _PIPE_SIZE)
     except OSError:
         pass
 
@@ -280,7 +283,7 @@ class _Output:
             fd = _stream_fd(out)
         if fd is not None:
             _grow_pipe(fd)
-            self.fd_output = _fastpaths.FdOutput(fd, _BLOCK_SIZE)
+            self.fd_output = _fastpaths.FdOutput(fd, _OUT_BUFFER)
             la.write_set_bytes_per_block(archive, 0)
             rc = la.write_open(archive, self.fd_output.client_data, None,
                                self.fd_output.callback, None)
