@@ -50,7 +50,16 @@ import stat
 from typing import Any, NamedTuple, Optional, Union
 
 from . import _fastpaths
-from .whiteouts import EntryKind, WhiteoutFormat, classify_entry, is_opaque_dir, is_whiteout_stat
+from .whiteouts import (
+    WHITEOUT_PREFIX,
+    EntryKind,
+    WhiteoutFormat,
+    classify_entry,
+    is_opaque_dir,
+    is_whiteout_stat,
+)
+
+_WHITEOUT_PREFIX_BYTES = os.fsencode(WHITEOUT_PREFIX)
 
 __all__ = ["Change", "ChangeKind", "compute_changes", "diff_size"]
 
@@ -134,7 +143,7 @@ def _scan_lower(lower_dir: str) -> dict[str, int]:
     try:
         with os.scandir(lower_dir) as it:
             for entry in it:
-                if entry.name[:4] == ".wh.":  # markers of a plain diff dir used as the view
+                if entry.name.startswith(WHITEOUT_PREFIX):  # markers of a plain diff dir used as the view
                     continue
                 if entry.is_dir(follow_symlinks=False):
                     found[entry.name] = _DIR
@@ -266,7 +275,7 @@ def _compute(root: str, lower: str | None, fmt: WhiteoutFormat) -> list[Change]:
         for entry in entries:
             name = entry.name
             is_dir = entry.is_dir(follow_symlinks=False)
-            if name[:4] == ".wh." or not (
+            if name.startswith(WHITEOUT_PREFIX) or not (
                 is_dir or entry.is_file(follow_symlinks=False) or entry.is_symlink()
             ):
                 kind, target = classify_entry(entry, fmt)
@@ -322,12 +331,12 @@ def _add_all(
     for entry in entries:
         name = entry.name
         if entry.is_dir(follow_symlinks=False):
-            if name[:4] == ".wh.":
+            if name.startswith(WHITEOUT_PREFIX):
                 continue  # AUFS metadata directories (.wh..wh.plnk ...)
             path = prefix + name
             kinds[path] = add
             stack.append((entry.path, path, None))
-        elif name[:4] == ".wh." or not (entry.is_file(follow_symlinks=False) or entry.is_symlink()):
+        elif name.startswith(WHITEOUT_PREFIX) or not (entry.is_file(follow_symlinks=False) or entry.is_symlink()):
             kind, target = classify_entry(entry, fmt)
             if kind is EntryKind.WHITEOUT:
                 assert target is not None
@@ -394,7 +403,7 @@ def diff_size(layer_dir: PathArg, fmt: WhiteoutFormat) -> int:
             if frame[2] is None:
                 subdirs = []
                 for name, mode, _, _, _, _, size, _, nlink, ino, dev in scanner.scan(frame[0]):
-                    if name[:4] == b".wh.":
+                    if name.startswith(_WHITEOUT_PREFIX_BYTES):
                         continue
                     if stat.S_ISDIR(mode):
                         subdirs.append(name)
