@@ -32,20 +32,22 @@ from . import _syscalls, kernel
 from ._syscalls import StrPath
 from .errors import MountDataTooLong, MountError
 
+# the mount(2) flags, for mount(flags=...), are aufs.kernel's (also reachable from here)
+from .kernel import MS_BIND as MS_BIND
+from .kernel import MS_MOVE as MS_MOVE
+from .kernel import MS_NODEV as MS_NODEV
+from .kernel import MS_NOEXEC as MS_NOEXEC
+from .kernel import MS_NOSUID as MS_NOSUID
+from .kernel import MS_PRIVATE as MS_PRIVATE
+from .kernel import MS_RDONLY as MS_RDONLY
+from .kernel import MS_REC as MS_REC
+from .kernel import MS_REMOUNT as MS_REMOUNT
+from .kernel import MS_SHARED as MS_SHARED
+from .kernel import MS_SLAVE as MS_SLAVE
+
 __all__ = [
     "MOUNTINFO",
     "MOUNT_CHECK_METHODS",
-    "MS_BIND",
-    "MS_MOVE",
-    "MS_NODEV",
-    "MS_NOEXEC",
-    "MS_NOSUID",
-    "MS_PRIVATE",
-    "MS_RDONLY",
-    "MS_REC",
-    "MS_REMOUNT",
-    "MS_SHARED",
-    "MS_SLAVE",
     "KernelFeatures",
     "MountInfo",
     "escape_octal",
@@ -63,19 +65,6 @@ __all__ = [
 ]
 
 MOUNTINFO = "/proc/self/mountinfo"
-
-# mount(2) flags (<sys/mount.h>), for mount(flags=...); kept in aufs.kernel.
-MS_RDONLY = kernel.MS_RDONLY
-MS_NOSUID = kernel.MS_NOSUID
-MS_NODEV = kernel.MS_NODEV
-MS_NOEXEC = kernel.MS_NOEXEC
-MS_REMOUNT = kernel.MS_REMOUNT
-MS_BIND = kernel.MS_BIND
-MS_MOVE = kernel.MS_MOVE
-MS_REC = kernel.MS_REC
-MS_PRIVATE = kernel.MS_PRIVATE
-MS_SLAVE = kernel.MS_SLAVE
-MS_SHARED = kernel.MS_SHARED
 
 # The ways mounted_via() can answer, in the order mounted() tries them.
 MOUNT_CHECK_METHODS = ("statx", "openat2", "mountinfo")
