@@ -43,6 +43,8 @@ _LAZY = {
     "kernel_features": "aufs.mounts",
     "KernelFeatures": "aufs.mounts",
     "mount_overlay": "aufs.mounts",
+    "mount_described": "aufs.mounts",
+    "Mount": "aufs.plan",
     "Driver": "aufs.store",
     "CheckReport": "aufs.check",
     "Change": "aufs.changes",
@@ -95,7 +97,9 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers only
     from .mounts import MountInfo as MountInfo
     from .mounts import kernel_features as kernel_features
     from .mounts import mount as mount
+    from .mounts import mount_described as mount_described
     from .mounts import mount_overlay as mount_overlay
+    from .plan import Mount as Mount
     from .mounts import mount_table as mount_table
     from .mounts import mounted as mounted
     from .mounts import submounts as submounts

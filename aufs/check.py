@@ -52,20 +52,17 @@ import contextlib
 import errno
 import json
 import os
-import pathlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
 from . import locks, mounts
 from .backends.base import detach
 from .clone import remove_tree
+from .core import StoreCore
 from .layout import Layout, is_valid_layer_id
 from .owners import ProcessToken
 from .refcount import RefTable
-
-if TYPE_CHECKING:  # pragma: no cover - typing only
-    from .store import Driver
 
 __all__ = ["KINDS", "UNREPAIRABLE_KINDS", "CheckReport", "Finding", "check_store"]
 
@@ -140,7 +137,7 @@ class CheckReport:
         return "\n".join(lines)
 
 
-def _remove_tree(path: pathlib.Path) -> None:
+def _remove_tree(path: str) -> None:
     """Unmount whatever is mounted at or below ``path``, then delete it (gone already is fine)."""
     for info in mounts.submounts(str(path)):  # deepest first
         detach(info.mountpoint)
@@ -150,22 +147,21 @@ def _remove_tree(path: pathlib.Path) -> None:
 class _Checker:
     """One run of the check over one store (the caller holds the store lock)."""
 
-    def __init__(self, driver: Driver, repair: bool) -> None:
-        self.driver = driver
-        # the Driver's own layout and helpers: this module is its delegate, not a client
-        self.layout: Layout = driver._layout
+    def __init__(self, core: StoreCore, repair: bool) -> None:
+        self.core = core
+        self.layout: Layout = core.layout
         self.repair = repair
         self.report = CheckReport(home=str(self.layout.home), repair=repair)
         self.layers: set[str] = set()
 
-    def found(self, kind: str, path: pathlib.Path, detail: str, layer_id: str | None = None,
+    def found(self, kind: str, path: str, detail: str, layer_id: str | None = None,
               fix: Callable[[], None] | None = None) -> None:
         """Record a finding, repairing it first when asked and a repair exists."""
         repaired = False
         if self.repair and fix is not None and kind not in UNREPAIRABLE_KINDS:
             fix()
             repaired = True
-        self.report.findings.append(Finding(kind, str(path), detail, layer_id, repaired))
+        self.report.findings.append(Finding(kind, path, detail, layer_id, repaired))
 
     # -- the parts of the store, in an order where each repair helps the next step ------------
 
@@ -186,11 +182,11 @@ class _Checker:
             owner = Layout.temp_owner(name)
             if owner is not None and owner.alive():
                 continue  # another process's work in progress
-            path = layout.tmp_dir / name
+            path = os.path.join(layout.tmp_dir, name)
             who = "no process of ours" if owner is None else f"process {owner.pid}, which is dead"
             self.found("leftover-temporary", path, f"temporary entry {name!r} left by {who}",
                        fix=lambda p=path: _remove_tree(p))  # type: ignore[misc]
-        meta_tmp = layout.meta_file.with_name(layout.meta_file.name + ".tmp")
+        meta_tmp = Layout.tmp_sibling(layout.meta_file)
         if os.path.lexists(meta_tmp):
             self.found("leftover-temporary", meta_tmp, "half-written store description",
                        fix=lambda: _remove_tree(meta_tmp))
@@ -198,12 +194,12 @@ class _Checker:
     def check_layer_dirs(self) -> None:
         layout = self.layout
         for name in sorted(_listdir(layout.layers_dir)):
-            path = layout.layers_dir / name
+            path = os.path.join(layout.layers_dir, name)
             if not is_valid_layer_id(name):
                 self.found("orphan-directory", path, f"{name!r} in layers/ is not a layer id",
                            fix=lambda p=path: self._discard(p, None))  # type: ignore[misc]
                 continue
-            if not path.is_dir() or path.is_symlink():
+            if not os.path.isdir(path) or os.path.islink(path):
                 self.found("orphan-directory", path, f"layers/{name} is not a directory", layer_id=name,
                            fix=lambda p=path, n=name: self._discard(p, n))  # type: ignore[misc]
                 continue
@@ -214,19 +210,19 @@ class _Checker:
                            fix=lambda p=path, n=name: self._discard(p, n))  # type: ignore[misc]
                 continue
             self.layers.add(name)
-            if not layout.diff_dir(name).is_dir():
+            if not os.path.isdir(layout.diff_dir(name)):
                 self.found("incomplete-layer", layout.diff_dir(name),
                            f"layer {name!r} has no diff dir; remove it and build it again", layer_id=name)
             work = layout.work_dir(name)
-            if not work.is_dir():
+            if not os.path.isdir(work):
                 self.found("missing-work-directory", work, f"layer {name!r} has no work directory",
                            layer_id=name, fix=lambda w=work: os.mkdir(w, 0o700))  # type: ignore[misc]
 
-    def _discard(self, path: pathlib.Path, layer_id: str | None) -> None:
+    def _discard(self, path: str, layer_id: str | None) -> None:
         """Take a non-layer out of layers/ the way ``remove`` does: unmount, rename away, delete."""
         if layer_id is not None:
             target = self.layout.mountpoint(layer_id)
-            for info in mounts.submounts(str(target)):
+            for info in mounts.submounts(target):
                 detach(info.mountpoint)
         trash = self.layout.temp_path("remove", ProcessToken.current(), layer_id)
         os.rename(path, trash)
@@ -268,7 +264,7 @@ class _Checker:
 
     def _write_meta(self, layer_id: str, meta: dict[str, Any]) -> None:
         path = self.layout.layer_meta(layer_id)
-        tmp = path.with_name(path.name + ".tmp")
+        tmp = Layout.tmp_sibling(path)
         with open(tmp, "w", encoding="ascii") as f:
             json.dump(meta, f)
         os.replace(tmp, path)
@@ -282,7 +278,7 @@ class _Checker:
                 refs_path = layout.refs_file(layer_id)
                 raw_holders = _raw_holders(refs_path)
                 refs = RefTable.load(refs_path)
-                depth = _mount_depth(str(target))
+                depth = _mount_depth(target)
                 if depth == 0:
                     if raw_holders:
                         self.found("stale-references", refs_path,
@@ -308,8 +304,8 @@ class _Checker:
                                    f"the references of layer {layer_id!r} name "
                                    f"{len(set(raw_holders) - set(refs.holders))} dead holder(s)",
                                    layer_id=layer_id, fix=refs.save)
-                if layout.refs_file(layer_id).with_name(refs_path.name + ".tmp").exists():
-                    tmp = refs_path.with_name(refs_path.name + ".tmp")
+                tmp = Layout.tmp_sibling(refs_path)
+                if os.path.exists(tmp):
                     self.found("leftover-temporary", tmp, f"half-written references of layer {layer_id!r}",
                                layer_id=layer_id, fix=lambda p=tmp: _unlink(p))  # type: ignore[misc]
 
@@ -325,9 +321,9 @@ class _Checker:
 
     def _unmount_layer(self, layer_id: str) -> None:
         """Unmount a layer's union every time it is mounted (caller holds the layer lock)."""
-        target = str(self.layout.mountpoint(layer_id))
+        target = self.layout.mountpoint(layer_id)
         for _ in range(_mount_depth(target)):
-            self.driver._unmount_layer(layer_id)
+            self.core.unmount_layer(layer_id)
         # whatever the backend's unmount left (a lazily detached mount vanishes at once)
         for info in mounts.submounts(target):
             detach(info.mountpoint)
@@ -340,10 +336,10 @@ class _Checker:
     def check_other_mounts(self) -> None:
         """Mounts below the store that are neither a layer's union nor live work in progress."""
         layout = self.layout
-        home = str(layout.home)
+        home = layout.home
         # a layer's mountpoint belongs to check_layer_mounts (under the layer's lock: a get may
         # mount it at any moment); mounts inside a union are its users' (e.g. a runtime's /proc)
-        layer_unions = [str(layout.mountpoint(i)) for i in self.layers]
+        layer_unions = [layout.mountpoint(i) for i in self.layers]
         for info in mounts.submounts(home):  # deepest first
             point = info.mountpoint
             if point == home or point in layer_unions:
@@ -357,24 +353,24 @@ class _Checker:
                 continue  # repaired with its parent just now
             # a mountpoint in mnt/ of no layer goes with its mount
             tidy = len(rel) == 2 and rel[0] == "mnt"
-            self.found("stale-mount", pathlib.Path(point),
+            self.found("stale-mount", point,
                        f"{info.fstype} mount below the store that no layer uses",
                        fix=lambda p=point, t=tidy: _detach_all(p, remove=t))  # type: ignore[misc]
 
     def check_mountpoints(self) -> None:
         layout = self.layout
         for name in sorted(_listdir(layout.mnt_dir)):
-            path = layout.mnt_dir / name
+            path = os.path.join(layout.mnt_dir, name)
             if is_valid_layer_id(name) and name in self.layers:
                 with _layer_lock(layout.lock_file(name)) as locked, self._report_only_unless(locked):
                     self._check_mountpoint(path, name)
             else:
                 self._check_mountpoint(path, None)
 
-    def _check_mountpoint(self, path: pathlib.Path, layer_id: str | None) -> None:
-        if _mount_depth(str(path)) or not os.path.lexists(path):
+    def _check_mountpoint(self, path: str, layer_id: str | None) -> None:
+        if _mount_depth(path) or not os.path.lexists(path):
             return
-        self.found("stale-mountpoint", path, f"mnt/{path.name} is not mounted", layer_id=layer_id,
+        self.found("stale-mountpoint", path, f"mnt/{os.path.basename(path)} is not mounted", layer_id=layer_id,
                    fix=lambda: _remove_tree(path))
 
     def check_state(self) -> None:
@@ -383,7 +379,7 @@ class _Checker:
             layer_id, _, kind = name.partition(".")
             if layer_id in self.layers:
                 continue
-            path = layout.state_dir / name
+            path = os.path.join(layout.state_dir, name)
             if kind == "lock":
                 self.found("stale-state", path, f"lock file of the absent layer {layer_id!r}",
                            layer_id=layer_id, fix=lambda p=path: _unlink_lock(p))  # type: ignore[misc]
@@ -397,15 +393,14 @@ class _Checker:
     def check_links(self) -> None:
         layout = self.layout
         for name in sorted(_listdir(layout.links_dir)):
-            path = layout.links_dir / name
+            path = os.path.join(layout.links_dir, name)
             try:
                 target = os.readlink(path)
             except OSError:
                 target = ""
-            parts = target.split("/")
-            layer_id = parts[2] if len(parts) == 4 and parts[:2] == ["..", "layers"] else None
+            layer_id = Layout.short_link_layer(target)
             if (layer_id is not None and layer_id in self.layers
-                    and layout.short_link(layer_id).name == name
+                    and os.path.basename(layout.short_link(layer_id)) == name
                     and target == layout.short_link_target(layer_id)):
                 continue
             self.found("stale-state", path, f"short link l/{name} -> {target!r} names no layer",
@@ -413,7 +408,7 @@ class _Checker:
 
 
 @contextlib.contextmanager
-def _layer_lock(path: pathlib.Path) -> Iterator[bool]:
+def _layer_lock(path: str) -> Iterator[bool]:
     """Hold a layer's lock (yields True). On a full disk where its lock file cannot even be
     created, yield False instead of failing: nobody holds that lock now, though a get may take
     it as soon as space is freed, so the caller only reports."""
@@ -441,14 +436,14 @@ def _chain(parent: str, metas: dict[str, dict[str, Any]]) -> list[str] | None:
     return chain
 
 
-def _listdir(path: pathlib.Path) -> list[str]:
+def _listdir(path: str) -> list[str]:
     try:
         return os.listdir(path)
     except FileNotFoundError:
         return []
 
 
-def _raw_holders(path: pathlib.Path) -> dict[str, Any]:
+def _raw_holders(path: str) -> dict[str, Any]:
     """The holders a reference table names, dead or alive ({} if absent or unreadable)."""
     try:
         with open(path, "rb") as f:
@@ -468,9 +463,9 @@ def _below(path: str, top: str) -> bool:
     return path.startswith(top.rstrip("/") + "/")
 
 
-def _unmount_top(target: pathlib.Path, count: int) -> None:
+def _unmount_top(target: str, count: int) -> None:
     for _ in range(count):
-        detach(str(target))
+        detach(target)
 
 
 def _detach_all(point: str, *, remove: bool = False) -> None:
@@ -490,26 +485,26 @@ def _detach_all(point: str, *, remove: bool = False) -> None:
             pass  # not empty, or gone: check_mountpoints reports what remains
 
 
-def _unlink(path: pathlib.Path) -> None:
+def _unlink(path: str) -> None:
     try:
         os.unlink(path)
     except FileNotFoundError:
         pass
 
 
-def _unlink_lock(path: pathlib.Path) -> None:
+def _unlink_lock(path: str) -> None:
     # a waiter on the old inode notices the unlink and retries on a fresh file (aufs.locks)
     with locks.hold(path) as fd:
         locks.unlink_held(path, fd)
 
 
-def check_store(driver: Driver, *, repair: bool = False) -> CheckReport:
-    """Check the store of ``driver`` for every kind of inconsistency in :data:`KINDS`.
+def check_store(core: StoreCore, *, repair: bool = False) -> CheckReport:
+    """Check the store ``core`` opens for every kind of inconsistency in :data:`KINDS`.
 
     With ``repair`` each repairable finding is fixed as it is found (and marked ``repaired``);
     afterwards a second check finds nothing but the unrepairable kinds. Holds the store lock
     throughout and each layer's lock while looking at that layer, so it is safe while other
     threads and processes use the store; their work in progress is never reported.
     """
-    with locks.hold(driver._layout.store_lock):
-        return _Checker(driver, repair).run()
+    with core.store_lock():
+        return _Checker(core, repair).run()

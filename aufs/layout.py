@@ -6,7 +6,7 @@
       aufs-store.json        store metadata: layout version and whiteout format (written once)
       .lock                  the store lock (create, remove, cleanup, sweep)
       layers/ID/             one committed layer (appears by rename, disappears by rename)
-        layer.json           {"parent": ID or null, "depth": N}
+        layer.json           {"parent": ID or null, "ancestors": [parent, its parent, ...]}
         diff/                the layer's own content: what users see as the layer
         work/                overlayfs work dir (same filesystem as diff/, never inside it)
       mnt/ID/                the mountpoint of ID while it is mounted
@@ -28,7 +28,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
-import pathlib
 import re
 import uuid
 from typing import Union
@@ -36,10 +35,12 @@ from typing import Union
 from .errors import InvalidLayerId
 from .owners import ProcessToken
 
-__all__ = ["MAX_ID_LENGTH", "STORE_META_NAME", "Layout", "is_valid_layer_id", "validate_layer_id"]
+__all__ = ["IMPORTS_DIR_NAME", "MAX_ID_LENGTH", "STORE_META_NAME", "Layout", "is_valid_layer_id", "validate_layer_id"]
 
 MAX_ID_LENGTH = 128
 STORE_META_NAME = "aufs-store.json"
+IMPORTS_DIR_NAME = "image-imports"
+SHORT_LINK_LENGTH = 20
 
 _ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}\Z")
 
@@ -67,75 +68,91 @@ def validate_layer_id(layer_id: object) -> str:
 
 
 class Layout:
-    """Paths of one store under ``home``. Pure: builds paths, touches nothing on disk."""
+    """Paths of one store under ``home``, as str. Pure: builds paths, touches nothing on disk.
+
+    One accessor per on-disk object, and nothing outside this class joins store paths.
+    """
 
     def __init__(self, home: PathArg) -> None:
-        self.home = pathlib.Path(os.path.abspath(os.fspath(home)))
-        self.meta_file = self.home / STORE_META_NAME
-        self.store_lock = self.home / ".lock"
-        self.layers_dir = self.home / "layers"
-        self.mnt_dir = self.home / "mnt"
-        self.state_dir = self.home / "state"
-        self.links_dir = self.home / "l"
-        self.empty_dir = self.home / "empty"
-        self.tmp_dir = self.home / "tmp"
-        self.imports_dir = self.home / "image-imports"
-        # hot paths (get of a 500-layer chain) build thousands of paths: plain strings are
-        # an order of magnitude cheaper than pathlib objects
-        self._layers_str = str(self.layers_dir) + "/"
+        self.home = os.path.abspath(os.fspath(home))
+        self.meta_file = self.home + "/" + STORE_META_NAME
+        self.store_lock = self.home + "/.lock"
+        self.layers_dir = self.home + "/layers"
+        self.mnt_dir = self.home + "/mnt"
+        self.state_dir = self.home + "/state"
+        self.links_dir = self.home + "/l"
+        self.empty_dir = self.home + "/empty"
+        self.tmp_dir = self.home + "/tmp"
+        self.imports_dir = self.home + "/" + IMPORTS_DIR_NAME
+        # hot paths (get of a 500-layer chain) build thousands of paths: plain string
+        # concatenation, no pathlib
+        self._layers = self.layers_dir + "/"
 
-    def directories(self) -> list[pathlib.Path]:
+    def directories(self) -> list[str]:
         """The directories a store needs, parents first."""
         return [self.home, self.layers_dir, self.mnt_dir, self.state_dir, self.links_dir, self.empty_dir, self.tmp_dir]
 
-    def layer_dir(self, layer_id: str) -> pathlib.Path:
-        return self.layers_dir / layer_id
+    def layer_dir(self, layer_id: str) -> str:
+        """``layers/ID``: everything of one committed layer."""
+        return self._layers + layer_id
 
-    def layer_meta(self, layer_id: str) -> pathlib.Path:
-        return self.layers_dir / layer_id / "layer.json"
+    def layer_meta(self, layer_id: str) -> str:
+        """``layers/ID/layer.json``."""
+        return self._layers + layer_id + "/layer.json"
 
-    def diff_dir(self, layer_id: str) -> pathlib.Path:
-        return self.layers_dir / layer_id / "diff"
+    def diff_dir(self, layer_id: str) -> str:
+        """``layers/ID/diff``: the layer's own content."""
+        return self._layers + layer_id + "/diff"
 
-    def work_dir(self, layer_id: str) -> pathlib.Path:
-        return self.layers_dir / layer_id / "work"
+    def work_dir(self, layer_id: str) -> str:
+        """``layers/ID/work``: the overlayfs work dir of the layer's writable mount."""
+        return self._layers + layer_id + "/work"
 
-    def diff_path(self, layer_id: str) -> str:
-        """:meth:`diff_dir` as a str (cheap)."""
-        return self._layers_str + layer_id + "/diff"
+    def mountpoint(self, layer_id: str) -> str:
+        """``mnt/ID``: where ``get`` mounts the layer's union."""
+        return self.mnt_dir + "/" + layer_id
 
-    def meta_path(self, layer_id: str) -> str:
-        """:meth:`layer_meta` as a str (cheap)."""
-        return self._layers_str + layer_id + "/layer.json"
+    def lock_file(self, layer_id: str) -> str:
+        """``state/ID.lock``: the layer lock."""
+        return f"{self.state_dir}/{layer_id}.lock"
 
-    def mountpoint(self, layer_id: str) -> pathlib.Path:
-        return self.mnt_dir / layer_id
+    def refs_file(self, layer_id: str) -> str:
+        """``state/ID.refs``: the layer's reference table."""
+        return f"{self.state_dir}/{layer_id}.refs"
 
-    def lock_file(self, layer_id: str) -> pathlib.Path:
-        return self.state_dir / f"{layer_id}.lock"
+    def backend_record(self, layer_id: str) -> str:
+        """``state/ID.backend``: what the backend needs to finish an unmount."""
+        return f"{self.state_dir}/{layer_id}.backend"
 
-    def refs_file(self, layer_id: str) -> pathlib.Path:
-        return self.state_dir / f"{layer_id}.refs"
-
-    def backend_record(self, layer_id: str) -> pathlib.Path:
-        return self.state_dir / f"{layer_id}.backend"
-
-    def short_link(self, layer_id: str) -> pathlib.Path:
-        """A fixed-length alias of the layer's diff dir (a hash, so it needs no bookkeeping)."""
+    def short_link(self, layer_id: str) -> str:
+        """``l/SHORT``: a fixed-length alias of the layer's diff dir (a hash, so no bookkeeping)."""
         digest = hashlib.sha256(layer_id.encode("ascii")).digest()
-        short = base64.b32encode(digest)[:20].decode("ascii")
-        return self.links_dir / short
+        return self.links_dir + "/" + base64.b32encode(digest)[:SHORT_LINK_LENGTH].decode("ascii")
 
-    def short_link_target(self, layer_id: str) -> str:
+    @staticmethod
+    def short_link_target(layer_id: str) -> str:
         """What :meth:`short_link` points to, relative so the store can be moved."""
         return f"../layers/{layer_id}/diff"
 
-    def temp_path(self, kind: str, owner: ProcessToken, layer_id: str | None = None) -> pathlib.Path:
+    @staticmethod
+    def short_link_layer(target: str) -> str | None:
+        """The layer id a short link's target names, or None if it is not such a target."""
+        parts = target.split("/")
+        if len(parts) == 4 and parts[:2] == ["..", "layers"] and parts[3] == "diff":
+            return parts[2]
+        return None
+
+    @staticmethod
+    def tmp_sibling(path: str) -> str:
+        """``PATH.tmp``: where a file is written before it is renamed over ``path``."""
+        return path + ".tmp"
+
+    def temp_path(self, kind: str, owner: ProcessToken, layer_id: str | None = None) -> str:
         """A fresh temporary name ``tmp/KIND.OWNER.RAND[.ID]`` (never a valid layer id's spot)."""
         name = f"{kind}.{owner}.{uuid.uuid4().hex[:12]}"
         if layer_id is not None:
             name += f".{layer_id}"
-        return self.tmp_dir / name
+        return self.tmp_dir + "/" + name
 
     @staticmethod
     def temp_owner(name: str) -> ProcessToken | None:

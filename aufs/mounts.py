@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
 import stat
+import subprocess
 import sys
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -31,6 +33,7 @@ from typing import NamedTuple
 from . import _syscalls, kernel
 from ._syscalls import StrPath
 from .errors import MountDataTooLong, MountError
+from .plan import Mount, parse_overlay_options
 
 # the mount(2) flags, for mount(flags=...), are aufs.kernel's (also reachable from here)
 from .kernel import MS_BIND as MS_BIND
@@ -53,6 +56,7 @@ __all__ = [
     "escape_octal",
     "kernel_features",
     "mount",
+    "mount_described",
     "mount_overlay",
     "mount_table",
     "mounted",
@@ -416,6 +420,57 @@ def mount_overlay(target: StrPath, lowerdirs: Sequence[StrPath],
             path=os.fsdecode(target),
         )
     mount("overlay", target, "overlay", 0, data)
+
+
+def mount_described(mounts: Sequence[Mount], target: StrPath) -> None:
+    """Perform a list of :class:`aufs.Mount` descriptions on ``target``, in order.
+
+    Kernel types: ``overlay`` (through :func:`mount_overlay`, so a chain longer than one page
+    still mounts with one ``lowerdir+`` per layer), ``aufs`` (an entry with the ``remount``
+    option adds branches to the mount before it), ``bind`` (``rbind`` recursive, ``ro`` made
+    read-only). ``fuse3.fuse-overlayfs`` starts the ``fuse-overlayfs`` daemon, which detaches
+    itself once the mount is up. ``ro`` means a read-only mount for every type. Raises
+    ``ValueError`` for a type it does not know, :class:`MountError` when the kernel refuses; on
+    failure whatever this call mounted is taken down again.
+    """
+    done = 0
+    try:
+        for m in mounts:
+            flags = MS_RDONLY if "ro" in m.options else 0
+            rest = [o for o in m.options if o not in ("ro", "rw", "remount")]
+            if m.type == "overlay":
+                lowers, upper, work, extra = parse_overlay_options(rest)
+                mount_overlay(target, lowers, upper, work, options=extra)
+            elif m.type == "bind":
+                recursive = MS_REC if "rbind" in m.options else 0
+                mount(m.source, target, None, MS_BIND | recursive)
+                if flags:
+                    mount(None, target, None, MS_BIND | MS_REMOUNT | MS_RDONLY)
+            elif m.type == "aufs":
+                remount = MS_REMOUNT if "remount" in m.options else 0
+                mount(m.source, target, "aufs", flags | remount, ",".join(rest))
+                if remount:
+                    continue
+            elif m.type == "fuse3.fuse-overlayfs":
+                _run_fuse_overlayfs(m.options, target)
+            else:
+                raise ValueError(f"cannot perform a mount of type {m.type!r}")
+            done += 1
+    except BaseException:
+        for _ in range(done):
+            unmount(target, lazy=True)
+        raise
+
+
+def _run_fuse_overlayfs(options: Sequence[str], target: StrPath) -> None:
+    binary = shutil.which("fuse-overlayfs")
+    if binary is None:
+        raise MountError("fuse-overlayfs is not installed", path=os.fsdecode(target))
+    proc = subprocess.run([binary, "-o", ",".join(options), os.fsdecode(target)],
+                          stdin=subprocess.DEVNULL, capture_output=True, check=False)
+    if proc.returncode != 0:
+        raise MountError(f"fuse-overlayfs failed to mount {os.fsdecode(target)!r}: "
+                         f"{proc.stderr.decode('utf-8', 'replace').strip()}", path=os.fsdecode(target))
 
 
 # --------------------------------------------------------------------------- Python twin

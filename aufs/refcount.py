@@ -1,10 +1,11 @@
 """Reference counts of layer mounts, persisted in the store and shared by every process.
 
 A layer's table (``state/ID.refs``) maps each *holder* to the number of ``get`` calls it has
-not yet matched with a ``put``. A holder is one ``Driver`` object: ``PID-START:NONCE``. Keeping
+not yet matched with a ``put``. A holder is one ``Driver`` object, ``PID-START:NONCE``, or a
+*persistent holder* ``@NAME`` (``Driver(holder=NAME)``) whose references outlive any process. Keeping
 counts per holder is what makes a stray ``put`` harmless: a holder can only give back what it
 took, so it can never unmount a mount that another holder still uses. Holders whose process
-has died are dropped whenever the table is read, so a crash never pins a mount forever (and
+has died are dropped whenever the table is read (persistent holders never are), so a crash never pins a mount forever (and
 a mount left behind by a dead process is adopted by the next ``get``).
 
 Callers must hold the layer's lock (:mod:`aufs.locks`) around load-modify-save; saving
@@ -14,22 +15,33 @@ from __future__ import annotations
 
 import json
 import os
-import pathlib
 
+from .layout import Layout
 from .owners import ProcessToken
 
-__all__ = ["RefTable"]
+__all__ = ["PERSISTENT_PREFIX", "RefTable", "holder_alive"]
+
+PERSISTENT_PREFIX = "@"
+"""Marks a persistent holder's name in a reference table."""
+
+
+def holder_alive(holder: str) -> bool:
+    """True for a persistent holder and for a holder whose process still runs."""
+    if holder.startswith(PERSISTENT_PREFIX):
+        return len(holder) > 1
+    token = ProcessToken.parse(holder)
+    return token is not None and token.alive()
 
 
 class RefTable:
     """The reference counts of one layer's mount: ``holders`` maps holder -> count (> 0)."""
 
-    def __init__(self, path: pathlib.Path, holders: dict[str, int]) -> None:
-        self.path = path
+    def __init__(self, path: str | os.PathLike[str], holders: dict[str, int]) -> None:
+        self.path = os.fspath(path)
         self.holders = holders
 
     @classmethod
-    def load(cls, path: pathlib.Path) -> RefTable:
+    def load(cls, path: str | os.PathLike[str]) -> RefTable:
         """Read the table at ``path`` (empty if absent or unreadable), without dead holders."""
         try:
             with open(path, "rb") as f:
@@ -40,8 +52,7 @@ class RefTable:
             raw = {}  # a torn write is impossible (rename), but never let junk wedge a layer
         holders: dict[str, int] = {}
         for holder, count in dict(raw.get("holders", {})).items():
-            token = ProcessToken.parse(holder)
-            if token is not None and isinstance(count, int) and count > 0 and token.alive():
+            if isinstance(count, int) and count > 0 and holder_alive(holder):
                 holders[holder] = count
         return cls(path, holders)
 
@@ -75,7 +86,7 @@ class RefTable:
             except FileNotFoundError:
                 pass
             return
-        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp = Layout.tmp_sibling(self.path)
         with open(tmp, "w", encoding="ascii") as f:
             json.dump({"holders": self.holders}, f)
         os.replace(tmp, self.path)

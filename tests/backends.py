@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import pathlib
 from collections.abc import Iterable, Iterator
+from typing import Any
 
 import pytest
 
 from aufs.backends import BACKENDS
+from aufs.layout import Layout
 from aufs.store import Driver
 
 
@@ -30,3 +32,22 @@ def open_driver(home: pathlib.Path, backend_name: str) -> Iterator[Driver]:
         yield d
     finally:
         d.cleanup()
+
+
+class PathLayout:
+    """A store's :class:`aufs.layout.Layout` whose paths come back as ``pathlib.Path``, for
+    tests that build debris with ``/`` and ``write_text`` (the Layout itself returns str)."""
+
+    def __init__(self, layout: Layout) -> None:
+        self._layout = layout
+
+    def __getattr__(self, name: str) -> Any:
+        value = getattr(self._layout, name)
+        if isinstance(value, str):
+            return pathlib.Path(value)
+        if callable(value):
+            def call(*args: Any, **kwargs: Any) -> Any:
+                result = value(*args, **kwargs)
+                return pathlib.Path(result) if isinstance(result, str) and result.startswith("/") else result
+            return call
+        return value

@@ -6,11 +6,11 @@ order ``"auto"`` tries them: kernel AUFS, kernel overlayfs, fuse-overlayfs.
 from __future__ import annotations
 
 from .aufs import AufsBackend
-from .base import Backend, MountRequest
+from .base import Backend
 from .fuse_overlayfs import FuseOverlayfsBackend
 from .overlay import OverlayBackend
 
-__all__ = ["BACKENDS", "AufsBackend", "Backend", "FuseOverlayfsBackend", "MountRequest", "OverlayBackend"]
+__all__ = ["BACKENDS", "AufsBackend", "Backend", "FuseOverlayfsBackend", "OverlayBackend"]
 
 BACKENDS: dict[str, type[Backend]] = {
     AufsBackend.name: AufsBackend,

@@ -16,9 +16,9 @@ from collections.abc import Sequence
 
 from .. import kernel, mounts
 from ..errors import MountDataTooLong, MountError
+from ..plan import Mount
 from ..whiteouts import WhiteoutFormat
-from . import base
-from .base import Backend, MountRequest, has_cap_sys_admin, kernel_filesystems
+from .base import Backend, has_cap_sys_admin, kernel_filesystems
 
 __all__ = ["AUFS_MAX_BRANCHES", "DEFAULT_XINO", "AufsBackend", "branch_mount_data"]
 
@@ -98,17 +98,19 @@ class AufsBackend(Backend):
     def max_depth(self) -> int:
         return AUFS_MAX_BRANCHES
 
-    def mount(self, request: MountRequest) -> None:
-        first, appends = branch_mount_data(
-            request.upper, request.lowers, page_size=kernel.page_size()
-        )
-        flags = kernel.MS_RDONLY if request.upper is None else 0
-        mounts.mount("none", request.target, "aufs", flags, first)
+    def describe(self, lowers: Sequence[str], upper: str | None, work: str | None) -> list[Mount]:
         try:
-            for data in appends:
-                mounts.mount("none", request.target, "aufs", flags | kernel.MS_REMOUNT, data)
-        except BaseException:
-            base.detach(request.target)
-            raise
-        if not mounts.mounted(request.target):
-            raise MountError(f"AUFS mount on {request.target} did not appear", path=request.target)
+            first, appends = branch_mount_data(upper, lowers, page_size=kernel.page_size())
+        except ValueError as exc:
+            if isinstance(exc, MountDataTooLong):
+                raise
+            raise MountError(str(exc), path=upper) from exc
+        ro = ("ro",) if upper is None else ()
+        described = [Mount("aufs", "none", ro + tuple(first.split(",")))]
+        described += [Mount("aufs", "none", ro + ("remount",) + tuple(data.split(","))) for data in appends]
+        return described
+
+    def perform(self, described: list[Mount], target: str, record: str | None = None) -> None:
+        super().perform(described, target, record)
+        if not mounts.mounted(target):
+            raise MountError(f"AUFS mount on {target} did not appear", path=target)

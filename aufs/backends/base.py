@@ -1,8 +1,8 @@
 """What every union backend provides to the store, and the unmount discipline they share.
 
-A backend turns a *mount request* (a target directory, the lower directories top-most first,
-and for a writable mount an upper and a work directory) into a live union mount, and takes it
-down again. It knows nothing of layer ids, locks or reference counts: :class:`aufs.Driver`
+A backend turns a planned chain (the lower directories top-most first, and for a writable
+mount an upper and a work directory) into a mount description, performs it, and takes the
+mount down again. It knows nothing of layer ids, locks or reference counts: :class:`aufs.Driver`
 owns those. Each backend declares the whiteout formats it can read (the first is the one a new
 store gets), how deep a chain it can mount, and why it cannot run here, if it cannot.
 """
@@ -11,32 +11,19 @@ from __future__ import annotations
 import abc
 import enum
 import errno
-import os
 import time
-from typing import ClassVar, NamedTuple
+from collections.abc import Callable, Sequence
+from typing import ClassVar
 
 from .. import mounts
 from ..errors import MountError
 from ..kernel import filesystems as kernel_filesystems
 from ..kernel import has_cap_sys_admin
 from ..layout import Layout
+from ..plan import Mount
 from ..whiteouts import WhiteoutFormat
 
-__all__ = ["Backend", "Detached", "MountRequest", "detach", "has_cap_sys_admin", "kernel_filesystems"]
-
-
-class MountRequest(NamedTuple):
-    """One union mount. ``lowers`` is never empty; ``upper``/``work`` are None for a read-only view.
-
-    ``record`` names a file where the backend may note what a later unmount (possibly by another
-    process) will need, such as a daemon's pid; the store deletes it with the layer.
-    """
-
-    target: str
-    lowers: tuple[str, ...]
-    upper: str | None = None
-    work: str | None = None
-    record: str | None = None
+__all__ = ["Backend", "Detached", "detach", "has_cap_sys_admin", "kernel_filesystems"]
 
 
 class Detached(enum.Enum):
@@ -75,7 +62,12 @@ def wait_unmounted(target: str, timeout: float) -> bool:
 
 
 class Backend(abc.ABC):
-    """A union filesystem implementation the store can mount layer chains with."""
+    """A union filesystem implementation the store can mount layer chains with.
+
+    The store plans a chain (which layers, in which order, see :mod:`aufs.plan`) and asks the
+    backend to *describe* the mount (:meth:`describe`) and, for ``get``, to *perform* that
+    description (:meth:`perform`). The same description is what ``Driver.mounts`` hands out.
+    """
 
     name: ClassVar[str]
     formats: ClassVar[tuple[WhiteoutFormat, ...]]
@@ -97,49 +89,51 @@ class Backend(abc.ABC):
     def max_depth(self) -> int:
         """The longest layer chain (the layer and all its ancestors) this backend mounts."""
 
-    def lower_path(self, layer_id: str) -> str:
-        """The path naming the layer's diff dir in a lower list (backends may shorten it)."""
-        return self.layout.diff_path(layer_id)
-
-    def lower_paths(self, layer_ids: list[str]) -> tuple[str, ...]:
-        """:meth:`lower_path` of each layer, in order."""
-        return tuple(self.lower_path(i) for i in layer_ids)
-
-    def short_lower_path(self, layer_id: str) -> str:
-        """The layer's fixed-length short link (made on first use), for long lower lists."""
-        link = str(self.layout.short_link(layer_id))
-        if not os.path.islink(link):
-            try:
-                os.symlink(self.layout.short_link_target(layer_id), link)
-            except FileExistsError:
-                pass
-        return link
+    def pick_lowers(self, full: Sequence[str], short: Callable[[], Sequence[str]],
+                    upper: str | None, work: str | None) -> Sequence[str]:
+        """How to name the lower layers in a description: their diff dirs (``full``) or their
+        fixed-length short links (``short()``, which makes the links). Default: ``full``."""
+        return full
 
     @abc.abstractmethod
-    def mount(self, request: MountRequest) -> None:
-        """Mount the union ``request`` describes on ``request.target`` (an existing empty dir).
+    def describe(self, lowers: Sequence[str], upper: str | None, work: str | None) -> list[Mount]:
+        """The mounts that show ``lowers`` (top-most first, never empty) under the writable
+        ``upper`` with its ``work`` dir, or read-only when both are None."""
 
+    def perform(self, described: list[Mount], target: str, record: str | None = None) -> None:
+        """Mount ``described`` on ``target`` (an existing empty directory).
+
+        ``record`` names a file where the backend may note what a later unmount (possibly by
+        another process) needs, such as a daemon's pid; the store deletes it with the layer.
         Raises :class:`aufs.MountError` (with the OSError as ``__cause__``) and leaves nothing
         mounted when it fails.
         """
+        try:
+            mounts.mount_described(described, target)
+        except MountError:
+            raise
+        except OSError as exc:
+            raise MountError(f"{self.name} mount on {target} failed: {exc}", path=target) from exc
 
     def unmount(self, target: str, *, record: str | None = None, upper: str | None = None) -> bool:
         """Take the mount at ``target`` down (see :func:`detach`); False if nothing was mounted.
 
-        ``record`` and ``upper`` are those of the mount request, so the backend can finish its
-        own bookkeeping (wait for a daemon, tidy what it wrote into ``upper``).
+        ``record`` and ``upper`` are those of the mount, so the backend can finish its own
+        bookkeeping (wait for a daemon, normalise what it wrote into ``upper``).
         """
         return detach(target) is not Detached.NOT_MOUNTED
 
-    def tidy(self, upper: str) -> None:
+    def normalise(self, upper: str) -> None:
         """Make ``upper`` (possibly in use by a mount) hold only the store's whiteout format.
 
         Called under the layer lock before a layer is exported or compared. Default: nothing.
         """
 
-    def settle(self, record: str, upper: str) -> None:
+    def settle(self, record: str, upper: str, *, wait: bool = False) -> None:
         """Finish the bookkeeping of an earlier mount of ``upper`` that is no longer mounted.
 
         Called by the store, under the layer lock, before it mounts, exports or changes a layer
-        whose ``record`` file exists (left by a crash or a lazy unmount). Default: nothing.
+        whose ``record`` file exists (left by a crash or a lazy unmount). With ``wait`` the
+        backend first waits (bounded) for whatever still serves that mount to go away, as
+        ``cleanup`` wants after detaching everything. Default: nothing.
         """

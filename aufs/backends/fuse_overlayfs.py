@@ -28,22 +28,26 @@ import subprocess
 import tempfile
 import threading
 import time
+from collections.abc import Callable, Sequence
 from typing import IO
 
 from .. import mounts
 from ..errors import MountError
 from ..layout import Layout
 from ..owners import ProcessToken, process_alive, process_start_time
+from ..plan import Mount
 from ..whiteouts import WhiteoutFormat, make_whiteout
 from . import base
-from .base import Backend, MountRequest, kernel_filesystems
+from .base import Backend, kernel_filesystems
 
-__all__ = ["FUSE_MAX_DEPTH", "FuseOverlayfsBackend", "normalise_upper", "wait_recorded_daemon"]
+__all__ = ["FUSE_MAX_DEPTH", "MOUNT_TYPE", "FuseOverlayfsBackend", "normalise_upper"]
 
 FUSE_MAX_DEPTH = 500
 _MAX_ARG_STRLEN = 32 * 4096
 _MOUNT_TIMEOUT = 15.0
 _EXIT_TIMEOUT = 15.0
+MOUNT_TYPE = "fuse3.fuse-overlayfs"
+"""The type the kernel (and containerd) gives a fuse-overlayfs mount."""
 _STRAY_OPAQUE = ".wh..opq"  # fuse-overlayfs's own marker device; never content
 
 
@@ -127,9 +131,6 @@ class FuseOverlayfsBackend(Backend):
     def max_depth(self) -> int:
         return FUSE_MAX_DEPTH
 
-    def lower_path(self, layer_id: str) -> str:
-        return self.short_lower_path(layer_id)
-
     def _reap(self) -> None:
         """Collect children whose mounts someone else took down (no zombies left around)."""
         with self._children_lock:
@@ -137,27 +138,36 @@ class FuseOverlayfsBackend(Backend):
                 if proc.poll() is not None:
                     del self._children[target]
 
-    def mount(self, request: MountRequest) -> None:
-        self._reap()
-        binary = _binary()
-        if binary is None:
-            raise MountError("fuse-overlayfs is not installed", path=request.target)
-        paths = list(request.lowers) + [p for p in (request.upper, request.work) if p is not None]
-        for path in paths:
+    def pick_lowers(self, full: Sequence[str], short: Callable[[], Sequence[str]],
+                    upper: str | None, work: str | None) -> Sequence[str]:
+        return short()  # one -o argument of at most 128 KiB carries the whole chain
+
+    def describe(self, lowers: Sequence[str], upper: str | None, work: str | None) -> list[Mount]:
+        for path in [*lowers, *(p for p in (upper, work) if p is not None)]:
             if any(c in path for c in ":,\\"):
                 raise MountError(
                     f"fuse-overlayfs cannot take the path {path!r} (':', ',' or '\\' in it): "
                     "move the store to a plainer path",
                     path=path,
                 )
-        options = "lowerdir=" + ":".join(request.lowers)
-        if request.upper is not None:
-            options += f",upperdir={request.upper},workdir={request.work}"
+        options = ["lowerdir=" + ":".join(lowers)]
+        if upper is not None:
+            options += [f"upperdir={upper}", f"workdir={work}"]
+        return [Mount(MOUNT_TYPE, "fuse-overlayfs", tuple(options))]
+
+    def perform(self, described: list[Mount], target: str, record: str | None = None) -> None:
+        self._reap()
+        binary = _binary()
+        if binary is None:
+            raise MountError("fuse-overlayfs is not installed", path=target)
+        if len(described) != 1 or described[0].type != MOUNT_TYPE:
+            raise ValueError(f"the fuse-overlayfs backend performs one {MOUNT_TYPE} mount, not {described!r}")
+        options = ",".join(described[0].options)
         if len(options) >= _MAX_ARG_STRLEN:
-            raise MountError(f"fuse-overlayfs options for {request.target} exceed 128 KiB", path=request.target)
+            raise MountError(f"fuse-overlayfs options for {target} exceed 128 KiB", path=target)
         with tempfile.TemporaryFile() as errors:
             proc = subprocess.Popen(
-                [binary, "-f", "-o", options, request.target],
+                [binary, "-f", "-o", options, target],
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 stderr=errors,
@@ -166,19 +176,19 @@ class FuseOverlayfsBackend(Backend):
             )
             try:
                 # recorded before the mount appears: whoever finds the mount finds its daemon
-                if request.record is not None:
+                if record is not None:
                     start = process_start_time(proc.pid)
-                    with open(request.record, "w", encoding="ascii") as f:
+                    with open(record, "w", encoding="ascii") as f:
                         f.write(f"{proc.pid} {start}\n")
-                self._wait_mounted(proc, request.target, errors)
+                self._wait_mounted(proc, target, errors)
             except BaseException:
-                self._stop(proc, request.target)
-                if request.record is not None:
+                self._stop(proc, target)
+                if record is not None:
                     with contextlib.suppress(FileNotFoundError):
-                        os.unlink(request.record)
+                        os.unlink(record)
                 raise
         with self._children_lock:
-            self._children[request.target] = proc
+            self._children[target] = proc
 
     def _wait_mounted(self, proc: subprocess.Popen[bytes], target: str, errors: IO[bytes]) -> None:
         deadline = time.monotonic() + _MOUNT_TIMEOUT
@@ -241,11 +251,12 @@ class FuseOverlayfsBackend(Backend):
         else:
             exited = False
         if exited and upper is not None and record is not None:
-            self._finish(record, upper)
+            self._release(record, upper)
         self._reap()
         return True
 
-    def _finish(self, record: str, upper: str) -> None:
+    def _release(self, record: str, upper: str) -> None:
+        """The daemon of ``upper``'s mount is gone: normalise its markers, drop its record."""
         if os.path.isdir(upper):
             normalise_upper(upper, self.format)
         try:
@@ -253,21 +264,17 @@ class FuseOverlayfsBackend(Backend):
         except FileNotFoundError:
             pass
 
-    def settle(self, record: str, upper: str) -> None:
+    def settle(self, record: str, upper: str, *, wait: bool = False) -> None:
         token = _read_record(record)
         if token is not None:
+            if wait:
+                _wait_gone(token, _EXIT_TIMEOUT)
             self._reap()
             if process_alive(token.pid, token.start):
                 return  # its daemon still serves a lazily detached mount
-        self._finish(record, upper)
+        self._release(record, upper)
 
-    def tidy(self, upper: str) -> None:
+    def normalise(self, upper: str) -> None:
         # fuse-overlayfs honours both marker styles, so rewriting them under a live mount
         # leaves its view unchanged while making the diff dir readable in the store's format
         normalise_upper(upper, self.format)
-
-
-def wait_recorded_daemon(record: str, timeout: float = _EXIT_TIMEOUT) -> bool:
-    """Wait (bounded) until the daemon named in the mount record ``record`` has exited."""
-    token = _read_record(record)
-    return True if token is None else _wait_gone(token, timeout)

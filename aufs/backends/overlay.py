@@ -11,17 +11,16 @@ the inode index): with them off, a diff dir holds complete files and whiteouts o
 """
 from __future__ import annotations
 
-from .. import kernel, mounts
-from ..errors import MountError
+from collections.abc import Callable, Sequence
+
+from .. import kernel
 from ..whiteouts import WhiteoutFormat
-from .base import Backend, MountRequest, has_cap_sys_admin, kernel_filesystems
+from ..plan import OVERLAY_MAX_LOWERS, OVERLAY_OPTIONS, Mount, fit_lowers, legacy_overlay_max_depth, overlay_mount
+from .base import Backend, has_cap_sys_admin, kernel_filesystems
 
 __all__ = ["MOUNT_OPTIONS", "OVERLAY_MAX_LOWERS", "OverlayBackend"]
 
-OVERLAY_MAX_LOWERS = 500
-"""The kernel's limit on lower layers (OVL_MAX_STACK)."""
-
-MOUNT_OPTIONS = ("index=off", "redirect_dir=off", "metacopy=off")
+MOUNT_OPTIONS = OVERLAY_OPTIONS
 
 
 class OverlayBackend(Backend):
@@ -40,40 +39,26 @@ class OverlayBackend(Backend):
 
     def _legacy(self) -> bool:
         """True if this kernel needs all layers in one page of mount(2) data."""
-        return not kernel.lowerdir_plus(len(self.layout.diff_path("x" * 128)))
+        return not kernel.lowerdir_plus(len(self.layout.diff_dir("x" * 128)))
 
     @property
     def max_depth(self) -> int:
         if not self._legacy():
             return OVERLAY_MAX_LOWERS + 1
-        # legacy mount(2), as Docker's overlay2 does it: lowers named by short links, each
-        # costing its path and a ':' out of one page that also holds upper, work and options
-        page = kernel.page_size()
-        per_lower = len(str(self.layout.short_link("x"))) + 1
-        longest = len(self.layout.diff_path("x" * 128))
-        fixed = len("lowerdir=,upperdir=,workdir=") + 2 * longest + sum(len(o) + 1 for o in MOUNT_OPTIONS)
-        return max(1, min(OVERLAY_MAX_LOWERS, (page - 1 - fixed) // per_lower) + 1)
+        # legacy mount(2), as Docker's overlay2 does it: lowers named by short links
+        return legacy_overlay_max_depth(kernel.page_size(), len(self.layout.short_link("x")),
+                                        len(self.layout.diff_dir("x" * 128)), MOUNT_OPTIONS)
 
-    def lower_path(self, layer_id: str) -> str:
-        if self._legacy():
-            return self.short_lower_path(layer_id)
-        return self.layout.diff_path(layer_id)
+    def pick_lowers(self, full: Sequence[str], short: Callable[[], Sequence[str]],
+                    upper: str | None, work: str | None) -> Sequence[str]:
+        # data that fits one page, so that mount(2) (a container engine's, an old kernel's)
+        # can perform the description; full paths when they fit, as they read best
+        return fit_lowers(full, short, lambda lowers: self.describe(lowers, upper, work)[0],
+                          kernel.page_size())
 
-    def lower_paths(self, layer_ids: list[str]) -> tuple[str, ...]:
-        if self._legacy():
-            return tuple(self.short_lower_path(i) for i in layer_ids)
-        return tuple(self.layout.diff_path(i) for i in layer_ids)
-
-    def mount(self, request: MountRequest) -> None:
-        lowers = list(request.lowers)
-        if request.upper is None and len(lowers) == 1:
+    def describe(self, lowers: Sequence[str], upper: str | None, work: str | None) -> list[Mount]:
+        lowers = list(lowers)
+        if upper is None and len(lowers) == 1:
             # overlayfs refuses a single lower without an upper: the empty dir makes a second
-            lowers.append(str(self.layout.empty_dir))
-        try:
-            mounts.mount_overlay(
-                request.target, lowers, request.upper, request.work, options=MOUNT_OPTIONS
-            )
-        except MountError:
-            raise
-        except OSError as exc:
-            raise MountError(f"overlay mount on {request.target} failed: {exc}", path=request.target) from exc
+            lowers.append(self.layout.empty_dir)
+        return [overlay_mount(lowers, upper, work, MOUNT_OPTIONS)]

@@ -235,7 +235,7 @@ class _Importer:
                 )
                 try:
                     # extraction runs in parallel; only the copy-up of implied parents waits
-                    self.driver.apply_diff(layer_id, cast(BinaryIO, stream), _before_copy_up=self._wait_for(below))
+                    self.driver.diffs.apply_diff(layer_id, cast(BinaryIO, stream), before_copy_up=self._wait_for(below))
                     self.applied[layer_id].mark(True)
                 except Exception as exc:
                     if not self.cancel.is_set():

@@ -27,15 +27,15 @@ from ..owners import ProcessToken
 if TYPE_CHECKING:  # pragma: no cover
     from ..store import Driver
 
-from ..layout import Layout
+from ..layout import IMPORTS_DIR_NAME
 
 __all__ = ["JOURNAL_DIR", "ImportJournal", "busy_layers", "recover", "wait_for"]
 
-JOURNAL_DIR = Layout(".").imports_dir.name
+JOURNAL_DIR = IMPORTS_DIR_NAME
 
 
 def _journal_dir(driver: Driver) -> Path:
-    return Layout(driver.home).imports_dir
+    return Path(driver.layout.imports_dir)
 
 
 def _read(path: Path) -> list[str]:

@@ -210,7 +210,7 @@ def test_apply_diff_copies_up_through_one_and_two_parents(store: aufs.Driver) ->
     assert tree["etc/conf"][:3] == (0o711, 3, 0)
     assert tree["etc/conf/new"] == PLAIN
     # the layer itself holds the copied-up directories, not only the mount
-    assert meta(store._layout.diff_dir("top") / "srv")[:3] == (0o2750, 1234, 5678)
+    assert meta(Path(store.diff_dir("top")) / "srv")[:3] == (0o2750, 1234, 5678)
 
 
 def test_failed_apply_with_implied_parents_leaves_no_trace(store: aufs.Driver) -> None:
@@ -224,7 +224,7 @@ def test_failed_apply_with_implied_parents_leaves_no_trace(store: aufs.Driver) -
     with store.mount("top") as root:
         assert sorted(os.listdir(root)) == ["etc", "gone", "keep", "srv", "tmp"]
         assert not (Path(root) / "srv" / "data" / "a").exists()
-    assert os.listdir(store._layout.tmp_dir) == []
+    assert os.listdir(Path(store.layout.tmp_dir)) == []
 
 
 def test_no_lower_view_is_taken_when_nothing_is_implied(store: aufs.Driver, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -232,13 +232,13 @@ def test_no_lower_view_is_taken_when_nothing_is_implied(store: aufs.Driver, monk
     store.apply_diff("base", BASE)
     store.create("top", parent="base")
     views: list[str] = []
-    real = store._lower_view
+    real = store.diffs.lower_view
 
     def counting(layer_id: str):  # type: ignore[no-untyped-def]
         views.append(layer_id)
         return real(layer_id)
 
-    monkeypatch.setattr(store, "_lower_view", counting)
+    monkeypatch.setattr(store.diffs, "lower_view", counting)
     store.apply_diff("top", make_tar([entry("srv", "dir", mode=0o700), entry("srv/a")]))
     assert views == []
     store.apply_diff("top", make_tar([entry("srv/data/b")]))

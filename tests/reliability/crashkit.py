@@ -346,8 +346,12 @@ def _verify_reuse(d: aufs.Driver) -> list[str]:
     """Every surviving id can be removed and created again, and the new layer mounts."""
     problems = []
     present = d.layers()
-    order = sorted(present, key=lambda i: len(d._layer_meta(i)["ancestors"]), reverse=True)
     parents = {i: d.parent(i) for i in present}
+
+    def depth(layer_id: str | None) -> int:
+        return 0 if layer_id is None else 1 + depth(parents.get(layer_id))
+
+    order = sorted(present, key=depth, reverse=True)
     try:
         for layer_id in order:
             d.remove(layer_id)

@@ -2,6 +2,7 @@
 reported as unrepairable), and work in progress of live threads and processes never is."""
 from __future__ import annotations
 
+from pathlib import Path
 import json
 import os
 import subprocess
@@ -14,6 +15,7 @@ from aufs import mounts
 from aufs.check import KINDS, UNREPAIRABLE_KINDS, CheckReport
 from aufs.owners import ProcessToken
 
+from ..backends import PathLayout
 from .trees import build_tar, mounts_below, store_state
 
 
@@ -56,7 +58,7 @@ def test_a_sound_store_is_clean(populated: aufs.Driver) -> None:
 
 
 def test_leftover_temporaries_with_a_mount_inside(populated: aufs.Driver) -> None:
-    layout = populated._layout
+    layout = PathLayout(populated.layout)
     dead = layout.temp_path("view", _dead(), "app")
     dead.mkdir()
     mounts.mount("tmpfs", dead, "tmpfs")
@@ -72,7 +74,7 @@ def test_leftover_temporaries_with_a_mount_inside(populated: aufs.Driver) -> Non
 
 
 def test_orphan_directories(populated: aufs.Driver) -> None:
-    layers = populated._layout.layers_dir
+    layers = Path(populated.layout.layers_dir)
     (layers / "half-built").mkdir()
     (layers / "half-built" / "diff").mkdir()
     (layers / "-bad name").mkdir()
@@ -83,8 +85,8 @@ def test_orphan_directories(populated: aufs.Driver) -> None:
 
 
 def test_missing_work_directory_and_wrong_ancestors(populated: aufs.Driver) -> None:
-    os.rmdir(populated._layout.work_dir("app"))
-    meta = populated._layout.layer_meta("app")
+    os.rmdir(Path(populated.layout.work_dir("app")))
+    meta = Path(populated.layout.layer_meta("app"))
     meta.write_text(json.dumps({"parent": "base", "ancestors": ["base", "ghost"]}))
     _repairs_to_clean(populated, ["missing-work-directory", "wrong-ancestors"])
     assert json.loads(meta.read_text())["ancestors"] == ["base"]
@@ -93,7 +95,7 @@ def test_missing_work_directory_and_wrong_ancestors(populated: aufs.Driver) -> N
 
 
 def test_unrepairable_damage_is_reported_and_left(populated: aufs.Driver) -> None:
-    layout = populated._layout
+    layout = PathLayout(populated.layout)
     populated.create("orphan", parent="app")
     # damage from outside the store: a parent deleted by hand, metadata overwritten
     os.rename(layout.layer_dir("app"), layout.home / "app-moved-away")
@@ -109,7 +111,7 @@ def test_unrepairable_damage_is_reported_and_left(populated: aufs.Driver) -> Non
 
 
 def test_stale_mount_of_a_dead_holder_and_its_references(populated: aufs.Driver) -> None:
-    layout = populated._layout
+    layout = PathLayout(populated.layout)
     populated.get("app")
     # the holder dies without put: its reference names a dead process
     layout.refs_file("app").write_text(json.dumps({"holders": {f"{_dead()}:abc": 2}}))
@@ -118,7 +120,7 @@ def test_stale_mount_of_a_dead_holder_and_its_references(populated: aufs.Driver)
 
 
 def test_references_without_a_mount_and_dead_holders_beside_live_ones(populated: aufs.Driver) -> None:
-    layout = populated._layout
+    layout = PathLayout(populated.layout)
     layout.refs_file("base").write_text(json.dumps({"holders": {f"{ProcessToken.current()}:x": 1}}))
     populated.get("app")
     table = json.loads(layout.refs_file("app").read_text())
@@ -131,7 +133,7 @@ def test_references_without_a_mount_and_dead_holders_beside_live_ones(populated:
 
 
 def test_stacked_and_foreign_mounts(populated: aufs.Driver) -> None:
-    layout = populated._layout
+    layout = PathLayout(populated.layout)
     root = populated.get("app")
     mounts.mount("tmpfs", root, "tmpfs")  # mounted twice on the layer's mountpoint
     (layout.mnt_dir / "nolayer").mkdir()
@@ -145,7 +147,7 @@ def test_stacked_and_foreign_mounts(populated: aufs.Driver) -> None:
 
 
 def test_stale_state_and_links(populated: aufs.Driver) -> None:
-    layout = populated._layout
+    layout = PathLayout(populated.layout)
     (layout.state_dir / "gone.lock").write_text("")
     (layout.state_dir / "gone.backend").write_text("1-1")
     os.symlink("../layers/gone/diff", layout.links_dir / "ABCDEFGHIJKLMNOPQRST")

@@ -8,6 +8,7 @@ last put nothing is mounted below the store and no reference table is left.
 """
 from __future__ import annotations
 
+from pathlib import Path
 import io
 import os
 import pathlib
@@ -163,9 +164,9 @@ def run_load(ramdir: pathlib.Path, backend: str, threads_main: int, processes: i
             assert os.read(held_r, 1) == b"h"
         # every holder now holds s0: one mount, exactly one reference per thread (320 with the
         # default load, across 4 + 65 Drivers)
-        target = str(setup._layout.mountpoint("s0"))
+        target = str(Path(setup.layout.mountpoint("s0")))
         assert _mount_count(target) == 1
-        table = RefTable.load(setup._layout.refs_file("s0"))
+        table = RefTable.load(Path(setup.layout.refs_file("s0")))
         assert table.total == threads_main + processes * threads_child
         assert not setup.is_mounted("s1")
     finally:

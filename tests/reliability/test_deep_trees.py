@@ -4,6 +4,7 @@ does afterwards must cope without recursion limits: apply onto it, export it, li
 changes, mount it, remove it, sweep it."""
 from __future__ import annotations
 
+from pathlib import Path
 import io
 import os
 import pathlib
@@ -44,10 +45,10 @@ def test_deep_layer_through_its_whole_life(ramdir: pathlib.Path, deep_tar: bytes
     d = aufs.Driver(ramdir / "store", backend="overlay")
     d.create("deep")
     d.apply_diff("deep", deep_tar)
-    assert _depth(d._layout.diff_dir("deep")) == DEPTH
+    assert _depth(Path(d.diff_dir("deep"))) == DEPTH
     # applying onto it swaps the deep tree out, and the old one must be deleted
     d.apply_diff("deep", build_tar([("file", "top", b"t")]))
-    assert (d._layout.diff_dir("deep") / "top").is_file()
+    assert (Path(d.diff_dir("deep")) / "top").is_file()
     assert os.listdir(d.home / "tmp") == []
     out = io.BytesIO()
     d.diff("deep", out)
@@ -73,7 +74,7 @@ def test_deep_debris_is_repaired_and_swept(ramdir: pathlib.Path, deep_tar: bytes
     for layer_id in ("deep", "deep2"):
         d.create(layer_id)
         d.apply_diff(layer_id, deep_tar)
-        os.rename(d._layout.layer_dir(layer_id), d._layout.temp_path("remove", ProcessToken(dead.pid, 1), layer_id))
+        os.rename(Path(d.layout.layer_dir(layer_id)), Path(d.layout.temp_path("remove", ProcessToken(dead.pid, 1), layer_id)))
         if layer_id == "deep":  # found and repaired by check()
             report = d.check(repair=True)
             assert {f.kind for f in report.findings} == {"leftover-temporary", "stale-state"}, str(report)
@@ -91,7 +92,7 @@ def test_layer_near_path_max_applies_or_fails_atomically(ramdir: pathlib.Path) -
     d.create("long")
 
     def state() -> tuple[list[str], int]:
-        return sorted(os.listdir(d._layout.diff_dir("long"))), _depth(d._layout.diff_dir("long"))
+        return sorted(os.listdir(Path(d.diff_dir("long")))), _depth(Path(d.diff_dir("long")))
 
     for tar in (build_tar([("file", "a/" * 2030 + "f", b"x")]), build_tar([("file", "top", b"t")])):
         before = state()
@@ -103,7 +104,7 @@ def test_layer_near_path_max_applies_or_fails_atomically(ramdir: pathlib.Path) -
             d.remove("long")
             assert d.check().clean
             pytest.xfail(f"the store walks the staged layer by absolute path: {exc.strerror}")
-    assert (d._layout.diff_dir("long") / "top").is_file()
-    assert _depth(d._layout.diff_dir("long")) == 2030
+    assert (Path(d.diff_dir("long")) / "top").is_file()
+    assert _depth(Path(d.diff_dir("long"))) == 2030
     d.remove("long")
     assert d.check().clean and os.listdir(d.home / "tmp") == []

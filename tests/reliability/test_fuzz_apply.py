@@ -7,6 +7,7 @@ The suite runs the unmutated seeds, a fixed set of random mutations and a hypoth
 """
 from __future__ import annotations
 
+from pathlib import Path
 import os
 import pathlib
 import random
@@ -117,12 +118,12 @@ def test_failed_applies_through_the_store_change_nothing(ramdir: pathlib.Path) -
     for case in range(150):
         seed = rng.randrange(len(SEEDS))
         mutation = fk.random_ops(rng)
-        before = snapshot(d._layout.diff_dir("victim"))
+        before = snapshot(Path(d.diff_dir("victim")))
         outcome = _apply_in_child(d, "victim", fk.mutate(SEEDS[seed], mutation))
         outcomes[outcome] = outcomes.get(outcome, 0) + 1
         if outcome not in fk.ALLOWED:
             failures.append(f"case {case}: seed {seed} {mutation}: {outcome}")
-        elif outcome != "ok" and snapshot(d._layout.diff_dir("victim")) != before:
+        elif outcome != "ok" and snapshot(Path(d.diff_dir("victim"))) != before:
             failures.append(f"case {case}: seed {seed} {mutation}: failed apply changed the layer")
         if os.listdir(d.home / "tmp"):
             failures.append(f"case {case}: debris in tmp/: {os.listdir(d.home / 'tmp')}")

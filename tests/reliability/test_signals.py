@@ -5,6 +5,7 @@ once when Python unwinds, after the next open's sweep when the kernel killed it)
 in a loop of ``with driver.mount(...)`` leaves no mount and no reference behind."""
 from __future__ import annotations
 
+from pathlib import Path
 import os
 import pathlib
 import random
@@ -63,7 +64,7 @@ def test_signal_during_a_slow_apply_leaves_the_layer_as_it_was(
     d = aufs.Driver(home, backend="overlay")
     d.create("victim")
     d.apply_diff("victim", build_tar([("dir", "data"), ("file", "data/0000", b"old"), ("file", "keep", b"k")]))
-    before = snapshot(d._layout.diff_dir("victim"))
+    before = snapshot(Path(d.diff_dir("victim")))
     data = gzip_bytes(big_layer) if compressed else big_layer
     proc = subprocess.Popen(
         [sys.executable, "-c", textwrap.dedent(_APPLY_FROM_STDIN), str(home),
@@ -102,11 +103,11 @@ def test_signal_during_a_slow_apply_leaves_the_layer_as_it_was(
         assert os.listdir(home / "tmp") == [], "the interrupted apply left its staging clone"
     again = aufs.Driver(home, backend="overlay")
     assert os.listdir(home / "tmp") == []
-    assert snapshot(again._layout.diff_dir("victim")) == before
+    assert snapshot(Path(again.diff_dir("victim"))) == before
     assert again.check().clean, str(again.check())
     assert mounts_below(home) == []
     again.apply_diff("victim", big_layer)  # and the layer takes the full apply afterwards
-    assert len(os.listdir(again._layout.diff_dir("victim") / "data")) == 384
+    assert len(os.listdir(Path(again.diff_dir("victim")) / "data")) == 384
 
 
 _MOUNT_LOOP = """

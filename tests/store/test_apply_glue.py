@@ -6,11 +6,11 @@ store swaps a complete result in, or leaves the layer exactly as it was.
 """
 from __future__ import annotations
 
+from pathlib import Path
 import io
 import os
 import pathlib
 import stat
-import sys
 import types
 from collections.abc import Iterator
 from typing import Any
@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 import aufs
+import aufs.diffs
 from aufs.store import Driver
 
 from .conftest import read, write
@@ -46,14 +47,14 @@ def fake_apply(monkeypatch: pytest.MonkeyPatch) -> Iterator[types.SimpleNamespac
 
     module = types.ModuleType("aufs.apply")
     module.apply_tar = apply_tar  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "aufs.apply", module)
+    monkeypatch.setattr(aufs.diffs, "_apply", module)
     monkeypatch.setattr(aufs, "apply", module, raising=False)
     yield state
 
 
 def _populated(driver: Driver) -> pathlib.Path:
     driver.create("l")
-    diff = driver._layout.diff_dir("l")
+    diff = Path(driver.diff_dir("l"))
     (diff / "dir").mkdir()
     os.chown(diff / "dir", 5, 6)
     os.chmod(diff / "dir", 0o1777)
@@ -82,7 +83,7 @@ def test_failed_apply_leaves_the_layer_exactly_as_it_was(driver: Driver, fake_ap
     with pytest.raises(type(failure)):
         driver.apply_diff("l", b"ignored")
     assert _snapshot(diff) == before
-    assert os.listdir(driver._layout.tmp_dir) == []
+    assert os.listdir(Path(driver.layout.tmp_dir)) == []
 
 
 def test_successful_apply_swaps_in_the_new_tree_and_keeps_dir_attributes(driver: Driver, fake_apply: Any) -> None:
@@ -106,7 +107,7 @@ def test_successful_apply_swaps_in_the_new_tree_and_keeps_dir_attributes(driver:
     assert os.getxattr(diff / "dir", "trusted.overlay.opaque") == b"y"
     assert os.readlink(diff / "sym") == "old"
     assert stat.S_IMODE(os.lstat(diff).st_mode) == 0o755
-    assert os.listdir(driver._layout.tmp_dir) == []
+    assert os.listdir(Path(driver.layout.tmp_dir)) == []
     assert size == len("12345") + len("replaced") + len("keep") + len("old")
 
 

@@ -2,6 +2,7 @@
 AUFS mount that runs only where the kernel has AUFS."""
 from __future__ import annotations
 
+from pathlib import Path
 import os
 import pathlib
 
@@ -98,7 +99,7 @@ def test_real_aufs_mount(ramdir: pathlib.Path) -> None:
         with d.mount(parent) as root:
             assert read(f"{root}/f") == "x"
             os.unlink(f"{root}/f")
-        assert os.path.exists(d._layout.diff_dir(parent) / ".wh.f")
+        assert os.path.exists(Path(d.diff_dir(parent)) / ".wh.f")
     finally:
         d.cleanup()
 

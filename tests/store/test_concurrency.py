@@ -2,6 +2,7 @@
 under another holder, no lost layers."""
 from __future__ import annotations
 
+from pathlib import Path
 import os
 import pathlib
 import random
@@ -55,7 +56,7 @@ def test_many_threads_get_put_create_remove(driver: Driver) -> None:
     assert driver.layers() == ["base", "shared"]
     assert not driver.is_mounted("shared")
     assert [i for i in mounts.submounts(driver.home)] == []
-    assert len([n for n in os.listdir(driver._layout.diff_dir("shared")) if n.startswith("t")]) == 8 * 15
+    assert len([n for n in os.listdir(Path(driver.diff_dir("shared"))) if n.startswith("t")]) == 8 * 15
 
 
 def test_concurrent_creates_of_one_id_yield_one_layer(driver: Driver) -> None:
@@ -104,11 +105,11 @@ def test_two_processes_on_one_store(driver: Driver, home: pathlib.Path) -> None:
     # meanwhile this process holds the shared mount part of the time: it must never vanish under us
     for _ in range(10):
         with driver.mount("shared") as path:
-            assert _mount_count(driver._layout.mountpoint("shared")) == 1
+            assert _mount_count(Path(driver.layout.mountpoint("shared"))) == 1
             assert os.path.isdir(path)
     assert [p.wait() for p in procs] == [0, 0]
     assert driver.layers() == ["base", "shared"]
     assert not driver.is_mounted("shared")
-    names = os.listdir(driver._layout.diff_dir("shared"))
+    names = os.listdir(Path(driver.diff_dir("shared")))
     assert sorted(names) == sorted([f"p{i}" for i in range(25)] + [f"q{i}" for i in range(25)])
     assert mounts.submounts(home) == []

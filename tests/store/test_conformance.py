@@ -1,6 +1,7 @@
 """Docker's graph-driver conformance scenarios, re-implemented against aufs.Driver, per backend."""
 from __future__ import annotations
 
+from pathlib import Path
 import os
 import pathlib
 import stat
@@ -65,13 +66,13 @@ def test_writes_land_in_the_layer_and_deletions_become_whiteouts(driver: Driver)
     with driver.mount("base") as root:
         write(f"{root}/keep", "k")
         write(f"{root}/gone", "g")
-    base_before = tree(str(driver._layout.diff_dir("base")))
+    base_before = tree(str(Path(driver.diff_dir("base"))))
     driver.create("top", parent="base")
     with driver.mount("top") as root:
         os.unlink(f"{root}/gone")
         write(f"{root}/new", "n")
-    assert tree(str(driver._layout.diff_dir("base"))) == base_before
-    diff = driver._layout.diff_dir("top")
+    assert tree(str(Path(driver.diff_dir("base")))) == base_before
+    diff = Path(driver.diff_dir("top"))
     kinds = {}
     for entry in os.scandir(diff):
         st = entry.stat(follow_symlinks=False)
@@ -91,7 +92,7 @@ def test_duplicate_id_is_refused_and_changes_nothing(driver: Driver) -> None:
         driver.create("a")
     assert isinstance(info.value, FileExistsError) and isinstance(info.value, aufs.AufsError)
     assert driver.layers() == ["a"]
-    assert os.listdir(driver._layout.tmp_dir) == []
+    assert os.listdir(Path(driver.layout.tmp_dir)) == []
 
 
 def test_missing_parent_is_refused_and_leaves_nothing(driver: Driver) -> None:
@@ -99,7 +100,7 @@ def test_missing_parent_is_refused_and_leaves_nothing(driver: Driver) -> None:
         driver.create("a", parent="nope")
     assert isinstance(info.value, LookupError)
     assert driver.layers() == [] and not driver.exists("a")
-    assert os.listdir(driver._layout.tmp_dir) == []
+    assert os.listdir(Path(driver.layout.tmp_dir)) == []
 
 
 @pytest.mark.parametrize("method", ["get", "put", "parent", "is_mounted", "remove"])
@@ -211,7 +212,7 @@ def test_base_layer_get_shows_its_own_content(driver: Driver) -> None:
     driver.create("base")
     with driver.mount("base") as root:
         write(f"{root}/f", "x")
-    assert read(driver._layout.diff_dir("base") / "f") == "x"
+    assert read(Path(driver.diff_dir("base")) / "f") == "x"
 
 
 def test_status(driver: Driver) -> None:
@@ -245,39 +246,39 @@ def test_root_opaque_layer_hides_everything_below(driver: Driver) -> None:
         write(f"{root}/old", "o")
         os.mkdir(f"{root}/dir")
     driver.create("opaque", parent="base")
-    fd = os.open(driver._layout.diff_dir("opaque"), os.O_RDONLY | os.O_DIRECTORY)
+    fd = os.open(Path(driver.diff_dir("opaque")), os.O_RDONLY | os.O_DIRECTORY)
     try:
         make_opaque(fd, driver.whiteout_format)
     finally:
         os.close(fd)
-    write(str(driver._layout.diff_dir("opaque") / "mine"), "m")
+    write(str(Path(driver.diff_dir("opaque")) / "mine"), "m")
     driver.create("top", parent="opaque")
     for layer in ("opaque", "top"):
         with driver.mount(layer) as root:
             assert sorted(os.listdir(root)) == ["mine"], layer
-    with driver._lower_view("top") as lower:
+    with driver.diffs.lower_view("top") as lower:
         assert lower is not None and "old" not in os.listdir(lower)
 
 
 def test_lower_view(driver: Driver) -> None:
     driver.create("a")
-    with driver._lower_view("a") as lower:
+    with driver.diffs.lower_view("a") as lower:
         assert lower is None
     with driver.mount("a") as root:
         write(f"{root}/fa", "a")
         write(f"{root}/gone", "g")
     driver.create("b", parent="a")
-    with driver._lower_view("b") as lower:
+    with driver.diffs.lower_view("b") as lower:
         assert lower is not None and sorted(os.listdir(lower)) == ["fa", "gone"]
     with driver.mount("b") as root:
         write(f"{root}/fb", "b")
         os.unlink(f"{root}/gone")
     driver.create("c", parent="b")
-    with driver._lower_view("c") as lower:
+    with driver.diffs.lower_view("c") as lower:
         assert lower is not None and sorted(os.listdir(lower)) == ["fa", "fb"]
         view = lower
     assert not mounts.mounted(view) and not os.path.exists(view)
-    assert os.listdir(driver._layout.tmp_dir) == []
+    assert os.listdir(Path(driver.layout.tmp_dir)) == []
 
 
 def test_busy_mount_is_detached_lazily_and_its_mountpoint_removed(driver: Driver) -> None:
@@ -298,7 +299,7 @@ def test_busy_mount_is_detached_lazily_and_its_mountpoint_removed(driver: Driver
     # the next get finds everything in place (and in the store's own format)
     with driver.mount("top") as root:
         assert sorted(os.listdir(root)) == ["f"]
-    names = sorted(os.listdir(driver._layout.diff_dir("top")))
+    names = sorted(os.listdir(Path(driver.diff_dir("top"))))
     assert names == ([".wh.lower", "f"] if driver.whiteout_format is WhiteoutFormat.AUFS else ["f", "lower"])
 
 
@@ -307,12 +308,12 @@ def test_failed_mount_raises_mount_error_and_leaves_nothing(driver: Driver) -> N
 
     driver.create("base")
     driver.create("top", parent="base")
-    shutil.rmtree(driver._layout.diff_dir("base"))  # a broken lower layer: the mount must fail
+    shutil.rmtree(Path(driver.diff_dir("base")))  # a broken lower layer: the mount must fail
     with pytest.raises(aufs.MountError) as info:
         driver.get("top")
     assert isinstance(info.value, OSError)
     assert not driver.is_mounted("top")
-    assert not driver._layout.mountpoint("top").exists()
-    assert not driver._layout.refs_file("top").exists()
-    assert not driver._layout.backend_record("top").exists()
+    assert not Path(driver.layout.mountpoint("top")).exists()
+    assert not Path(driver.layout.refs_file("top")).exists()
+    assert not Path(driver.layout.backend_record("top")).exists()
     driver.put("top")  # the failed get took no reference: nothing to give back

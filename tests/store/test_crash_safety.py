@@ -2,6 +2,7 @@
 as it was, or complete; debris is swept; mounts of dead processes are adopted or cleaned up."""
 from __future__ import annotations
 
+from pathlib import Path
 import os
 import pathlib
 import signal
@@ -14,6 +15,8 @@ import pytest
 
 from aufs import mounts
 from aufs.owners import ProcessToken
+
+from ..backends import PathLayout
 from aufs.store import Driver
 
 from .conftest import read
@@ -34,11 +37,11 @@ def _dead_token() -> ProcessToken:
 
 
 def _complete(d: Driver, layer: str) -> bool:
-    return d._layout.diff_dir(layer).is_dir() and d._layout.work_dir(layer).is_dir() and d.parent(layer) in (None, "base")
+    return Path(d.diff_dir(layer)).is_dir() and Path(d.layout.work_dir(layer)).is_dir() and d.parent(layer) in (None, "base")
 
 
 def test_opening_sweeps_debris_of_dead_processes_only(driver: Driver, home: pathlib.Path) -> None:
-    layout = driver._layout
+    layout = PathLayout(driver.layout)
     dead = layout.temp_path("create", _dead_token(), "ghost")
     (dead / "diff").mkdir(parents=True)
     live = layout.temp_path("create", ProcessToken.current(), "busy")
@@ -56,7 +59,7 @@ def test_opening_sweeps_debris_of_dead_processes_only(driver: Driver, home: path
 
 
 def test_dead_view_mount_is_unmounted_by_the_sweep(driver: Driver, home: pathlib.Path) -> None:
-    layout = driver._layout
+    layout = PathLayout(driver.layout)
     view = layout.temp_path("view", _dead_token(), "x")
     view.mkdir()
     mounts.mount("tmpfs", view, "tmpfs")
@@ -89,7 +92,7 @@ def test_killed_mid_operation_leaves_absent_or_complete_layers(
         assert "base" in layers
         for layer in layers:
             assert _complete(d, layer), layer
-        assert os.listdir(d._layout.tmp_dir) == []
+        assert os.listdir(Path(d.layout.tmp_dir)) == []
         # everything listed is usable, everything else is truly absent
         for layer in layers[:3]:
             with d.mount(layer):
@@ -119,7 +122,7 @@ def test_mount_of_a_dead_process_is_adopted_then_released(driver: Driver, home: 
     assert driver.is_mounted("top")
     path = driver.get("top")  # adopts: no second mount stacked on the first
     assert read(f"{path}/by-dead") == "x"
-    assert len([i for i in mounts.submounts(driver._layout.mountpoint("top"))]) == 1
+    assert len([i for i in mounts.submounts(Path(driver.layout.mountpoint("top")))]) == 1
     driver.put("top")  # the dead holder's reference is void: the last put unmounts
     assert not driver.is_mounted("top")
 
@@ -133,7 +136,7 @@ def test_cleanup_removes_mounts_left_by_a_dead_process(driver: Driver, home: pat
         from aufs.store import Driver
         d = Driver({str(home)!r}, backend={driver.backend!r})
         d.get("a"); d.get("b"); d.get("base")
-        with d._lower_view("a"):
+        with d.diffs.lower_view("a"):
             os.kill(os.getpid(), signal.SIGKILL)
     """)
     proc.wait()
@@ -141,7 +144,7 @@ def test_cleanup_removes_mounts_left_by_a_dead_process(driver: Driver, home: pat
     fresh = Driver(home, backend=driver.backend)  # sweeps the dead view
     fresh.cleanup()
     assert mounts.submounts(home) == []
-    assert os.listdir(fresh._layout.tmp_dir) == []
+    assert os.listdir(Path(fresh.layout.tmp_dir)) == []
     if driver.backend == "fuse-overlayfs":
         out = subprocess.run(["pgrep", "-f", f"fuse-overlayfs.*{home}"], capture_output=True, text=True, check=False)
         assert out.stdout.strip() == ""  # no daemon outlives its mount
@@ -155,7 +158,7 @@ def test_a_mount_whose_daemon_died_is_replaced(driver: Driver) -> None:
     path = driver.get("top")
     with open(f"{path}/f", "w") as f:
         f.write("kept")
-    pid = int(driver._layout.backend_record("top").read_text().split()[0])
+    pid = int(Path(driver.layout.backend_record("top")).read_text().split()[0])
     os.kill(pid, signal.SIGKILL)
     time.sleep(0.1)
     with pytest.raises(OSError):
@@ -189,7 +192,7 @@ def test_killed_inside_apply_diff_leaves_the_layer_as_it_was_or_complete(
     for n, delay in enumerate((0.02, 0.08, 0.2, 0.5, 3.0)):
         layer = f"l{n}"
         driver.create(layer)
-        (driver._layout.diff_dir(layer) / "old").write_text("old")
+        (Path(driver.diff_dir(layer)) / "old").write_text("old")
         proc = _python(f"""
             from aufs.store import Driver
             Driver({str(home)!r}, backend={driver.backend!r}).apply_diff({layer!r}, {str(archive)!r})
@@ -200,7 +203,7 @@ def test_killed_inside_apply_diff_leaves_the_layer_as_it_was_or_complete(
             proc.send_signal(signal.SIGKILL)
             proc.wait()
         d = Driver(home, backend=driver.backend)
-        diff = d._layout.diff_dir(layer)
+        diff = Path(d.diff_dir(layer))
         names = {str(p.relative_to(diff)) for p in diff.rglob("*")}
         assert names in ({"old"}, full | {"old"}), f"partial layer after a kill at {delay}s"
-        assert os.listdir(d._layout.tmp_dir) == []
+        assert os.listdir(Path(d.layout.tmp_dir)) == []

@@ -2,6 +2,7 @@
 depth limit enforced at create (never later inside mount)."""
 from __future__ import annotations
 
+from pathlib import Path
 import os
 
 import pytest
@@ -17,7 +18,7 @@ def _build_chain(driver: Driver, depth: int) -> str:
     for i in range(depth):
         layer = f"layer{i}"
         driver.create(layer, parent=parent)
-        diff = driver._layout.diff_dir(layer)
+        diff = Path(driver.diff_dir(layer))
         with open(diff / f"file-{i}", "w") as f:
             f.write(str(i))
         with open(diff / "common", "w") as f:
@@ -52,7 +53,7 @@ def test_max_depth_mounts_and_one_more_is_refused_at_create(driver: Driver) -> N
     with pytest.raises(aufs.MaxDepthExceeded) as info:
         driver.create("one-too-many", parent=top)
     assert isinstance(info.value, ValueError)
-    assert not driver.exists("one-too-many") and os.listdir(driver._layout.tmp_dir) == []
+    assert not driver.exists("one-too-many") and os.listdir(Path(driver.layout.tmp_dir)) == []
 
 
 def test_overlay_mounts_a_chain_of_501(driver: Driver) -> None:
@@ -63,7 +64,7 @@ def test_overlay_mounts_a_chain_of_501(driver: Driver) -> None:
 
 def test_lower_view_of_a_deep_chain(driver: Driver) -> None:
     top = _build_chain(driver, 130)
-    with driver._lower_view(top) as lower:
+    with driver.diffs.lower_view(top) as lower:
         assert lower is not None
         assert len(os.listdir(lower)) == 130  # file-0..128 and common
         with open(f"{lower}/common") as f:
@@ -84,7 +85,7 @@ def test_overlay_without_lowerdir_plus_uses_short_links_and_one_page(
     legacy = dataclasses.replace(kernel.features(), overlay_lowerdir_plus=False, overlay_layer_fd=False)
     monkeypatch.setattr(kernel, "features", lambda: legacy)
     depth = driver.max_depth
-    full_path = len(driver._layout.diff_path("x" * 128)) + 1
+    full_path = len(driver.layout.diff_dir("x" * 128)) + 1
     assert 2 * (4096 // full_path) < depth < 501  # short links: far more than full paths allow
     top = _build_chain(driver, depth)
     _check_read(driver, top, depth)  # a real legacy mount(2) with the data in one page
