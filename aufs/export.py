@@ -25,13 +25,19 @@ holds exactly its own changes, so :func:`write_diff` walks it and writes every e
   readdir and stat is skipped; any other failure raises, leaving ``out`` incomplete.
 
 Same layer -> same bytes. GNU tar and bsdtar read the result. No tar code is written here:
-headers and data go through libarchive (the library python-libarchive-c loads). The cost of
+headers and data go through libarchive (bound by :mod:`aufs._libarchive`). The cost of
 a layer of small files is per entry, so the per-entry work is C (``csrc/walk.c``, through
 :class:`aufs._fastpaths.EntryWriter`): one call reads a directory (``getdents64`` +
 ``fstatat``), classifies and sorts it, and one call writes its entries (xattrs, header and
 data through libarchive's functions, passed to the C by address) until it meets a
 subdirectory or an inode with several links. Python runs per directory: the descent, the
 directory fds and the inode map.
+
+Into a file descriptor, libarchive writes unbuffered into a C callback
+(:class:`aufs._fastpaths.FdOutput`) that gathers its headers in a 256 KiB buffer; file data is
+read straight into that buffer and handed to libarchive in place, so it is copied once in (read)
+and once out (write), as GNU tar does. The end is padded as libarchive's 1 MiB block writer
+pads it, so every kind of output gets the same bytes.
 """
 from __future__ import annotations
 
@@ -348,8 +354,12 @@ def write_diff(layer_dir: str | os.PathLike[str], out: PathOrFile, fmt: Whiteout
     """Write the layer directory ``layer_dir`` (format ``fmt``) as a pax layer tar to ``out``.
 
     ``out`` is a path (created or truncated) or a writable binary file object (written
-    sequentially from its current position; a pipe is fine). Returns the number of bytes
-    written. The bytes depend only on the layer's content (see the module docstring).
+    sequentially from its current position; a pipe is fine). A path, and a plain file object
+    over a blocking fd (``open(..., "wb")``, ``sys.stdout.buffer``, a subprocess pipe; flushed
+    first, its position updated after), are written through the fd with no copy of file data
+    in user space; a pipe is grown to 1 MiB. Other file objects get the same bytes through
+    ``write()``. Returns the number of bytes written. The bytes depend only on the layer's
+    content (see the module docstring).
     Raises ``NoSpace`` if the output filesystem fills up, ``OSError`` for a failed read or
     write, ``FileNotFoundError`` if ``layer_dir`` does not exist.
     """
