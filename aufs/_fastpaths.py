@@ -86,6 +86,8 @@ X_FLUSH = int(lib.AUFS_X_FLUSH)
 # directory times collected by the C writer between returns (see struct aufs_xctx)
 _DIRBUF_SIZE = 1 << 20
 _DIR_RECORD = struct.Struct("=qqI")
+if _DIR_RECORD.size != lib.AUFS_X_DIR_RECORD_HEAD:  # pragma: no cover - a build mismatch
+    raise ImportError("aufs._native: directory time records have an unexpected layout; rebuild")
 
 EXTRACT_API_NAMES = (
     "read_next_header", "read_data_block", "entry_pathname", "entry_hardlink", "entry_symlink",

@@ -76,6 +76,7 @@ int aufs_probe_features(void);
 
 /* ---- extract.c: layer-tar entries from libarchive written under a root dir fd ---- */
 #define AUFS_X_PATH_MAX 4096
+#define AUFS_X_DIR_RECORD_HEAD 20 /* a dirbuf record's head: int64 sec, int64 nsec, uint32 length */
 #define AUFS_X_FLAG_REPORT_ALL 1 /* ctx->flags: return AUFS_X_DONE after every entry written */
 #define AUFS_X_EOF 0        /* end of archive */
 #define AUFS_X_DIR 1        /* a directory was written (its mtime is the caller's to set last) */

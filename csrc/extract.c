@@ -29,7 +29,7 @@
 #include <unistd.h>
 
 /* the largest record of the directory buffer (see struct aufs_xctx) */
-#define X_RECORD_MAX ((16 + 4 + AUFS_X_PATH_MAX + 7) & ~(size_t)7)
+#define X_RECORD_MAX ((AUFS_X_DIR_RECORD_HEAD + AUFS_X_PATH_MAX + 7) & ~(size_t)7)
 
 /* libarchive signatures (archive.h / archive_entry.h of libarchive 3.x on Linux) */
 typedef int (*x_next_header_fn)(void *, void **);
@@ -175,7 +175,7 @@ static int x_chmod_nofollow(int dir_fd, const char *name, mode_t mode)
  * `sec` bytes. */
 static int x_record(struct aufs_xctx *ctx, const char *path, size_t len, int64_t sec, int64_t nsec)
 {
-    size_t need = (16 + 4 + len + 7) & ~(size_t)7;
+    size_t need = (AUFS_X_DIR_RECORD_HEAD + len + 7) & ~(size_t)7;
     char *rec;
     uint32_t len32 = (uint32_t)len;
     if (!ctx->dirbuf || ctx->dirbuf_size < ctx->dirbuf_used || ctx->dirbuf_size - ctx->dirbuf_used < need)
@@ -184,7 +184,7 @@ static int x_record(struct aufs_xctx *ctx, const char *path, size_t len, int64_t
     memcpy(rec, &sec, 8);
     memcpy(rec + 8, &nsec, 8);
     memcpy(rec + 16, &len32, 4);
-    memcpy(rec + 20, path, len);
+    memcpy(rec + AUFS_X_DIR_RECORD_HEAD, path, len);
     ctx->dirbuf_used += need;
     return 0;
 }
