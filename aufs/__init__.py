@@ -19,6 +19,7 @@ from .errors import (
     BackendUnavailable,
     DigestMismatch,
     ImageError,
+    ImageNotFound,
     InvalidLayerId,
     LayerExists,
     LayerInUse,
@@ -27,8 +28,11 @@ from .errors import (
     MountDataTooLong,
     MountError,
     NoSpace,
+    PathTooLong,
     StoreFormatMismatch,
     StoreLocked,
+    StoreNotFound,
+    StoreReadOnly,
     UnsafeArchive,
 )
 
@@ -51,6 +55,11 @@ _LAZY = {
     "ChangeKind": "aufs.changes",
     "import_image": "aufs.image",
     "export_image": "aufs.image",
+    "list_images": "aufs.image",
+    "remove_image": "aufs.image",
+    "find_image": "aufs.image",
+    "ImageRecord": "aufs.image",
+    "RemovedImage": "aufs.image",
 }
 
 __all__ = [
@@ -60,6 +69,7 @@ __all__ = [
     "BackendUnavailable",
     "DigestMismatch",
     "ImageError",
+    "ImageNotFound",
     "InvalidLayerId",
     "LayerExists",
     "LayerInUse",
@@ -68,8 +78,11 @@ __all__ = [
     "MountDataTooLong",
     "MountError",
     "NoSpace",
+    "PathTooLong",
     "StoreFormatMismatch",
     "StoreLocked",
+    "StoreNotFound",
+    "StoreReadOnly",
     "UnsafeArchive",
     *_LAZY,
 ]
@@ -93,6 +106,11 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers only
     from .changes import ChangeKind as ChangeKind
     from .image import export_image as export_image
     from .image import import_image as import_image
+    from .image import ImageRecord as ImageRecord
+    from .image import RemovedImage as RemovedImage
+    from .image import find_image as find_image
+    from .image import list_images as list_images
+    from .image import remove_image as remove_image
     from .mounts import KernelFeatures as KernelFeatures
     from .mounts import MountInfo as MountInfo
     from .mounts import kernel_features as kernel_features

@@ -98,6 +98,10 @@ EXTRACT_API_NAMES = (
 """The libarchive functions (without the ``archive_`` prefix) :class:`Extractor` needs."""
 
 
+# the size of the C writer's name buffers (struct aufs_xctx path/link), NUL included
+_X_NAME_BUFFER = int(lib.AUFS_X_PATH_MAX)
+
+
 class Extractor:
     """Writes the entries of an open libarchive read handle below the directory ``root_fd``.
 
@@ -129,7 +133,14 @@ class Extractor:
         return int(lib.aufs_x_next(self._ctx))
 
     def write(self, path: Optional[bytes] = None, link: Optional[bytes] = None) -> int:
-        """Write the current entry (at ``path``/hard-linked to ``link`` if given): 0, ``X_*`` or ``-errno``."""
+        """Write the current entry (at ``path``/hard-linked to ``link`` if given): 0, ``X_*`` or ``-errno``.
+
+        A name that does not fit the C buffer with its NUL gives ``-ENAMETOOLONG`` and nothing
+        is stored (cffi would store 4,096 bytes without a NUL and raise IndexError past that).
+        """
+        for name in (path, link):
+            if name is not None and len(name) >= _X_NAME_BUFFER:
+                return -_errno.ENAMETOOLONG
         if path is not None:
             self._ctx.path = path
         if link is not None:
@@ -184,6 +195,13 @@ class Extractor:
     def link(self) -> bytes:
         """The current entry's normalised hard-link target, ``b""`` if it is no hard link."""
         return bytes(ffi.string(self._ctx.link)) if self._ctx.is_hardlink else b""
+
+    @property
+    def header_failed(self) -> bool:
+        """After ``X_ARCHIVE``: True if libarchive refused the next header (then :attr:`path`
+        is the last entry written and :attr:`raw_link` the refused entry's name, if it had
+        one), False if it failed inside the current entry's data."""
+        return bool(self._ctx.entry == ffi.NULL)
 
     @property
     def raw_link(self) -> bytes:

@@ -19,10 +19,11 @@ labour:
   ``.wh..wh.plnk/`` pseudo-link directory resolve to the real file. Directory mtimes are set
   last, after all their content.
 
-Symlink targets are stored as they are, but, as Docker does, one whose target climbs above the
-layer root from the symlink's own directory (``../../etc`` at depth one) is refused: nothing
-here ever follows it, but a host process that later follows a layer's symlink by path must not
-land outside. Hard-link targets must name something inside the layer.
+Symlink targets are data and are stored as they are, also one that climbs above the layer
+root (``usr/lib/x -> ../../../opt/y``, ``up -> ..``): in a root filesystem ``/..`` is ``/``,
+and nothing here follows a link except inside the target (``RESOLVE_IN_ROOT``), so an entry
+written through such a link lands inside the layer, as with containerd, umoci and GNU tar.
+Hard-link targets must name something inside the layer.
 
 Tar bombs: file data is written sparse (holes of sparse entries stay holes, so a "1 TB" sparse
 entry costs only its data), an entry whose declared size exceeds the free space of the target's
@@ -269,6 +270,12 @@ class _Run:
             return
         if name.startswith(_WH):
             target = whiteout_target(os.fsdecode(name))
+            if target is None and not name.startswith(_META):
+                # `.wh.`, `.wh..`, `.wh...`: a whiteout of nothing, of `.` or of `..` is no
+                # layer any tool wrote on purpose; refuse it rather than guess
+                raise ArchiveError(f"archive entry {_show(path)} is a malformed whiteout: "
+                                   f"{_show(name)} names no entry that can be deleted",
+                                   path=os.fsdecode(path))
             if target is not None and is_file:
                 self._whiteout(b"/".join(parts[:-1]), os.fsencode(target))
             return
@@ -286,9 +293,20 @@ class _Run:
         if self.staging is None:
             if not create:
                 raise AssertionError("no pseudo-link staging directory")
-            # a .wh..wh. name: never content, and no tar entry can write there
-            self.staging = _META + b"aufs-apply-" + uuid.uuid4().hex.encode()
+            self.staging = self._staging_name()
         return self.staging + b"/" + rest
+
+    def _staging_name(self) -> bytes:
+        """A free ``.wh..wh.XXXX`` name in the root (XXXX hex): never content, no tar entry
+        can write there, and exactly as long as ``.wh..wh.plnk``, so a pseudo-link staged
+        under it has the length of its name in the archive: whatever fits there fits here."""
+        for _ in range(1000):
+            name = _META + uuid.uuid4().hex[:len(_PLNK) - len(_META)].encode()
+            try:
+                os.lstat(name, dir_fd=self.root_fd)
+            except FileNotFoundError:
+                return name
+        raise ArchiveError("no free name for the pseudo-link staging directory")
 
     def _parent_fd(self, parent: bytes) -> int | None:
         """An O_PATH fd of the directory ``parent`` (created if implied), None if it is no directory."""
@@ -377,9 +395,6 @@ def _show(path: bytes) -> str:
 
 def _unsafe(ex: _fastpaths.Extractor) -> UnsafeArchive:
     path = os.fsdecode(ex.path)
-    if stat.S_ISLNK(ex.mode) and not ex.is_hardlink:
-        return UnsafeArchive(f"archive entry {path!r} is a symlink to {os.fsdecode(ex.raw_link)!r}, "
-                             "which climbs out of the layer directory", path=path)
     if ex.is_hardlink:
         return UnsafeArchive(f"archive entry {path!r} is a hard link to {os.fsdecode(ex.link)!r}, "
                              "outside the layer directory", path=path)
@@ -412,8 +427,22 @@ def _extract(la: Libarchive, archive: int, root_fd: int, fmt: WhiteoutFormat,
     def archive_error() -> ArchiveError:
         status = {-10: "retry", -20: "warning", -25: "failed", -30: "fatal"}.get(
             ex.archive_status, str(ex.archive_status))
-        where = f" near entry {_show(ex.path)}" if ex.entries else ""
-        return ArchiveError(f"invalid layer tar{where}: {la.message(archive)} (libarchive {status})")
+        # name the entry that failed: libarchive refused either the next header (whose name
+        # it may have read) or the data of the entry being written
+        path: bytes | None
+        if ex.header_failed:
+            number, path = ex.entries + 1, ex.raw_link or None
+            if path is not None:
+                where = f" at entry {number} {_show(path)}"
+            elif ex.entries:
+                where = f" at entry {number}, the header after entry {_show(ex.path)}"
+            else:
+                where = " at its first entry"
+        else:
+            path = ex.path
+            where = f" at entry {ex.entries} {_show(path)}"
+        return ArchiveError(f"invalid layer tar{where}: {la.message(archive)} (libarchive {status})",
+                            path=None if path is None else os.fsdecode(path))
 
     run = _Run(ex, root_fd, fmt, track, archive_error)
     try:

@@ -208,7 +208,15 @@ def compute_changes(
     try:
         lower_fd = None if lower_root is None else os.open(os.fspath(lower_root), _O_DIR)
         try:
-            paths, kinds = _fastpaths.walk_changes(layer_fd, lower_fd)
+            try:
+                paths, kinds = _fastpaths.walk_changes(layer_fd, lower_fd)
+            except OSError as exc:
+                if exc.errno != errno.ENAMETOOLONG:
+                    raise
+                from .export import path_too_long
+
+                raise path_too_long(_too_long_path(layer_fd, _CHANGE_PATH_MAX),
+                                    "cannot list the layer's changes") from exc
         finally:
             if lower_fd is not None:
                 os.close(lower_fd)
@@ -227,6 +235,49 @@ def compute_changes(
     finally:
         if gc_was_enabled:
             gc.enable()
+
+
+# the C walker's change-path buffer, NUL included (W_PATH_MAX in csrc/walk.c)
+_CHANGE_PATH_MAX = 65536
+
+
+def _too_long_path(layer_fd: int, limit: int) -> str:
+    """The first path (absolute in the layer) whose length with its NUL exceeds ``limit``,
+    found depth first with one directory fd per level (only after the C walker failed; a
+    tree too deep for the fd limit gives the deepest path reached)."""
+    stack: list[tuple[int, str, Any]] = []
+    fd, path = os.dup(layer_fd), ""
+    try:
+        while True:
+            with os.scandir(fd) as it:
+                names = sorted(e.name for e in it if e.is_dir(follow_symlinks=False))
+            for name in sorted(os.listdir(fd)):
+                if len(os.fsencode(path + "/" + name)) + 1 > limit:
+                    return path + "/" + name
+            stack.append((fd, path, iter(names)))
+            fd = -1
+            while stack:
+                parent_fd, parent, rest = stack[-1]
+                entry: str | None = next(rest, None)
+                if entry is None:
+                    os.close(stack.pop()[0])
+                    continue
+                name = entry
+                try:
+                    fd = os.open(name, _O_DIR | os.O_NOFOLLOW, dir_fd=parent_fd)
+                except OSError as exc:
+                    if exc.errno == errno.EMFILE:
+                        return parent + "/" + name
+                    continue  # removed or replaced since the listing
+                path = parent + "/" + name
+                break
+            if fd < 0:
+                return path or "/"
+    finally:
+        if fd >= 0:
+            os.close(fd)
+        for open_fd, _, _ in stack:
+            os.close(open_fd)
 
 
 _KIND_OF_BYTE = (ChangeKind.MODIFY, ChangeKind.ADD, ChangeKind.DELETE)

@@ -37,9 +37,18 @@ Kinds of finding (one term each, the same in the report, the docs and the CLI):
     an absent layer. Repair: drop the dead holders, or the table.
 ``stale-mountpoint``
     an entry of ``mnt/`` that is not mounted. Repair: delete it.
+``loose-permissions``
+    a store directory other users may enter (stores made before 0.2 were 0755): they could
+    reach mounted root filesystems and run their setuid programs. Opening the store already
+    tightens it to 0700 (the report says so); a read-only store only reports it.
 ``stale-state``
     a lock file or backend record of an absent layer, a short link (``l/``) to an absent
     layer. Repair: delete it.
+``dangling-image``
+    an image record (``images/``) naming a layer that is not in the store (removed with
+    ``remove``). Repair: drop the record; import the image again to get it back.
+``corrupt-image-record``
+    a file in ``images/`` that is no readable image record. Repair: delete it.
 
 Concurrency: the check holds the store lock (no create or remove runs meanwhile) and each
 layer's lock while it looks at that layer's mount and references, so it never mistakes
@@ -52,6 +61,7 @@ import contextlib
 import errno
 import json
 import os
+import stat
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -60,6 +70,7 @@ from . import locks, mounts
 from .backends.base import detach
 from .clone import remove_tree
 from .core import StoreCore
+from .image.records import check_images
 from .layout import Layout, is_valid_layer_id
 from .owners import ProcessToken
 from .refcount import RefTable
@@ -79,6 +90,9 @@ KINDS = (
     "stale-references",
     "stale-mountpoint",
     "stale-state",
+    "loose-permissions",
+    "dangling-image",
+    "corrupt-image-record",
 )
 UNREPAIRABLE_KINDS = frozenset({"dangling-parent", "corrupt-metadata", "incomplete-layer"})
 
@@ -166,6 +180,7 @@ class _Checker:
     # -- the parts of the store, in an order where each repair helps the next step ------------
 
     def run(self) -> CheckReport:
+        self.check_permissions()
         self.check_temporaries()
         self.check_layer_dirs()
         self.check_lineage()
@@ -174,7 +189,22 @@ class _Checker:
         self.check_mountpoints()
         self.check_state()
         self.check_links()
+        check_images(self.layout, self.layers, self.found)
         return self.report
+
+    def check_permissions(self) -> None:
+        for path in self.core.tightened:
+            self.report.findings.append(Finding(
+                "loose-permissions", path, "other users could enter this store directory; "
+                "opening the store made it 0700", None, True))
+        for path in self.layout.directories():
+            try:
+                mode = stat.S_IMODE(os.lstat(path).st_mode)
+            except FileNotFoundError:
+                continue
+            if mode & 0o077:
+                self.found("loose-permissions", path, f"mode {mode:04o}: other users may enter it and "
+                           "reach mounted root filesystems", fix=lambda p=path, m=mode: os.chmod(p, m & 0o700))  # type: ignore[misc]
 
     def check_temporaries(self) -> None:
         layout = self.layout

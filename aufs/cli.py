@@ -10,7 +10,7 @@ Exit codes:
 0     success
 1     any other aufs error
 2     usage error (bad arguments, bad layer id)
-3     layer not found
+3     layer or image not found, or no store at --home
 4     layer already exists
 5     busy: layer in use (mounted, or a parent), store locked
 6     bad image: malformed image, digest mismatch
@@ -25,6 +25,7 @@ Exit codes:
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import sys
@@ -47,6 +48,7 @@ from .errors import (
     AufsError,
     BackendUnavailable,
     ImageError,
+    ImageNotFound,
     LayerExists,
     LayerInUse,
     InvalidLayerId,
@@ -54,6 +56,8 @@ from .errors import (
     MountError,
     NoSpace,
     StoreLocked,
+    StoreNotFound,
+    StoreReadOnly,
 )
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -68,6 +72,9 @@ EXIT_CODES: tuple[tuple[type, int], ...] = (
     # most specific first
     (InvalidLayerId, EXIT_USAGE),
     (LayerNotFound, 3),
+    (ImageNotFound, 3),
+    (StoreNotFound, 3),
+    (StoreReadOnly, 10),
     (LayerExists, 4),
     (LayerInUse, 5),
     (StoreLocked, 5),
@@ -228,10 +235,15 @@ class _CountingWriter:
 # ---------------------------------------------------------------- commands
 
 
-def _open_driver(args: argparse.Namespace) -> Driver:
+CLI_HOLDER = "aufs-mount"
+"""The persistent holder of mounts made by ``aufs mount``: they stay until ``aufs umount``."""
+
+
+def _open_driver(args: argparse.Namespace, *, create: bool = False, holder: str | None = None) -> Driver:
+    """The store at ``--home``; only the commands that fill a store (create, import) make one."""
     from .store import Driver
 
-    return Driver(args.home, backend=args.backend)
+    return Driver(args.home, backend=args.backend, create=create, holder=holder)
 
 
 def _close(driver: Driver) -> None:
@@ -243,7 +255,8 @@ def _close(driver: Driver) -> None:
 def cmd_import(args: argparse.Namespace, out: _Output) -> int:
     from .image import import_image
 
-    driver = _open_driver(args)
+    _require_input(args.source)
+    driver = _open_driver(args, create=True)
     try:
         with out.progress("layer") as update:
             ids = import_image(
@@ -253,6 +266,11 @@ def cmd_import(args: argparse.Namespace, out: _Output) -> int:
                 ref=args.ref,
                 progress=lambda layer_id, done, total: update(layer_id, done, total),
             )
+    except ImageError as exc:
+        if "with ref=" in exc.message:  # the API's keyword is the CLI's option
+            exc.message = exc.message.replace("with ref=", "with --ref")
+            exc.args = (exc.message,)
+        raise
     finally:
         _close(driver)
     out.result(ids[-1], {"layers": ids, "top": ids[-1]})
@@ -265,7 +283,8 @@ def cmd_export(args: argparse.Namespace, out: _Output) -> int:
     driver = _open_driver(args)
     try:
         digest = export_image(
-            driver, args.layer, args.dest, compression="gzip" if args.gzip else "none", ref=args.ref
+            driver, args.layer, args.dest, compression="gzip" if args.gzip else "none", ref=args.ref,
+            image=args.image,
         )
     finally:
         _close(driver)
@@ -273,8 +292,58 @@ def cmd_export(args: argparse.Namespace, out: _Output) -> int:
     return EXIT_OK
 
 
-def cmd_create(args: argparse.Namespace, out: _Output) -> int:
+def cmd_images(args: argparse.Namespace, out: _Output) -> int:
+    from .image import list_images
+
     driver = _open_driver(args)
+    try:
+        images = list_images(driver)
+    finally:
+        _close(driver)
+    rows = [image.as_dict() for image in images]
+    header = ("NAME", "IMAGE ID", "PLATFORM", "LAYERS", "TOP LAYER", "CREATED")
+    table = [header]
+    for image, row in zip(images, rows):
+        state = f"  [{len(image.missing_layers)} layer(s) missing]" if image.missing_layers else ""
+        created = str(row["created"] or "")[:19].replace("T", " ")
+        for name in image.refs or ("<none>",):
+            table.append((name, image.short_id, image.platform, str(len(image.layers)), image.top[:12],
+                          created + state))
+    widths = [max(len(line[i]) for line in table) for i in range(len(header))]
+    text = "\n".join("  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip() for line in table)
+    out.result(text if images else "(no images)", rows)
+    return EXIT_OK
+
+
+def cmd_rmi(args: argparse.Namespace, out: _Output) -> int:
+    from .image import remove_image
+
+    driver = _open_driver(args)
+    results = []
+    lines = []
+    try:
+        for ref in args.images:
+            done = remove_image(driver, ref, keep_layers=args.keep_layers)
+            results.append(done.as_dict())
+            lines += [f"untagged: {name}" for name in done.untagged]
+            if done.deleted:
+                lines.append(f"deleted: {done.image.id}")
+            lines += [f"removed layer: {layer_id}" for layer_id in done.removed_layers]
+            lines += [f"kept layer: {layer_id}: {reason}" for layer_id, reason in done.kept_layers]
+    finally:
+        _close(driver)
+    out.result("\n".join(lines), results)
+    return EXIT_OK
+
+
+def _require_input(path: str | os.PathLike[str]) -> None:
+    """One error, the same for every command, for an input file that is not there."""
+    if not os.path.lexists(path):
+        raise FileNotFoundError(errno.ENOENT, "no such file or directory", os.fspath(path))
+
+
+def cmd_create(args: argparse.Namespace, out: _Output) -> int:
+    driver = _open_driver(args, create=True)
     try:
         driver.create(args.layer, args.parent)
     finally:
@@ -289,6 +358,7 @@ def cmd_apply(args: argparse.Namespace, out: _Output) -> int:
             source: IO[bytes] = sys.stdin.buffer
             total: int | None = None
         else:
+            _require_input(args.diff)
             source = stack.enter_context(open(args.diff, "rb"))
             total = os.fstat(source.fileno()).st_size
         driver = _open_driver(args)
@@ -343,11 +413,14 @@ def _render_tree(rows: list[dict[str, Any]]) -> str:
 
 
 def cmd_mount(args: argparse.Namespace, out: _Output) -> int:
-    driver = _open_driver(args)
+    driver = _open_driver(args, holder=CLI_HOLDER)
     try:
-        # No put(): the reference stays recorded in the store after this process exits, and
-        # `aufs umount` releases it.
-        path = driver.get(args.layer)
+        # one persistent reference, whatever the number of `aufs mount` calls: the mount stays
+        # after this process exits, `aufs check` knows it is wanted, `aufs umount` releases it
+        if driver.holder in driver.holders(args.layer) and driver.is_mounted(args.layer):
+            path = driver.mountpoint(args.layer)
+        else:
+            path = driver.get(args.layer)
     finally:
         _close(driver)
     out.result(path, {"id": args.layer, "path": path})
@@ -355,18 +428,24 @@ def cmd_mount(args: argparse.Namespace, out: _Output) -> int:
 
 
 def cmd_umount(args: argparse.Namespace, out: _Output) -> int:
-    driver = _open_driver(args)
+    driver = _open_driver(args, holder=CLI_HOLDER)
     try:
-        # The `aufs mount` that made this mount has exited, so its reference is gone and a put()
-        # from this new holder alone would be a no-op. get() adopts the mount, and the matching
-        # put() takes it down unless a live process still holds a reference of its own.
-        driver.get(args.layer)
-        driver.put(args.layer)
-        still = driver.is_mounted(args.layer)
+        holders = driver.holders(args.layer)
+        if not driver.is_mounted(args.layer):
+            mounted, text = False, f"{args.layer}: not mounted"
+        else:
+            if driver.holder in holders:
+                driver.put(args.layer)
+            elif not holders:
+                # a mount nobody holds (left by an older aufs, or adopted): take it down
+                driver.get(args.layer)
+                driver.put(args.layer)
+            mounted = driver.is_mounted(args.layer)
+            others = driver.holders(args.layer)
+            text = f"{args.layer}: still mounted (held by {', '.join(sorted(others))})" if mounted else ""
     finally:
         _close(driver)
-    text = f"{args.layer}: still mounted (a running process holds it)" if still else ""
-    out.result(text, {"id": args.layer, "mounted": still})
+    out.result(text, {"id": args.layer, "mounted": mounted})
     return EXIT_OK
 
 
@@ -406,23 +485,30 @@ def cmd_changes(args: argparse.Namespace, out: _Output) -> int:
 
 def cmd_rm(args: argparse.Namespace, out: _Output) -> int:
     driver = _open_driver(args)
+    removed: list[str] = []
     try:
         for layer_id in args.layers:
-            driver.remove(layer_id)
+            driver.remove(layer_id, force=args.force)
+            removed.append(layer_id)
+    except BaseException:
+        if removed:  # say what happened before the failure; the error says the rest
+            out.stderr.write(f"aufs rm: removed {', '.join(removed)}\n")
+        raise
     finally:
         _close(driver)
-    out.result("", {"removed": args.layers})
+    out.result("\n".join(removed), {"removed": removed})
     return EXIT_OK
 
 
 def cmd_status(args: argparse.Namespace, out: _Output) -> int:
     driver = _open_driver(args)
     try:
-        status = {str(k): str(v) for k, v in driver.status().items()}
+        status = driver.status()
     finally:
         _close(driver)
     width = max((len(k) for k in status), default=0)
-    out.result("\n".join(f"{k.ljust(width)}  {v}" for k, v in status.items()), status)
+    shown = {k: ("yes" if v else "no") if isinstance(v, bool) else str(v) for k, v in status.items()}
+    out.result("\n".join(f"{k.ljust(width)}  {v}" for k, v in shown.items()), status)
     return EXIT_OK
 
 
@@ -483,7 +569,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="aufs",
         description="Container image layers on disk, mounted as one root filesystem.",
-        epilog="exit codes: 0 ok, 1 aufs error, 2 usage, 3 layer not found, 4 layer exists, 5 busy, "
+        epilog="exit codes: 0 ok, 1 aufs error, 2 usage, 3 layer, image or store not found, 4 layer exists, 5 busy, "
         "6 bad image, 7 bad layer tar, 8 cannot mount, 9 no space, 10 system error, "
         "11 check found inconsistencies, 130 interrupted",
     )
@@ -503,11 +589,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--platform", help="os/arch[/variant] to pick from a multi-platform image (e.g. linux/arm64)")
     p.add_argument("--ref", help="image name to pick when the source holds several (e.g. latest, debian:12)")
 
-    p = add("export", cmd_export, "write a layer chain as an OCI image layout; prints the manifest digest")
-    p.add_argument("layer")
+    p = add("export", cmd_export, "write an image or a layer chain as an OCI image layout; prints the manifest digest")
+    p.add_argument("layer", metavar="image-or-layer", help="a layer id, or an image name or id from `aufs images`")
     p.add_argument("dest", type=Path, help="new directory (must not exist, or be empty)")
     p.add_argument("--gzip", action="store_true", help="gzip-compress the layer blobs")
     p.add_argument("--ref", default="latest", help="name recorded in index.json (default: latest)")
+    p.add_argument("--image", help="the imported image the layer chain extends (when several share its base)")
+
+    add("images", cmd_images, "list imported images: names, id, platform, layers")
+
+    p = add("rmi", cmd_rmi, "remove images by name or id, and their layers that nothing else uses (like docker rmi)")
+    p.add_argument("images", nargs="+", metavar="image")
+    p.add_argument("--keep-layers", action="store_true", help="remove only the image record, keep its layers")
 
     p = add("create", cmd_create, "create an empty layer")
     p.add_argument("layer")
@@ -532,8 +625,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("changes", cmd_changes, "list a layer's changes against its parent (A added, C changed, D deleted)")
     p.add_argument("layer")
 
-    p = add("rm", cmd_rm, "remove layers (children before parents)")
+    p = add("rm", cmd_rm, "remove layers (children before parents); prints what it removed")
     p.add_argument("layers", nargs="+", metavar="layer")
+    p.add_argument("--force", "-f", action="store_true", help="unmount and remove even while the layer is held")
 
     add("status", cmd_status, "show the store's backend, home and counts")
     add("cleanup", cmd_cleanup, "unmount everything under the store's home")
@@ -572,19 +666,38 @@ def main(argv: Sequence[str] | None = None, *, stdout: IO[str] | None = None, st
     except (AufsError, OSError, ValueError) as exc:
         if args.debug:
             traceback.print_exc(file=stderr)
-        stderr.write(f"aufs {args.command}: {_one_line(exc)}\n")
-        return exit_code_for(exc)
+        return _report_error(args, stderr, _one_line(exc), exc, exit_code_for(exc))
     except Exception as exc:  # noqa: BLE001 - a bug: still one line, the traceback on request
         if args.debug:
             traceback.print_exc(file=stderr)
             hint = ""
         else:
             hint = " (rerun with --debug for the traceback)"
-        stderr.write(f"aufs {args.command}: internal error: {type(exc).__name__}: {_one_line(exc)}{hint}\n")
-        return EXIT_ERROR
+        return _report_error(args, stderr, f"internal error: {type(exc).__name__}: {_one_line(exc)}{hint}",
+                             exc, EXIT_ERROR)
+
+
+def _report_error(args: argparse.Namespace, stderr: IO[str], message: str, exc: BaseException, code: int) -> int:
+    """One line on stderr: ``aufs COMMAND: message``, or under ``--json`` one JSON object
+    ``{"error", "kind", "exit"}`` (plus ``layer_id`` and ``path`` when the error names them)."""
+    if args.json:
+        record: dict[str, Any] = {"error": message, "kind": type(exc).__name__, "exit": code,
+                                  "command": args.command}
+        for field in ("layer_id", "path"):
+            value = getattr(exc, field, None)
+            if value is not None:
+                record[field] = str(value)
+        stderr.write(json.dumps(record) + "\n")
+    else:
+        stderr.write(f"aufs {args.command}: {message}\n")
+    return code
 
 
 def _one_line(exc: BaseException) -> str:
+    if (isinstance(exc, OSError) and not isinstance(exc, AufsError) and exc.strerror
+            and exc.filename is not None):
+        # "[Errno 2] No such file or directory: 'x'" -> "no such file or directory: x"
+        return " ".join(f"{exc.strerror[:1].lower()}{exc.strerror[1:]}: {os.fsdecode(exc.filename)}".split())
     text = str(exc) or type(exc).__name__
     if isinstance(exc, OSError) and not isinstance(exc, AufsError) and exc.filename is not None and str(exc.filename) not in text:
         text = f"{text}: {exc.filename}"

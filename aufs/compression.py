@@ -87,7 +87,31 @@ def detect_compression(head: bytes) -> Compression:
         return Compression.BZIP2
     if head[:6] == b"\xfd7zXZ\x00":
         return Compression.XZ
+    for name, matches, tool in _UNSUPPORTED:
+        if matches(head):
+            raise ArchiveError(f"{name}-compressed input is not supported (aufs reads plain tar, gzip, "
+                               f"zstd, bzip2 and xz): decompress it first, e.g. with `{tool}`")
     return Compression.NONE
+
+
+# compressions seen in the wild that layer tars do not use: named, so the error says what it is
+_UNSUPPORTED: tuple[tuple[str, Callable[[bytes], bool], str], ...] = (
+    ("lz4", lambda h: h[:4] == b"\x04\x22\x4d\x18", "lz4 -d"),
+    ("lzip", lambda h: h[:4] == b"LZIP", "lzip -d"),
+    ("lzop", lambda h: h[:4] == b"\x89LZO", "lzop -d"),
+    ("Unix compress (.Z)", lambda h: h[:2] == b"\x1f\x9d", "uncompress"),
+    # .lzma: properties byte 0x5d, then the dictionary size, 2^n or 3 * 2^n (at most two
+    # non-zero bytes: a tar whose first name starts with "]" has four)
+    ("lzma", lambda h: len(h) >= 5 and h[:1] == b"\x5d" and _lzma_dictionary(int.from_bytes(h[1:5], "little")),
+     "unlzma"),
+)
+
+
+def _lzma_dictionary(size: int) -> bool:
+    if size < 4096:
+        return False
+    odd = size >> ((size & -size).bit_length() - 1)
+    return odd in (1, 3)
 
 
 class _Decoder:

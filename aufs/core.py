@@ -21,20 +21,21 @@ import errno
 import json
 import os
 import stat
-from collections.abc import Iterator
+import tempfile
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from . import locks, mounts
 from .backends import Backend
 from .backends.base import detach
 from .clone import remove_tree
-from .errors import LayerNotFound, MountError
+from .errors import LayerNotFound, MountError, StoreReadOnly
 from .layout import Layout, is_valid_layer_id, validate_layer_id
 from .owners import ProcessToken
 from .plan import Mount, mount_chain
 from .whiteouts import OPAQUE_NAME, OPAQUE_XATTRS, WhiteoutFormat, root_is_opaque
 
-__all__ = ["StoreCore", "is_mount_point", "rmdir_quietly", "unlink_quietly"]
+__all__ = ["StoreCore", "mounted_or_dead", "rmdir_quietly", "unlink_quietly"]
 
 
 def rmdir_quietly(path: str) -> None:
@@ -53,7 +54,7 @@ def unlink_quietly(path: str) -> None:
         pass
 
 
-def is_mount_point(path: str) -> bool:
+def mounted_or_dead(path: str) -> bool:
     """:func:`aufs.mounts.mounted`, where a FUSE mount whose daemon died (ENOTCONN) counts."""
     try:
         return mounts.mounted(path)
@@ -77,10 +78,21 @@ def is_healthy(path: str) -> bool:
 class StoreCore:
     """One open store's layout, format and backend, and the operations its parts share."""
 
-    def __init__(self, layout: Layout, fmt: WhiteoutFormat, backend: Backend) -> None:
+    def __init__(self, layout: Layout, fmt: WhiteoutFormat, backend: Backend, *,
+                 read_only: bool = False, tightened: Sequence[str] = ()) -> None:
         self.layout = layout
         self.format = fmt
         self.backend = backend
+        self.read_only = read_only
+        """The store's filesystem is read-only: readers work, writers get StoreReadOnly."""
+        self.tightened = list(tightened)
+        """Directories whose permissions opening the store tightened (older stores)."""
+
+    def require_writable(self, action: str) -> None:
+        """Raise :class:`aufs.StoreReadOnly` naming ``action`` if the store cannot change."""
+        if self.read_only:
+            raise StoreReadOnly(f"cannot {action}: the store {self.home} is on a read-only filesystem",
+                                path=self.home)
 
     @property
     def home(self) -> str:
@@ -88,7 +100,7 @@ class StoreCore:
 
     # ------------------------------------------------------------------ layers
 
-    def layer_meta(self, layer_id: str) -> dict[str, Any]:
+    def load_meta(self, layer_id: str) -> dict[str, Any]:
         """The layer's ``layer.json``; :class:`aufs.LayerNotFound` if it does not exist."""
         try:
             with open(self.layout.layer_meta(layer_id), "rb") as f:
@@ -98,8 +110,8 @@ class StoreCore:
         return meta
 
     def require(self, layer_id: str) -> dict[str, Any]:
-        """:meth:`layer_meta` of a validated id (:class:`aufs.InvalidLayerId` otherwise)."""
-        return self.layer_meta(validate_layer_id(layer_id))
+        """:meth:`load_meta` of a validated id (:class:`aufs.InvalidLayerId` otherwise)."""
+        return self.load_meta(validate_layer_id(layer_id))
 
     def exists(self, layer_id: str) -> bool:
         return is_valid_layer_id(layer_id) and os.path.isfile(self.layout.layer_meta(layer_id))
@@ -126,7 +138,7 @@ class StoreCore:
         remove may have won the race for it)."""
         self.require(layer_id)
         with self.layer_lock(layer_id):
-            yield self.layer_meta(layer_id)
+            yield self.load_meta(layer_id)
 
     # ------------------------------------------------------------------ mount planning
 
@@ -205,7 +217,7 @@ class StoreCore:
         the diff dir. Only a layer with a mount record can hold a backend's own markers."""
         record = self.layout.backend_record(layer_id)
         diff_dir = self.layout.diff_dir(layer_id)
-        if os.path.exists(record):
+        if os.path.exists(record) and not self.read_only:
             self.backend.settle(record, diff_dir, wait=wait)
         return diff_dir
 
@@ -213,7 +225,7 @@ class StoreCore:
         """The layer's diff dir holding only the store's whiteout format, even while mounted
         (caller holds the layer lock)."""
         diff_dir = self.settle(layer_id)
-        if os.path.exists(self.layout.backend_record(layer_id)):
+        if os.path.exists(self.layout.backend_record(layer_id)) and not self.read_only:
             self.backend.normalise(diff_dir)
         return diff_dir
 
@@ -231,8 +243,11 @@ class StoreCore:
         if len(chain) == 1 and self.format is WhiteoutFormat.AUFS:
             yield self.layout.diff_dir(chain[0])
             return
-        target = self.layout.temp_path("view", ProcessToken.current(), layer_id)
-        os.mkdir(target, 0o755)
+        if self.read_only:  # a view needs a mountpoint: outside a store that cannot change
+            target = tempfile.mkdtemp(prefix=f"aufs-view.{layer_id}.")
+        else:
+            target = self.layout.temp_path("view", ProcessToken.current(), layer_id)
+            os.mkdir(target, 0o700)
         try:
             self.backend.perform(self._describe_chain(chain, None, None), target)
             try:
@@ -281,7 +296,7 @@ class StoreCore:
             # a live layer's mountpoint belongs to its get/put (under the layer lock): a get may
             # have just made it; only the mountpoints of layers that are gone are debris
             path = layout.mnt_dir + "/" + name
-            if name not in live and not is_mount_point(path):
+            if name not in live and not mounted_or_dead(path):
                 rmdir_quietly(path)
         for name in _listdir(layout.state_dir):
             layer_id, _, kind = name.partition(".")

@@ -24,8 +24,8 @@ from . import changes as _changes
 from . import export as _export
 from .changes import Change
 from .clone import clone_tree, remove_tree
-from .core import StoreCore, is_mount_point
-from .errors import AufsError, LayerInUse, NoSpace
+from .core import StoreCore, mounted_or_dead
+from .errors import AufsError, LayerInUse, NoSpace, PathTooLong
 from .interrupts import reports_no_space
 from .owners import ProcessToken
 
@@ -33,6 +33,11 @@ __all__ = ["DiffSource", "DiffTarget", "LayerDiffs"]
 
 DiffSource = Union[str, "os.PathLike[str]", bytes, BinaryIO]
 DiffTarget = Union[str, "os.PathLike[str]", BinaryIO]
+
+
+def _of_layer(exc: PathTooLong, layer_id: str) -> PathTooLong:
+    """``exc`` said of the layer ``layer_id``."""
+    return PathTooLong(f"layer {layer_id!r}: {exc.message}", layer_id=layer_id, path=exc.path)
 
 
 class LayerDiffs:
@@ -55,9 +60,10 @@ class LayerDiffs:
         read for their owner, mode and xattrs: it waits until the chain is complete.
         """
         core = self._core
+        core.require_writable(f"apply a diff to layer {layer_id!r}")
         layout = core.layout
         with core.locked_layer(layer_id) as meta:
-            if is_mount_point(layout.mountpoint(layer_id)):
+            if mounted_or_dead(layout.mountpoint(layer_id)):
                 raise LayerInUse(f"layer {layer_id!r} is mounted: put it before applying a diff", layer_id=layer_id)
             diff_dir = core.settle(layer_id)
             stage = layout.temp_path("apply", ProcessToken.current(), layer_id)
@@ -112,7 +118,10 @@ class LayerDiffs:
         """Write the layer's own changes as an uncompressed pax tar to ``out``; bytes written."""
         with self._core.locked_layer(layer_id):
             diff_dir = self._core.normalised_diff_dir(layer_id)
-            return _export.write_diff(diff_dir, out, self._core.format)
+            try:
+                return _export.write_diff(diff_dir, out, self._core.format)
+            except PathTooLong as exc:
+                raise _of_layer(exc, layer_id) from exc.__cause__
 
     def changes(self, layer_id: str) -> list[Change]:
         """The layer's changes against its parent chain, sorted by path."""
@@ -120,7 +129,10 @@ class LayerDiffs:
         with core.locked_layer(layer_id):
             diff_dir = core.normalised_diff_dir(layer_id)
             with self.lower_view(layer_id) as lower:
-                return list(_changes.compute_changes(diff_dir, lower, core.format))
+                try:
+                    return list(_changes.compute_changes(diff_dir, lower, core.format))
+                except PathTooLong as exc:
+                    raise _of_layer(exc, layer_id) from exc.__cause__
 
     def diff_size(self, layer_id: str) -> int:
         """Bytes of regular-file content in the layer's own changes, each inode once."""

@@ -11,6 +11,7 @@ strerror and path (see :mod:`aufs._syscalls`).
 """
 from __future__ import annotations
 
+import errno
 import os
 from typing import Optional, Union
 
@@ -19,6 +20,8 @@ __all__ = [
     "BackendUnavailable",
     "StoreFormatMismatch",
     "StoreLocked",
+    "StoreNotFound",
+    "StoreReadOnly",
     "LayerNotFound",
     "InvalidLayerId",
     "LayerExists",
@@ -29,8 +32,10 @@ __all__ = [
     "ArchiveError",
     "UnsafeArchive",
     "NoSpace",
+    "PathTooLong",
     "ImageError",
     "DigestMismatch",
+    "ImageNotFound",
 ]
 
 _PathArg = Optional[Union[str, "os.PathLike[str]"]]
@@ -64,6 +69,14 @@ class StoreFormatMismatch(AufsError, ValueError):
 
 class StoreLocked(AufsError, RuntimeError):
     """A store-wide operation could not take the store lock."""
+
+
+class StoreNotFound(AufsError, FileNotFoundError):
+    """There is no store at the home directory (and the operation does not create one)."""
+
+
+class StoreReadOnly(AufsError, PermissionError):
+    """The store's filesystem is mounted read-only: it can be read, not changed."""
 
 
 class LayerNotFound(AufsError, LookupError):
@@ -110,9 +123,24 @@ class NoSpace(AufsError, OSError):
     """The filesystem under the store ran out of space (ENOSPC) or quota (EDQUOT)."""
 
 
+class PathTooLong(AufsError, OSError):
+    """A path in a layer is too long for aufs to name (``errno`` is ``ENAMETOOLONG``), e.g. a
+    tree deeper than 64 KiB written through a mount; ``.path`` is the path (absolute in the
+    layer) where it became too long, ``.layer_id`` the layer."""
+
+    def __init__(self, message: str, *, layer_id: Optional[str] = None, path: _PathArg = None):
+        super().__init__(message, layer_id=layer_id, path=path)
+        self.errno = errno.ENAMETOOLONG
+        self.strerror = os.strerror(errno.ENAMETOOLONG)
+
+
 class ImageError(AufsError, ValueError):
     """An image (docker-save tarball or OCI layout) is malformed or unsupported."""
 
 
 class DigestMismatch(ImageError):
     """A blob's sha256 or a layer's diffID does not match what the image declares."""
+
+
+class ImageNotFound(AufsError, LookupError):
+    """No imported image has that name or id (or several do)."""

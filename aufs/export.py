@@ -51,7 +51,7 @@ from typing import IO, Optional, Union
 
 from . import _fastpaths
 from ._libarchive import ARCHIVE_OK, Libarchive, load
-from .errors import ArchiveError, NoSpace
+from .errors import ArchiveError, NoSpace, PathTooLong
 from .whiteouts import (
     AUFS_WHITEOUT_MODE,
     OPAQUE_NAME,
@@ -350,6 +350,16 @@ _WRITE_CALLBACK = ctypes.CFUNCTYPE(ctypes.c_ssize_t, ctypes.c_void_p, ctypes.c_v
                                    ctypes.c_void_p, ctypes.c_size_t)
 
 
+def path_too_long(name: str | bytes | None, what: str) -> PathTooLong:
+    """The typed error for a path of the layer too long to name: ``name`` relative to the
+    layer (or absolute in it), shown shortened in the message, whole in ``.path``."""
+    rel = os.fsdecode(name or "").lstrip("/")
+    path = "/" + rel
+    shown = path if len(path) <= 160 else f"{path[:100]}...{path[-40:]} ({len(path)} bytes)"
+    return PathTooLong(f"{what}: the path {shown!r} is too long ({os.strerror(errno.ENAMETOOLONG)})",
+                       path=path)
+
+
 def write_diff(layer_dir: str | os.PathLike[str], out: PathOrFile, fmt: WhiteoutFormat) -> int:
     """Write the layer directory ``layer_dir`` (format ``fmt``) as a pax layer tar to ``out``.
 
@@ -383,6 +393,10 @@ def write_diff(layer_dir: str | os.PathLike[str], out: PathOrFile, fmt: Whiteout
             root_fd = os.open(root, _O_DIR)
             try:
                 walker.walk(root_fd, is_opaque_dir(root_fd, fmt))
+            except OSError as exc:
+                if exc.errno != errno.ENAMETOOLONG or isinstance(exc, PathTooLong):
+                    raise
+                raise path_too_long(exc.filename, "cannot write the layer's diff") from exc
             finally:
                 os.close(root_fd)
             if la.write_close(archive) != ARCHIVE_OK:

@@ -42,13 +42,15 @@ def signals_deferred() -> Iterator[None]:
         return
     pending: list[int] = []
     saved: dict[int, Any] = {}
-    for signum in _DEFERRED_SIGNALS:
-        handler = signal.getsignal(signum)
-        if callable(handler):
-            saved[signum] = handler
-            signal.signal(signum, lambda received, frame: pending.append(received))
-    _deferring = True
     try:
+        # inside the try: a signal that lands while the handlers are being swapped still
+        # finds every swapped handler restored
+        for signum in _DEFERRED_SIGNALS:
+            handler = signal.getsignal(signum)
+            if callable(handler):
+                saved[signum] = handler
+                signal.signal(signum, lambda received, frame: pending.append(received))
+        _deferring = True
         yield
     finally:
         _deferring = False

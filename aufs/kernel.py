@@ -7,8 +7,8 @@
   loading a module adds one);
 * :func:`page_size`: the most mount data mount(2) copies (terminating NUL included), as the C
   core's own mount wrapper counts it;
-* :func:`lowerdir_plus`: whether overlayfs can take each layer of a chain as its own
-  ``lowerdir+`` parameter, or needs them all in one page of mount(2) data;
+* :func:`lowerdir_plus` / :func:`fsconfig_takes`: whether overlayfs can take each layer of a
+  chain as its own ``lowerdir+`` parameter, or needs them all in one page of mount(2) data;
 * :func:`has_cap_sys_admin` and the ``MS_*`` mount(2) flags (``<sys/mount.h>``).
 
 Procfs paths are parameters, so tests can feed recorded files.
@@ -38,6 +38,7 @@ __all__ = [
     "KernelFeatures",
     "features",
     "filesystems",
+    "fsconfig_takes",
     "has_cap_sys_admin",
     "lowerdir_plus",
     "page_size",
@@ -111,13 +112,21 @@ def page_size() -> int:
     return _syscalls.page_size()
 
 
-def lowerdir_plus(longest_path: int) -> bool:
+def fsconfig_takes(path: str | bytes) -> bool:
+    """True if fsconfig() can take ``path`` as a string value: shorter than
+    :data:`FSCONFIG_STRING_MAX` bytes and without a backslash (overlayfs would unescape it).
+    Any other path goes as an open directory (``csrc/overlay.c`` decides the same way)."""
+    raw = os.fsencode(path)
+    return len(raw) < FSCONFIG_STRING_MAX and b"\\" not in raw
+
+
+def lowerdir_plus(strings_only: bool = True) -> bool:
     """True if overlayfs can take every layer of a chain on its own (``lowerdir+``, through
-    the new mount API), the longest path (bytes) being ``longest_path``; else all layers go in
-    one page of mount(2) data."""
+    the new mount API); else all layers go in one page of mount(2) data. ``strings_only`` is
+    False when some path of the chain must go as an open directory (see
+    :func:`fsconfig_takes`), which needs a newer kernel."""
     found = features()
-    return found.overlay_lowerdir_plus and (found.overlay_layer_fd
-                                            or longest_path < FSCONFIG_STRING_MAX)
+    return found.overlay_lowerdir_plus and (strings_only or found.overlay_layer_fd)
 
 
 def has_cap_sys_admin(status: str = "/proc/self/status") -> bool:

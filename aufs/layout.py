@@ -17,6 +17,8 @@
       empty/                 an empty directory: the lowest lower of every mount
       tmp/KIND.OWNER.RAND    work in progress (staged creates, removes, applies, lower views)
       image-imports/OWNER.RAND.json  journals of image imports in progress (aufs.image.journal)
+      images/HEX.json        one imported image: config, manifest, names, layers (aufs.image.records)
+      images/.lock           the image records lock
 
 Layer ids are 1 to 128 characters of ``[A-Za-z0-9_.-]`` starting with a letter or digit, so an
 id is always a single, non-hidden path component and can never name a temporary entry.
@@ -40,6 +42,7 @@ __all__ = ["IMPORTS_DIR_NAME", "MAX_ID_LENGTH", "STORE_META_NAME", "Layout", "is
 MAX_ID_LENGTH = 128
 STORE_META_NAME = "aufs-store.json"
 IMPORTS_DIR_NAME = "image-imports"
+IMAGES_DIR_NAME = "images"
 SHORT_LINK_LENGTH = 20
 
 _ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}\Z")
@@ -84,9 +87,16 @@ class Layout:
         self.empty_dir = self.home + "/empty"
         self.tmp_dir = self.home + "/tmp"
         self.imports_dir = self.home + "/" + IMPORTS_DIR_NAME
+        # created by the first import that records an image, not by opening the store
+        self.images_dir = self.home + "/" + IMAGES_DIR_NAME
+        self.images_lock = self.images_dir + "/.lock"
         # hot paths (get of a 500-layer chain) build thousands of paths: plain string
         # concatenation, no pathlib
         self._layers = self.layers_dir + "/"
+
+    def image_record(self, image_hex: str) -> str:
+        """``images/HEX.json``: the record of the image whose config has sha256 HEX."""
+        return f"{self.images_dir}/{image_hex}.json"
 
     def directories(self) -> list[str]:
         """The directories a store needs, parents first."""

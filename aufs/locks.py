@@ -12,6 +12,7 @@ tries again, so two holders can never believe they hold "the" lock at once.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
 import time
@@ -64,10 +65,18 @@ def _acquire_until(fd: int, path: str, deadline: float) -> None:
 def hold(path: PathArg, *, timeout: float | None = None) -> Iterator[int]:
     """Hold the exclusive lock ``path`` (created if missing) for the ``with`` block.
 
-    Yields the lock's file descriptor (for :func:`unlink_held`). Blocks until the lock is free,
+    Yields the lock's file descriptor (for :func:`unlink_held`), or -1 without locking when
+    the lock file's filesystem is read-only (nothing there can change). Blocks until the lock is free,
     or raises :class:`aufs.StoreLocked` after ``timeout`` seconds if one is given.
     """
-    fd = _acquire(os.fspath(path), timeout)
+    try:
+        fd = _acquire(os.fspath(path), timeout)
+    except OSError as exc:
+        if exc.errno != errno.EROFS:
+            raise
+        # a read-only filesystem: nobody can change what the lock guards, so readers need none
+        yield -1
+        return
     try:
         yield fd
     finally:

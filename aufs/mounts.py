@@ -33,7 +33,7 @@ from typing import NamedTuple
 from . import _syscalls, kernel
 from ._syscalls import StrPath
 from .errors import MountDataTooLong, MountError
-from .plan import Mount, parse_overlay_options
+from .plan import Mount, mount_data, overlay_mount, parse_overlay_options
 
 # the mount(2) flags, for mount(flags=...), are aufs.kernel's (also reachable from here)
 from .kernel import MS_BIND as MS_BIND
@@ -362,17 +362,8 @@ def submounts(path: StrPath, mountinfo: StrPath = MOUNTINFO) -> list[MountInfo]:
 
 def _legacy_overlay_data(lowerdirs: Sequence[str], upperdir: str | None,
                          workdir: str | None, options: Sequence[str]) -> str:
-    for p in (*lowerdirs, upperdir or "", workdir or ""):
-        bad = [c for c in (",", ":", "\\") if c in p]
-        if bad:
-            raise MountError(f"overlay layer path {p!r} contains {bad[0]!r}, which legacy "
-                             f"mount(2) data cannot carry; this kernel lacks the new mount API "
-                             f"with lowerdir+ (Linux 6.8+)", path=p)
-    parts = ["lowerdir=" + ":".join(lowerdirs)]
-    if upperdir is not None:
-        parts += ["upperdir=" + upperdir, "workdir=" + (workdir or "")]
-    parts += list(options)
-    return ",".join(parts)
+    # the kernel's overlay option parser reads backslash escapes: any path can be carried
+    return mount_data(overlay_mount(lowerdirs, upperdir, workdir, options).options)
 
 
 def mount_overlay(target: StrPath, lowerdirs: Sequence[StrPath],
@@ -401,8 +392,8 @@ def mount_overlay(target: StrPath, lowerdirs: Sequence[StrPath],
     upper = None if upperdir is None else os.fsdecode(upperdir)
     work = None if workdir is None else os.fsdecode(workdir)
 
-    longest = max(len(os.fsencode(p)) for p in (*lowers, upper or "", work or ""))
-    if kernel.lowerdir_plus(longest):
+    # paths fsconfig cannot take as strings go as open directories: a newer kernel's feature
+    if kernel.lowerdir_plus(all(kernel.fsconfig_takes(p) for p in (*lowers, upper or "", work or ""))):
         try:
             _syscalls.overlay_mount(target, lowers, upper, work, opts)
         except OSError as err:

@@ -10,10 +10,12 @@ diff verbs in :mod:`aufs.diffs` and the consistency check in :mod:`aufs.check`.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import pathlib
 import re
+import stat
 import threading
 import uuid
 from collections.abc import Iterator
@@ -25,7 +27,7 @@ from .backends.base import detach
 from .changes import Change
 from .check import CheckReport, check_store
 from .clone import remove_tree
-from .core import StoreCore, is_healthy, is_mount_point, rmdir_quietly, unlink_quietly
+from .core import StoreCore, is_healthy, mounted_or_dead, rmdir_quietly, unlink_quietly
 from .diffs import DiffSource, DiffTarget, LayerDiffs
 from .errors import (
     BackendUnavailable,
@@ -34,6 +36,8 @@ from .errors import (
     LayerNotFound,
     MaxDepthExceeded,
     StoreFormatMismatch,
+    StoreNotFound,
+    StoreReadOnly,
 )
 from .interrupts import defers_signals, reports_no_space, signals_deferred
 from .layout import Layout, validate_layer_id
@@ -104,8 +108,9 @@ class Driver:
     ...     open(f"{root}/hello", "w").write("hi")
     """
 
-    def __init__(self, home: PathArg, *, backend: str = "auto", holder: str | None = None) -> None:
-        """Open the store under ``home``, creating it if needed.
+    def __init__(self, home: PathArg, *, backend: str = "auto", holder: str | None = None,
+                 create: bool = True) -> None:
+        """Open the store under ``home``, creating it there if ``create`` (the default).
 
         ``backend`` is ``"auto"`` (kernel AUFS if the kernel has it, else kernel overlayfs if
         this process may mount, else fuse-overlayfs if installed; for an existing store only
@@ -114,11 +119,22 @@ class Driver:
         references are counted under that name and survive the process, so a restarted
         server that opens the store with the same name can ``put`` what it ``get`` before.
 
-        Raises ``ValueError`` for an unknown backend or a malformed holder name,
-        :class:`aufs.StoreFormatMismatch` if the store's format cannot be read by ``backend``,
-        :class:`aufs.BackendUnavailable` saying what is missing if no usable backend exists.
-        Takes the store lock; opening sweeps the debris of dead processes. Idempotent.
+        A new store is made only in a directory that is missing or empty; its directories are
+        private to the store's owner (0700: a mounted root filesystem must not be reachable by
+        other users, nor its setuid programs runnable by them), and opening an older store
+        tightens them (``check`` reports it). A store on a read-only filesystem opens for
+        reading: ``layers``, ``status``, ``diff``, ``changes``, ``diff_size``, ``check``
+        work, every change raises :class:`aufs.StoreReadOnly`.
+
+        Raises ``ValueError`` for an empty ``home``, an unknown backend or a malformed holder
+        name, :class:`aufs.StoreNotFound` if there is no store and ``create`` is false (nothing
+        is created), :class:`aufs.StoreFormatMismatch` if ``home`` is a non-empty directory
+        holding no store or a store ``backend`` cannot read, :class:`aufs.BackendUnavailable`
+        saying what is missing if no usable backend exists. Takes the store lock; opening
+        sweeps the debris of dead processes. Idempotent.
         """
+        if not os.fspath(home):
+            raise ValueError("the store's home directory must be a path, not an empty string")
         if backend not in BACKEND_NAMES:
             raise ValueError(f"unknown backend {backend!r}; use one of {', '.join(BACKEND_NAMES)}")
         if holder is not None and (not isinstance(holder, str) or not _HOLDER_RE.match(holder)):
@@ -128,20 +144,40 @@ class Driver:
         self._holder_lock = threading.Lock()
         self._holder_pid = -1
         self._holder_name = ""
-        os.makedirs(layout.home, exist_ok=True)
+        exists = os.path.isfile(layout.meta_file)
+        made_home = False
+        if not exists:
+            _check_new_home(layout, create)
+            made_home = not os.path.isdir(layout.home)
+            os.makedirs(layout.home, mode=0o700, exist_ok=True)
+        read_only = _read_only(layout.home)
+        opened: list[bool] = []
         with contextlib.ExitStack() as stack:
+            if made_home:  # nothing half-created: a refused new home goes again
+                stack.callback(_remove_if_refused, layout, opened)
             stack.enter_context(_hold(layout.store_lock))
             meta = _read_store_meta(layout)
+            if meta is None and read_only:
+                raise StoreReadOnly(f"cannot create a store in {layout.home}: its filesystem is read-only",
+                                    path=layout.home)
             fmt = None if meta is None else WhiteoutFormat(meta["format"])
             backend_cls, fmt = _choose_backend(backend, fmt)
-            for directory in layout.directories():
-                os.makedirs(directory, mode=0o755, exist_ok=True)
-            if meta is None:
-                os.chmod(layout.layers_dir, 0o700)
-                _write_store_meta(layout, fmt, backend_cls.name)
-            self._core = StoreCore(layout, fmt, backend_cls(layout, fmt))
+            if fmt is WhiteoutFormat.OVERLAY and not read_only:
+                _require_trusted_xattrs(layout.home)
+            tightened: list[str] = []
+            if not read_only:
+                for directory in layout.directories():
+                    os.makedirs(directory, mode=0o700, exist_ok=True)
+                tightened = _make_private(layout)
+                if meta is None:
+                    _write_store_meta(layout, fmt, backend_cls.name)
+                    tightened = []  # a new store is private from the start
+            self._core = StoreCore(layout, fmt, backend_cls(layout, fmt), read_only=read_only,
+                                   tightened=tightened)
             self._diffs = LayerDiffs(self._core)
-            self._core.sweep()
+            if not read_only:
+                self._core.sweep()
+            opened.append(True)
 
     # ------------------------------------------------------------------ properties
 
@@ -164,6 +200,11 @@ class Driver:
     def max_depth(self) -> int:
         """The longest chain (a layer and its ancestors) the backend mounts; ``create`` enforces it."""
         return self._core.backend.max_depth
+
+    @property
+    def read_only(self) -> bool:
+        """True if the store's filesystem is read-only (every change raises StoreReadOnly)."""
+        return self._core.read_only
 
     @property
     def layout(self) -> Layout:
@@ -225,7 +266,14 @@ class Driver:
         """True if the layer's union is mounted now (by any holder). Raises
         :class:`aufs.LayerNotFound`. Takes no lock."""
         self._core.require(layer_id)
-        return is_mount_point(self._core.layout.mountpoint(layer_id))
+        return mounted_or_dead(self._core.layout.mountpoint(layer_id))
+
+    def holders(self, layer_id: str) -> dict[str, int]:
+        """Who holds references to the layer's mount now: holder -> count, live holders only
+        (``PID-START:NONCE`` for a Driver in a running process, ``@NAME`` for a persistent
+        holder). Raises :class:`aufs.LayerNotFound`. Takes the layer lock."""
+        with self._core.locked_layer(layer_id):
+            return dict(RefTable.load(self._core.layout.refs_file(layer_id)).holders)
 
     def mounts(self, layer_id: str, *, readonly: bool = False) -> list[Mount]:
         """The mounts :meth:`get` would perform for the layer, described, not performed.
@@ -245,9 +293,10 @@ class Driver:
         meta = self._core.require(layer_id)
         return self._core.describe(layer_id, list(meta["ancestors"]), readonly=readonly)
 
-    def status(self) -> dict[str, str]:
-        """Facts about the store, as strings: backend, home, format, layers, backing filesystem...
-        Takes no lock."""
+    def status(self) -> dict[str, str | int | bool]:
+        """Facts about the store: ``backend``, ``home``, ``whiteout_format``,
+        ``backing_filesystem`` (str); ``layers``, ``mounted``, ``max_depth`` (the longest chain,
+        top layer included) (int); ``read_only`` (bool). Takes no lock."""
         home = self._core.home
         backing = "unknown"
         best = -1
@@ -257,14 +306,15 @@ class Driver:
                 best, backing = len(point), info.fstype
         layer_ids = self.layers()
         layout = self._core.layout
-        mounted = sum(1 for i in layer_ids if is_mount_point(layout.mountpoint(i)))
+        mounted = sum(1 for i in layer_ids if mounted_or_dead(layout.mountpoint(i)))
         return {
             "backend": self.backend,
             "home": home,
             "whiteout_format": self.whiteout_format.value,
-            "layers": str(len(layer_ids)),
-            "mounted": str(mounted),
-            "max_depth": str(self.max_depth),
+            "layers": len(layer_ids),
+            "mounted": mounted,
+            "max_depth": self.max_depth,
+            "read_only": self.read_only,
             "backing_filesystem": backing,
         }
 
@@ -287,6 +337,7 @@ class Driver:
         if parent is not None:
             validate_layer_id(parent)
         core = self._core
+        core.require_writable(f"create layer {layer_id!r}")
         layout = core.layout
         with core.store_lock():
             if core.exists(layer_id):
@@ -294,7 +345,7 @@ class Driver:
             ancestors: list[str] = []
             if parent is not None:
                 try:
-                    parent_meta = core.layer_meta(parent)
+                    parent_meta = core.load_meta(parent)
                 except LayerNotFound:
                     raise LayerNotFound(
                         f"cannot create {layer_id!r}: its parent {parent!r} does not exist", layer_id=parent
@@ -331,29 +382,40 @@ class Driver:
         children = []
         for other in self.layers():
             try:
-                if self._core.layer_meta(other)["parent"] == layer_id:
+                if self._core.load_meta(other)["parent"] == layer_id:
                     children.append(other)
             except LayerNotFound:
                 continue
         return children
 
-    def remove(self, layer_id: str) -> None:
-        """Delete the layer, unmounting it first if it is mounted (whoever holds it).
+    def remove(self, layer_id: str, *, force: bool = False) -> None:
+        """Delete the layer.
 
-        Raises :class:`aufs.LayerInUse` if other layers have it as parent,
-        :class:`aufs.LayerNotFound` if absent (not idempotent). Takes the store lock, then
-        the layer lock. Atomic: the layer vanishes by one rename.
+        Raises :class:`aufs.LayerInUse` if other layers have it as parent, or, unless
+        ``force``, if any live holder references its mount (the error names the holders:
+        process ids, persistent holder names); with ``force`` the mount is taken down
+        whoever holds it and their references are dropped. Raises
+        :class:`aufs.LayerNotFound` if absent (not idempotent), :class:`aufs.StoreReadOnly`.
+        Takes the store lock, then the layer lock. Atomic: the layer vanishes by one rename.
         """
         validate_layer_id(layer_id)
         core = self._core
+        core.require_writable(f"remove layer {layer_id!r}")
         layout = core.layout
         with core.store_lock(), core.layer_lock(layer_id) as lock_fd:
-            core.layer_meta(layer_id)
+            core.load_meta(layer_id)
             children = self._children(layer_id)
             if children:
                 raise LayerInUse(
                     f"layer {layer_id!r} is the parent of {', '.join(sorted(children)[:5])}"
                     f"{' ...' if len(children) > 5 else ''}: remove those first",
+                    layer_id=layer_id,
+                )
+            holders = RefTable.load(layout.refs_file(layer_id)).holders
+            if holders and not force:
+                raise LayerInUse(
+                    f"layer {layer_id!r} is mounted and held by {_describe_holders(holders)}: "
+                    "put it first (`aufs umount`), or remove with force",
                     layer_id=layer_id,
                 )
             core.unmount_layer(layer_id)
@@ -382,14 +444,15 @@ class Driver:
         mount and its reference agree.
         """
         core = self._core
+        core.require_writable(f"mount layer {layer_id!r}")
         layout = core.layout
         target = layout.mountpoint(layer_id)
         with core.locked_layer(layer_id) as meta:
             refs = RefTable.load(layout.refs_file(layer_id))
-            if is_mount_point(target) and not is_healthy(target):
+            if mounted_or_dead(target) and not is_healthy(target):
                 # its daemon died (killed, OOM): the mount is dead for every holder; replace it
                 detach(target)
-            if not is_mount_point(target):
+            if not mounted_or_dead(target):
                 core.mount_layer(layer_id, meta)
                 try:
                     refs.take(self.holder)
@@ -413,6 +476,7 @@ class Driver:
         :class:`aufs.NoSpace`. Takes the layer lock.
         """
         core = self._core
+        core.require_writable(f"release a reference to layer {layer_id!r}")
         layout = core.layout
         with core.locked_layer(layer_id):
             refs = RefTable.load(layout.refs_file(layer_id))
@@ -426,8 +490,9 @@ class Driver:
     def mount(self, layer_id: str) -> Iterator[str]:
         """``with driver.mount(layer_id) as path:`` -- :meth:`get` on entry, :meth:`put` on exit.
 
-        A Ctrl-C at any moment leaves no reference behind (get and put hold signals back, and
-        the reference get took is known here before a held-back signal is delivered).
+        A Ctrl-C at any moment leaves no reference behind: get and put run with signals held
+        back, and a signal that lands before the hold takes effect on exit still gets the
+        reference given back.
         """
         path = None
         try:
@@ -436,7 +501,15 @@ class Driver:
             yield path
         finally:
             if path is not None:
-                self.put(layer_id)
+                released = False
+                try:
+                    with signals_deferred():
+                        self.put(layer_id)
+                        released = True
+                except KeyboardInterrupt:
+                    if not released:  # interrupted before put began: it did nothing yet
+                        self.put(layer_id)
+                    raise
 
     # ------------------------------------------------------------------ cleanup / check
 
@@ -449,6 +522,8 @@ class Driver:
         the store lock, then each layer's lock. Idempotent.
         """
         core = self._core
+        if core.read_only:  # nothing of a read-only store can be mounted or held
+            return
         layout = core.layout
         with core.store_lock():
             core.unmount_all_below_home()
@@ -456,7 +531,7 @@ class Driver:
                 with core.layer_lock(layer_id):
                     core.settle(layer_id, wait=True)
                     unlink_quietly(layout.refs_file(layer_id))
-                    if not is_mount_point(layout.mountpoint(layer_id)):
+                    if not mounted_or_dead(layout.mountpoint(layer_id)):
                         rmdir_quietly(layout.mountpoint(layer_id))
             core.sweep()
 
@@ -468,6 +543,8 @@ class Driver:
         Safe while other threads and processes use the store: takes the store lock, and each
         layer's lock while it looks at that layer. Idempotent once repaired.
         """
+        if repair:
+            self._core.require_writable("repair the store")
         return check_store(self._core, repair=repair)
 
     # ------------------------------------------------------------------ diff verbs (aufs.diffs)
@@ -554,3 +631,86 @@ def _choose_backend(name: str, fmt: WhiteoutFormat | None) -> tuple[type[Backend
             return cls, fmt if fmt is not None else cls.formats[0]
         reasons.append(f"{cls.name}: {reason}")
     raise BackendUnavailable("no usable union backend: " + "; ".join(reasons))
+
+
+# the entries of a store's home, so that a half-made store (killed before its description was
+# written) counts as empty, not as someone else's directory
+_STORE_ENTRIES = frozenset({
+    ".lock", "aufs-store.json", "aufs-store.json.tmp", "layers", "mnt", "state", "l", "empty", "tmp",
+    "image-imports", "images", "snapshotter",
+})
+
+
+def _check_new_home(layout: Layout, create: bool) -> None:
+    """Refuse to make a store where none is, unless asked to, and never over someone's files."""
+    try:
+        entries = os.listdir(layout.home)
+    except FileNotFoundError:
+        entries = None
+    except NotADirectoryError:
+        raise StoreFormatMismatch(f"{layout.home} is not a directory; a store needs one", path=layout.home) from None
+    if not create:
+        raise StoreNotFound(f"there is no aufs store in {layout.home} (create one with `aufs create` or "
+                            "`aufs import`, or pick another --home)", path=layout.home)
+    foreign = sorted(set(entries or ()) - _STORE_ENTRIES)
+    if foreign:
+        raise StoreFormatMismatch(
+            f"{layout.home} is not empty ({', '.join(foreign[:3])}{' ...' if len(foreign) > 3 else ''}) "
+            "and holds no aufs store: pick a new or empty directory", path=layout.home)
+
+
+def _read_only(path: str) -> bool:
+    try:
+        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
+
+
+def _make_private(layout: Layout) -> list[str]:
+    """Make the store's directories 0700 (an older store's were 0755); returns those changed.
+
+    Only the owner may reach a mounted root filesystem (``mnt/``), a layer's files
+    (``layers/``, ``l/``), work in progress (``tmp/``) and the references (``state/``).
+    """
+    changed = []
+    for directory in layout.directories():
+        st = os.lstat(directory)
+        if stat.S_IMODE(st.st_mode) & 0o077:
+            os.chmod(directory, stat.S_IMODE(st.st_mode) & 0o700)
+            changed.append(directory)
+    return changed
+
+
+def _describe_holders(holders: dict[str, int]) -> str:
+    """``pid 123, @aufs-mount`` for the holders of a reference table."""
+    names = []
+    for holder in sorted(holders):
+        if holder.startswith(PERSISTENT_PREFIX):
+            names.append(f"{holder} (persistent)")
+        else:
+            token = ProcessToken.parse(holder)
+            names.append(f"pid {token.pid}" if token is not None else holder)
+    return ", ".join(dict.fromkeys(names))
+
+
+def _remove_if_refused(layout: Layout, opened: list[bool]) -> None:
+    """Undo the home this Driver made if opening failed (only the lock file is in it)."""
+    if not opened:
+        unlink_quietly(layout.store_lock)
+        rmdir_quietly(layout.home)
+
+
+def _require_trusted_xattrs(home: str) -> None:
+    """The overlay whiteout format keeps opaque directories in ``trusted.overlay.opaque``: a
+    filesystem that cannot hold trusted.* attributes (ramfs) would lose them silently."""
+    probe = "trusted.aufs-probe"
+    try:
+        os.setxattr(home, probe, b"1", follow_symlinks=False)
+    except OSError as exc:
+        if exc.errno not in (errno.ENOTSUP, errno.EOPNOTSUPP):
+            raise
+        raise BackendUnavailable(
+            f"the filesystem of {home} cannot hold trusted.* extended attributes, which the overlay "
+            "whiteout format needs (opaque directories): put the store on ext4, xfs, btrfs or tmpfs",
+            path=home) from exc
+    os.removexattr(home, probe, follow_symlinks=False)

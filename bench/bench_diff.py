@@ -116,7 +116,7 @@ def bench_changes(root: str, files: int, rounds: int) -> dict[str, float]:
     _make_tree(os.path.join(new_layer, "added"), files, b"n")
     # every file also below: same paths as the parent (copy-up and rewrite everywhere)
     _make_tree(over_layer, files, b"o")
-    # a read-only overlay with two lowers shows the parent chain, like Driver._lower_view
+    # a read-only overlay with two lowers shows the parent chain, like Driver.diffs.lower_view
     empty = os.path.join(root, "empty")
     os.makedirs(empty)
     _mount("overlay", view, "overlay", f"lowerdir={parent}:{empty}")

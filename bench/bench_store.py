@@ -18,7 +18,6 @@ import argparse
 import os
 import pathlib
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -45,33 +44,22 @@ def _chain(d: Driver, prefix: str, depth: int) -> str:
     for i in range(depth):
         layer = f"{prefix}{i}"
         d.create(layer, parent=parent)
-        (d._layout.diff_dir(layer) / f"f{i}").write_text(str(i))
+        (pathlib.Path(d.diff_dir(layer)) / f"f{i}").write_text(str(i))
         parent = layer
     assert parent is not None
     return parent
 
 
 def _bare_mount(d: Driver, top: str, target: str) -> Callable[[], None]:
-    """Mount + unmount of the same chain without the store: the reference."""
-    meta = d._layer_meta(top)
-    chain = list(meta["ancestors"])
-    upper, work = str(d._layout.diff_dir(top)), str(d._layout.work_dir(top))
-    if d.backend == "overlay":
-        lowers = [str(d._layout.diff_dir(a)) for a in chain] or [str(d._layout.empty_dir)]
+    """Mount + unmount of what ``get`` mounts (``d.mounts(top)``), without the store: the
+    reference (for fuse-overlayfs the binary run directly, daemonizing itself)."""
+    described = d.mounts(top)
 
-        def run() -> None:
-            mounts.mount_overlay(target, lowers, upper, work, options=("index=off", "redirect_dir=off", "metacopy=off"))
-            mounts.unmount(target)
-
-        return run
-    lowers = [d._backend.lower_path(a) for a in chain] or [str(d._layout.empty_dir)]
-    opts = f"lowerdir={':'.join(lowers)},upperdir={upper},workdir={work}"
-
-    def run_fuse() -> None:
-        subprocess.run(["fuse-overlayfs", "-o", opts, target], check=True, stderr=subprocess.DEVNULL)
+    def run() -> None:
+        mounts.mount_described(described, target)
         mounts.unmount(target)
 
-    return run_fuse
+    return run
 
 
 def bench_get(root: pathlib.Path, backend: str, depths: list[int], repeat: int) -> list[str]:
@@ -119,7 +107,7 @@ def bench_read(root: pathlib.Path, backend: str) -> list[str]:
     big = os.urandom(1 << 20) * 64
     try:
         top = _chain(d, "r", 20)
-        bottom = d._layout.diff_dir("r0")
+        bottom = pathlib.Path(d.diff_dir("r0"))
         (bottom / "big").write_bytes(big)
         (plain / "big").write_bytes(big)
         (bottom / "small").mkdir()
@@ -163,7 +151,7 @@ def bench_read(root: pathlib.Path, backend: str) -> list[str]:
 def bench_exists(root: pathlib.Path, backend: str) -> str:
     d = Driver(root / f"exists-{backend}", backend=backend)
     _chain(d, "e", 10)
-    path = str(d._layout.layer_meta("e5"))
+    path = d.layout.layer_meta("e5")
     n = 20000
     t = time.perf_counter()
     for _ in range(n):

@@ -502,38 +502,18 @@ static int x_directory(struct aufs_xctx *ctx, int dir_fd, const char *name)
     return r < 0 ? r : x_note_dir(ctx);
 }
 
-/* Docker's rule, which every image in the wild already satisfies: a symlink's target, taken
- * from the symlink's own directory (from the root if absolute), must not climb above the root.
- * The kernel would keep us inside anyway (RESOLVE_IN_ROOT); this keeps the host safe from
- * anyone who later follows a link of the layer directory by plain path. */
-static int x_symlink_stays_inside(struct aufs_xctx *ctx, const char *target)
-{
-    char joined[2 * AUFS_X_PATH_MAX + 2];
-    char scratch[AUFS_X_PATH_MAX];
-    const char *slash = strrchr(ctx->path, '/');
-    size_t plen = (target[0] == '/' || !slash) ? 0 : (size_t)(slash - ctx->path);
-    size_t tlen = strlen(target);
-    if (plen + tlen + 2 > sizeof joined)
-        return -ENAMETOOLONG;
-    memcpy(joined, ctx->path, plen);
-    joined[plen] = '/';
-    memcpy(joined + plen + 1, target, tlen + 1);
-    if (aufs_x_normalize(joined, scratch, sizeof scratch) == -EXDEV) {
-        snprintf(ctx->link, sizeof ctx->link, "%s", target);
-        return AUFS_X_UNSAFE;
-    }
-    return 0;
-}
-
 static int x_symlink(struct aufs_xctx *ctx, int dir_fd, const char *name)
 {
     const char *target = ((x_entry_str_fn)ctx->api->entry_symlink)(ctx->entry);
     int r;
     if (!target || !*target)
         return AUFS_X_CORRUPT;
-    r = x_symlink_stays_inside(ctx, target);
-    if (r != 0)
-        return r;
+    /* The target is data, stored as it is, even one that climbs above the layer root
+     * (`up -> ..`): in a root filesystem `/..` is `/`, and nothing here follows a link
+     * except inside the root (RESOLVE_IN_ROOT), as containerd, umoci and GNU tar do.
+     * The kernel refuses a target of PATH_MAX bytes or more: say so before it. */
+    if (strnlen(target, AUFS_X_PATH_MAX) >= AUFS_X_PATH_MAX)
+        return -ENAMETOOLONG;
     if (symlinkat(target, dir_fd, name) < 0) {
         if (errno != EEXIST)
             return -errno;
@@ -580,6 +560,8 @@ static int x_hardlink(struct aufs_xctx *ctx, int dir_fd, const char *name)
     if (slash) {
         char tparent[AUFS_X_PATH_MAX];
         size_t plen = (size_t)(slash - target);
+        if (plen >= sizeof tparent)
+            return -ENAMETOOLONG;
         memcpy(tparent, target, plen);
         tparent[plen] = '\0';
         tfd = x_resolve(ctx->root_fd, tparent, O_PATH | O_DIRECTORY);
@@ -622,6 +604,11 @@ int aufs_x_write(struct aufs_xctx *ctx)
     const char *name;
     int dir_fd;
 
+    /* the caller may have stored a name that fills the whole buffer: without its NUL every
+     * string function below would run into the next field */
+    if (!memchr(ctx->path, '\0', sizeof ctx->path) ||
+        (ctx->is_hardlink && !memchr(ctx->link, '\0', sizeof ctx->link)))
+        return -ENAMETOOLONG;
     if (!ctx->path[0])
         return x_root(ctx);
     dir_fd = x_parent(ctx, ctx->path, &name);
@@ -654,38 +641,48 @@ static int x_load(struct aufs_xctx *ctx)
     const char *link = ((x_entry_str_fn)api->entry_hardlink)(e);
     int n;
 
-    if (!raw)
-        return AUFS_X_CORRUPT;
+    if (!raw || !*raw)
+        return AUFS_X_CORRUPT; /* no name at all: a header libarchive could not make sense of */
     ctx->mode = (unsigned int)((x_entry_mode_fn)api->entry_mode)(e);
     ctx->uid = ((x_entry_i64_fn)api->entry_uid)(e);
     ctx->gid = ((x_entry_i64_fn)api->entry_gid)(e);
     ctx->mtime_sec = (int64_t)((x_entry_time_fn)api->entry_mtime)(e);
     ctx->mtime_nsec = (int64_t)((x_entry_long_fn)api->entry_mtime_nsec)(e);
     ctx->size = ((x_entry_i64_fn)api->entry_size)(e);
-    if (ctx->size < 0 || ctx->uid < 0 || ctx->gid < 0 || ctx->uid > 0xfffffffeLL ||
-        ctx->gid > 0xfffffffeLL || ctx->mtime_nsec < 0 || ctx->mtime_nsec > 999999999)
+    /* 4294967295 (GNU base-256 headers carry it, e.g. CPython's testtar.tar) is (uid_t)-1:
+     * fchown then leaves that id as the writer made it, which is what GNU tar and bsdtar do */
+    if (ctx->size < 0 || ctx->uid < 0 || ctx->gid < 0 || ctx->uid > 0xffffffffLL ||
+        ctx->gid > 0xffffffffLL || ctx->mtime_nsec < 0 || ctx->mtime_nsec > 999999999)
         return AUFS_X_CORRUPT;
     ctx->is_hardlink = link != NULL && *link != '\0';
     ctx->link[0] = '\0';
     n = aufs_x_normalize(raw, ctx->path, sizeof ctx->path);
-    if (n == -EXDEV) {
+    if (n < 0) {
+        /* the error names this entry (as much of its name as fits), not what the buffer held */
         snprintf(ctx->path, sizeof ctx->path, "%s", raw);
-        return AUFS_X_UNSAFE;
+        return n == -EXDEV ? AUFS_X_UNSAFE : n;
     }
-    if (n < 0)
-        return n;
     if (ctx->is_hardlink) {
         n = aufs_x_normalize(link, ctx->link, sizeof ctx->link);
-        if (n == -EXDEV) {
+        if (n < 0) {
             snprintf(ctx->link, sizeof ctx->link, "%s", link);
-            return AUFS_X_UNSAFE;
+            return n == -EXDEV ? AUFS_X_UNSAFE : n;
         }
-        if (n < 0)
-            return n;
     }
     if (x_is_reserved(ctx->path) || (ctx->is_hardlink && x_is_reserved(ctx->link)))
         return AUFS_X_SPECIAL;
     return 0;
+}
+
+/* A header libarchive refused. ctx->path keeps the last entry written; ctx->link gets the
+ * refused entry's own name when libarchive read one (else ""), and a NULL entry marks the
+ * failure as the header's, so the caller names the entry that failed, not the one before. */
+static void x_failed_header(struct aufs_xctx *ctx)
+{
+    const char *raw = ctx->entry ? ((x_entry_str_fn)ctx->api->entry_pathname)(ctx->entry) : NULL;
+    snprintf(ctx->link, sizeof ctx->link, "%s", raw ? raw : "");
+    ctx->is_hardlink = 0;
+    ctx->entry = NULL;
 }
 
 int aufs_x_next(struct aufs_xctx *ctx)
@@ -703,6 +700,7 @@ int aufs_x_next(struct aufs_xctx *ctx)
         if (r != AUFS_ARCHIVE_OK) {
             /* warnings too: an archive bsdtar complains about is refused */
             ctx->archive_status = r;
+            x_failed_header(ctx);
             return AUFS_X_ARCHIVE;
         }
         ctx->entries++;

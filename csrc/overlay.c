@@ -39,9 +39,11 @@ static void read_log(int fsfd, char *errbuf, size_t errlen)
     }
 }
 
+/* A path goes as a string when it is short and plain; overlayfs unescapes backslashes in
+ * string values, so a path holding one (a systemd-escaped "\x2d") goes as an open directory. */
 static long set_path(int fsfd, const char *key, const char *path)
 {
-    if (strlen(path) < AUFS_FSCONFIG_STRING_MAX)
+    if (strlen(path) < AUFS_FSCONFIG_STRING_MAX && strchr(path, '\\') == NULL)
         return fsconfig_call(fsfd, AUFS_FSCONFIG_SET_STRING, key, path, 0);
 
     int dirfd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);

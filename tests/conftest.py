@@ -149,3 +149,7 @@ def _no_leaked_mounts(request: pytest.FixtureRequest) -> Iterator[None]:
         for p in sorted(leaked, key=len, reverse=True):
             libc.umount2(os.fsencode(p), 2)
         pytest.fail(f"test left mounts behind: {sorted(leaked)}")
+
+
+# Other local users (created by scripts/bootstrap): the `test_user` and `other_user` fixtures.
+from .users import _user_python, other_user, test_user  # noqa: E402,F401

@@ -85,6 +85,11 @@ def normalise_upper(upper: str, fmt: WhiteoutFormat) -> None:
             os.close(dir_fd)
 
 
+def _fuse_escape(path: str) -> str:
+    """``path`` as libfuse's option parser reads it back: ``\\`` and ``,`` escaped."""
+    return path.replace("\\", "\\\\").replace(",", "\\,")
+
+
 def _read_record(record: str) -> ProcessToken | None:
     try:
         with open(record, encoding="ascii") as f:
@@ -144,15 +149,15 @@ class FuseOverlayfsBackend(Backend):
 
     def describe(self, lowers: Sequence[str], upper: str | None, work: str | None) -> list[Mount]:
         for path in [*lowers, *(p for p in (upper, work) if p is not None)]:
-            if any(c in path for c in ":,\\"):
+            if ":" in path:
                 raise MountError(
-                    f"fuse-overlayfs cannot take the path {path!r} (':', ',' or '\\' in it): "
-                    "move the store to a plainer path",
+                    f"fuse-overlayfs cannot take the path {path!r}: it splits every path it is "
+                    "given at ':' and has no escape for it; move the store to a path without ':'",
                     path=path,
                 )
-        options = ["lowerdir=" + ":".join(lowers)]
-        if upper is not None:
-            options += [f"upperdir={upper}", f"workdir={work}"]
+        options = ["lowerdir=" + ":".join(_fuse_escape(p) for p in lowers)]
+        if upper is not None and work is not None:
+            options += [f"upperdir={_fuse_escape(upper)}", f"workdir={_fuse_escape(work)}"]
         return [Mount(MOUNT_TYPE, "fuse-overlayfs", tuple(options))]
 
     def perform(self, described: list[Mount], target: str, record: str | None = None) -> None:

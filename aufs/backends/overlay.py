@@ -39,7 +39,7 @@ class OverlayBackend(Backend):
 
     def _legacy(self) -> bool:
         """True if this kernel needs all layers in one page of mount(2) data."""
-        return not kernel.lowerdir_plus(len(self.layout.diff_dir("x" * 128)))
+        return not kernel.lowerdir_plus(kernel.fsconfig_takes(self.layout.diff_dir("x" * 128)))
 
     @property
     def max_depth(self) -> int:
@@ -54,7 +54,7 @@ class OverlayBackend(Backend):
         # data that fits one page, so that mount(2) (a container engine's, an old kernel's)
         # can perform the description; full paths when they fit, as they read best
         return fit_lowers(full, short, lambda lowers: self.describe(lowers, upper, work)[0],
-                          kernel.page_size())
+                          kernel.page_size(), len(self.layout.short_link("x")))
 
     def describe(self, lowers: Sequence[str], upper: str | None, work: str | None) -> list[Mount]:
         lowers = list(lowers)

@@ -10,7 +10,9 @@ shows (see ``Driver.apply_diff``), so it reads that chain only once every layer 
 place. Each blob's sha256 and each layer's diffID are checked once its stream has been
 consumed to the end; on any failure every layer this call created is removed again, so the
 store is left as it was. A crash cannot leave a half-imported layer for a later import to
-trust either: see :mod:`aufs.image.journal`.
+trust either: see :mod:`aufs.image.journal`. Once every layer is in place (and the journal is
+gone), the image itself is recorded (:mod:`aufs.image.records`): a crash before that leaves no
+record, only complete layers.
 """
 from __future__ import annotations
 
@@ -20,8 +22,8 @@ import warnings
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from typing import TYPE_CHECKING, BinaryIO, Callable, cast
 
-from ..errors import ImageError, LayerExists
-from . import journal
+from ..errors import ImageError, LayerExists, LayerNotFound
+from . import journal, records
 from .digests import HashingReader, chain_ids
 from .manifests import LayerBlob, ResolvedImage, resolve_image
 from .sources import ImageSource, open_source
@@ -94,6 +96,12 @@ def import_image(
     checked). The top id can be passed to ``driver.create(new_id, parent=top)`` to get a
     writable layer over the image, or mounted with ``driver.get(top)``.
 
+    The image is recorded once its layers are in place: its config and manifest blobs as
+    read, its platform, layer ids and names (the OCI ref name or containerd image name of its
+    index entry, or the docker ``RepoTags``), listed by :func:`aufs.list_images` and used by
+    :func:`aufs.export_image`. Importing the same image again (same config) adds names and
+    creates no second record; a name another image had moves to this one.
+
     Raises :class:`aufs.ImageError` for a malformed or unsupported image (naming the file and
     the problem), :class:`aufs.DigestMismatch` when a blob or diffID does not match, and the
     store's errors (e.g. :class:`aufs.UnsafeArchive`) from applying a layer. On any error,
@@ -104,8 +112,25 @@ def import_image(
         ids = chain_ids([layer.diff_id for layer in image.layers])
         if not ids:
             raise ImageError(f"{src.description}: the image has no layers")
-        _Importer(driver, src, image, ids, progress, workers).run()
-        return ids
+        record = records.ImageRecord(
+            id=image.config_digest,
+            refs=image.refs,
+            platform=image.platform,
+            layers=tuple(ids),
+            config=image.config_bytes,
+            manifest=image.manifest_bytes,
+            manifest_digest=image.manifest_digest,
+            format=image.format,
+            imported=records.utc_now(),
+        )
+        for _ in range(_MAX_ATTEMPTS):
+            _Importer(driver, src, image, ids, progress, workers).run()
+            try:
+                records.save_record(driver, record)
+            except LayerNotFound:  # another process removed a layer meanwhile: import it again
+                continue
+            return ids
+        raise ImageError("gave up importing: other processes kept removing its layers")
 
 
 class _Importer:

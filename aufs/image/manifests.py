@@ -81,6 +81,9 @@ class ResolvedImage:
     config_digest: str
     config: dict[str, Any]
     layers: tuple[LayerBlob, ...]
+    config_bytes: bytes = b""  # the config blob exactly as read (its sha256 is config_digest)
+    manifest_bytes: bytes | None = None  # the manifest blob (None: legacy docker save)
+    refs: tuple[str, ...] = ()  # the names the source gives the image (annotations, RepoTags)
 
     @property
     def platform(self) -> str:
@@ -197,6 +200,36 @@ def _refs_of(descriptor: dict[str, Any]) -> list[str]:
     return [str(annotations[k]) for k in REF_ANNOTATIONS if k in annotations]
 
 
+def _name_of(descriptor: dict[str, Any]) -> list[str]:
+    """The name to record for an image: containerd's full name (``docker.io/library/debian:12``)
+    when present, of which the OCI ref name (``12``) is only the tag; else the OCI ref name."""
+    annotations = descriptor.get("annotations")
+    if not isinstance(annotations, dict):
+        return []
+    for key in ("io.containerd.image.name", "org.opencontainers.image.ref.name"):
+        if isinstance(annotations.get(key), str) and annotations[key]:
+            return [annotations[key]]
+    return []
+
+
+def _names_leading_to(source: ImageSource, index: dict[str, Any], digest: Any) -> tuple[str, ...]:
+    """The names of the top-level entries of ``index.json`` that are, or lead to, ``digest``."""
+    names: list[str] = []
+    for entry in index.get("manifests", []):
+        if not isinstance(entry, dict):
+            continue
+        hit = entry.get("digest") == digest
+        if not hit and _media_type(entry) in INDEX_TYPES:
+            try:
+                nested = _expect_dict(_load_json(_read_verified_blob(source, entry, "index"), "index"), "index")
+                hit = any(d.get("digest") == digest for d in _collect_manifests(source, nested, "index", 1))
+            except ImageError:
+                hit = False  # a broken index that was not chosen does not name the image
+        if hit:
+            names.extend(n for n in _name_of(entry) if n not in names)
+    return tuple(names)
+
+
 def _choose(
     candidates: list[dict[str, Any]],
     platform: str | None,
@@ -244,16 +277,14 @@ def _resolve_oci(source: ImageSource, platform: str | None, ref: str | None) -> 
                 candidates.append(descriptor)
     chosen = _choose(candidates, platform, source.description)
     manifest_digest = chosen.get("digest")
-    manifest = _expect_dict(
-        _load_json(_read_verified_blob(source, chosen, "manifest"), "manifest"), f"manifest {manifest_digest}"
-    )
+    manifest_bytes = _read_verified_blob(source, chosen, "manifest")
+    manifest = _expect_dict(_load_json(manifest_bytes, "manifest"), f"manifest {manifest_digest}")
     if _media_type(manifest) in INDEX_TYPES or "manifests" in manifest:
         raise ImageError(f"{source.description}: manifest {manifest_digest} is an index, not an image manifest")
     config_desc = _expect_dict(manifest.get("config"), f"manifest {manifest_digest} config")
     config_digest = str(config_desc.get("digest"))
-    config = _expect_dict(
-        _load_json(_read_verified_blob(source, config_desc, "config"), "config"), f"config {config_digest}"
-    )
+    config_bytes = _read_verified_blob(source, config_desc, "config")
+    config = _expect_dict(_load_json(config_bytes, "config"), f"config {config_digest}")
     layer_descs = _expect_list(manifest.get("layers"), f"manifest {manifest_digest} layers")
     diff_ids = _diff_ids(config, config_digest)
     if len(diff_ids) != len(layer_descs):
@@ -278,7 +309,9 @@ def _resolve_oci(source: ImageSource, platform: str | None, ref: str | None) -> 
             raise DigestMismatch(f"{source.description}: layer {i} blob {name} is {actual} bytes, declared {size}")
         layers.append(LayerBlob(name=name, digest=digest, size=actual, diff_id=diff_id))
     _check_platform(config, platform, source.description)
-    return ResolvedImage("oci", str(manifest_digest), config_digest, config, tuple(layers))
+    refs = _names_leading_to(source, index, manifest_digest)
+    return ResolvedImage("oci", str(manifest_digest), config_digest, config, tuple(layers),
+                         config_bytes, manifest_bytes, refs)
 
 
 def _diff_ids(config: dict[str, Any], config_digest: str) -> list[str]:
@@ -359,7 +392,9 @@ def _resolve_docker(source: ImageSource, platform: str | None, ref: str | None) 
         digest = "sha256:" + blob.group(1) if blob is not None and name.startswith("blobs/sha256/") else None
         layers.append(LayerBlob(name=name, digest=digest, size=source.size(name), diff_id=diff_id))
     _check_platform(config, platform, source.description)
-    return ResolvedImage("docker-save", None, config_digest, config, tuple(layers))
+    repo_tags = entry.get("RepoTags")
+    refs = tuple(str(t) for t in repo_tags if isinstance(t, str)) if isinstance(repo_tags, list) else ()
+    return ResolvedImage("docker-save", None, config_digest, config, tuple(layers), data, None, refs)
 
 
 def resolve_image(source: ImageSource, *, platform: str | None = None, ref: str | None = None) -> ResolvedImage:

@@ -117,3 +117,40 @@ def test_empty_and_short_inputs():
     reader = open_decompressed(io.BytesIO(b""))
     assert reader.empty and read_all(reader) == b""
     assert read_all(open_decompressed(io.BytesIO(b"ab"))) == b"ab"
+
+
+@pytest.fixture
+def driver(ramdir):
+    from aufs.store import Driver
+
+    d = Driver(ramdir / "store", backend="overlay")
+    yield d
+    d.cleanup()
+
+
+@pytest.mark.parametrize("name, data", [
+    ("lzma", lzma.compress(b"tar" * 1000, format=lzma.FORMAT_ALONE)),
+    ("lz4", b"\x04\x22\x4d\x18\x64\x40\xa7" + b"\x00" * 16),   # an lz4 frame header
+    ("compress", b"\x1f\x9d\x90" + b"x" * 16),                  # `compress` (.Z)
+    ("lzip", b"LZIP\x01\x0c" + b"\x00" * 16),
+])
+def test_unsupported_compressions_are_named(driver, name: str, data: bytes) -> None:
+    driver.create("l")
+    with pytest.raises(ArchiveError, match="not supported") as info:
+        driver.apply_diff("l", data)
+    assert info.value.layer_id == "l" and name.split()[0][:3] in str(info.value).lower()
+    assert os.listdir(driver.diff_dir("l")) == []
+
+
+def test_a_tar_whose_first_name_starts_like_lzma_is_a_tar(driver) -> None:
+    import tarfile
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        info = tarfile.TarInfo("]abc")
+        info.size = 3
+        tar.addfile(info, io.BytesIO(b"abc"))
+    assert detect_compression(buf.getvalue()[:6]) is Compression.NONE
+    driver.create("l")
+    driver.apply_diff("l", buf.getvalue())
+    assert os.listdir(driver.diff_dir("l")) == ["]abc"]

@@ -13,6 +13,8 @@ import sys
 
 import pytest
 
+import aufs
+
 # ../shared/corpus beside the project root (where CI lays it too), unless told otherwise
 CORPUS = pathlib.Path(os.environ.get(
     "AUFS_GO_TAR_CORPUS",
@@ -36,7 +38,8 @@ except ArchiveError as exc:
 print(json.dumps(result))
 """
 
-ROOT = str(pathlib.Path(__file__).resolve().parents[2])
+# the child imports the same aufs as this process (under `make fuzz-asan`, the sanitized copy)
+ROOT = str(pathlib.Path(aufs.__file__).resolve().parents[1])
 
 
 @pytest.mark.skipif(not FILES, reason=f"no corpus at {CORPUS}")

@@ -160,7 +160,8 @@ def _docker_save(root: Path, tars: list, layer_names: list, config_name: str = "
     config_name = config_name or hashlib.sha256(config).hexdigest() + ".json"
     (root / config_name).write_bytes(config)
     for name, tar in zip(layer_names, tars):
-        if ".." not in name:
+        # the hostile names of the escape tests are never written: nothing may land outside root
+        if ".." not in name and not (root / name).parent.is_symlink():
             (root / name).parent.mkdir(parents=True, exist_ok=True)
             (root / name).write_bytes(tar)
     (root / "manifest.json").write_text(json.dumps([{"Config": config_name, "RepoTags": ["demo:1"], "Layers": layer_names}]))
@@ -180,10 +181,15 @@ def test_docker_save_names_cannot_escape(ramdir: Path) -> None:
     _docker_save(ramdir / "d", TARS, ["aaa/layer.tar", "../../etc/passwd"])
     with open_source(ramdir / "d") as src, pytest.raises(aufs.ImageError, match="outside the image"):
         resolve_image(src)
-    os.symlink("/etc", ramdir / "d" / "evil")
+    # "outside" is a decoy beside the image, never a host path: an escape must not even read it
+    decoy = ramdir / "outside"
+    decoy.mkdir()
+    (decoy / "passwd").write_bytes(TARS[1])
+    os.symlink(decoy, ramdir / "d" / "evil")
     _docker_save(ramdir / "d", TARS, ["aaa/layer.tar", "evil/passwd"])
     with open_source(ramdir / "d") as src, pytest.raises(aufs.ImageError, match="outside the image"):
         resolve_image(src)
+    assert (decoy / "passwd").read_bytes() == TARS[1]
 
 
 def test_docker_save_config_checked_against_its_name(ramdir: Path) -> None:
@@ -285,7 +291,8 @@ def test_tarball_links_cannot_reach_outside(ramdir: Path) -> None:
     """A docker-save tarball whose layer is a symlink member pointing out of the tarball."""
     _docker_save(ramdir / "d", TARS, ["aaa/layer.tar", "bbb/layer.tar"])
     (ramdir / "d" / "bbb" / "layer.tar").unlink()
-    os.symlink("../../../../etc/passwd", ramdir / "d" / "bbb" / "layer.tar")
+    (ramdir / "decoy").write_bytes(TARS[1])  # beside the image: never a host path
+    os.symlink("../../decoy", ramdir / "d" / "bbb" / "layer.tar")
     tar_directory(ramdir / "d", ramdir / "d.tar")
     with open_source(ramdir / "d.tar") as src, pytest.raises(aufs.ImageError, match="missing"):
         resolve_image(src)

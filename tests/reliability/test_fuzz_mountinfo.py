@@ -82,7 +82,7 @@ def test_running_the_sanitized_build() -> None:
     with open("/proc/self/maps") as f:
         maps = f.read()
     assert "libasan" in maps, "libasan is not loaded: LD_PRELOAD it"
-    native = [line.split()[-1] for line in maps.splitlines() if "_native" in line]
+    native = [line.split()[-1] for line in maps.splitlines() if "aufs/_native" in line]
     here = os.path.realpath(os.getcwd()) + "/aufs/"
     assert native and all(p.startswith(here) for p in native), f"not the sanitized copy: {native}"
 

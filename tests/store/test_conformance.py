@@ -149,16 +149,31 @@ def test_removing_a_parent_is_refused(driver: Driver) -> None:
     assert leftovers == []
 
 
-def test_removing_a_mounted_layer_unmounts_it(driver: Driver) -> None:
+def test_removing_a_held_layer_is_refused_unless_forced(driver: Driver) -> None:
     driver.create("base")
     driver.create("child", parent="base")
     path = driver.get("child")
     write(f"{path}/f", "x")
-    assert driver.is_mounted("child")
-    driver.remove("child")
+    with pytest.raises(aufs.LayerInUse, match=f"pid {os.getpid()}") as info:
+        driver.remove("child")
+    assert info.value.layer_id == "child"
+    assert driver.exists("child") and driver.is_mounted("child") and read(f"{path}/f") == "x"
+    driver.remove("child", force=True)
     assert not driver.exists("child")
     assert not mounts.mounted(path) and not os.path.exists(path)
     assert [i for i in mounts.submounts(driver.home) if i.mountpoint != str(driver.home)] == []
+
+
+def test_removing_a_mounted_layer_nobody_holds_unmounts_it(driver: Driver) -> None:
+    driver.create("base")
+    driver.create("child", parent="base")
+    path = driver.get("child")
+    # the holder's process died (its references are void): the mount is debris, not in use
+    refs = driver.layout.refs_file("child")
+    with open(refs, "w") as f:
+        f.write('{"holders": {"999999-1:dead": 1}}')
+    driver.remove("child")
+    assert not driver.exists("child") and not mounts.mounted(path)
 
 
 def test_cleanup_leaves_no_mounts(driver: Driver) -> None:
@@ -220,9 +235,11 @@ def test_status(driver: Driver) -> None:
     status = driver.status()
     assert status["backend"] == driver.backend
     assert status["home"] == str(driver.home)
-    assert status["layers"] == "1"
+    assert status["layers"] == 1 and status["mounted"] == 0 and status["read_only"] is False
+    assert status["max_depth"] == driver.max_depth
     assert status["backing_filesystem"] == "tmpfs"
-    assert all(isinstance(v, str) for v in status.values())
+    with driver.mount("a"):
+        assert driver.status()["mounted"] == 1
 
 
 def test_home_and_backend_properties(driver: Driver, home: pathlib.Path, backend_name: str) -> None:
