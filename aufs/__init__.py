@@ -60,6 +60,7 @@ _LAZY = {
     "find_image": "aufs.image",
     "ImageRecord": "aufs.image",
     "RemovedImage": "aufs.image",
+    "serve_containerd": "aufs.serve.containerd",
 }
 
 __all__ = [
@@ -124,3 +125,4 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers only
     from .mounts import unmount as unmount
     from .check import CheckReport as CheckReport
     from .store import Driver as Driver
+    from .serve.containerd import serve_containerd as serve_containerd

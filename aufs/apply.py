@@ -51,7 +51,7 @@ import uuid
 from collections.abc import Callable, Iterable
 from typing import BinaryIO, Union
 
-from . import _fastpaths
+from . import _fastpaths, kernel
 from ._libarchive import Libarchive, load as _libarchive
 from .compression import MAGIC_LEN, Compression, DecompressingReader, detect_compression
 from .errors import ArchiveError, NoSpace, UnsafeArchive
@@ -79,7 +79,6 @@ _META = META_PREFIX.encode()
 _READ_BLOCK = 1 << 20
 # a pipe this large lets the feeder thread run ahead of the extractor
 _PIPE_SIZE = 1 << 20
-_F_SETPIPE_SZ = 1031
 
 # errors that say the archive's content cannot be laid out, not that the host failed
 _LAYOUT_ERRNOS = {
@@ -99,12 +98,7 @@ class _Feeder:
     def __init__(self, reader: DecompressingReader) -> None:
         self._reader = reader
         self.read_fd, self._write_fd = os.pipe2(os.O_CLOEXEC)
-        try:
-            import fcntl
-
-            fcntl.fcntl(self._write_fd, _F_SETPIPE_SZ, _PIPE_SIZE)
-        except OSError:
-            pass  # a smaller pipe only costs context switches
+        kernel.grow_pipe(self._write_fd, _PIPE_SIZE)
         self.error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="aufs-apply-feeder", daemon=True)
         self._thread.start()

@@ -49,9 +49,9 @@ from .errors import (
     BackendUnavailable,
     ImageError,
     ImageNotFound,
+    InvalidLayerId,
     LayerExists,
     LayerInUse,
-    InvalidLayerId,
     LayerNotFound,
     MountError,
     NoSpace,
@@ -564,6 +564,38 @@ def _common(parser: argparse.ArgumentParser, defaults: bool) -> None:
     parser.add_argument("--debug", action="store_true", default=False if defaults else suppress, help="show tracebacks")
 
 
+def cmd_serve_containerd(args: argparse.Namespace, out: _Output) -> int:
+    try:
+        from .serve.containerd import serve_containerd
+    except ImportError as exc:
+        raise _UsageError(f"aufs serve containerd needs grpcio and protobuf: pip install 'aufs[containerd]' ({exc})")
+    import logging
+
+    # the server's own log only: other libraries' loggers stay as quiet as they were
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("aufs serve containerd: %(message)s"))
+    served = logging.getLogger("aufs.serve")
+    served.addHandler(handler)
+    served.setLevel(logging.DEBUG if args.debug else logging.INFO)
+    served.propagate = False
+    serve_containerd(_open_driver(args, create=True), args.socket, group=args.group)
+    return EXIT_OK
+
+
+def _add_serve(add: Callable[..., argparse.ArgumentParser]) -> None:
+    """``aufs serve ENGINE``: one sub-subcommand per container engine."""
+    serve = add("serve", None, "serve the store to a container engine, in the foreground")
+    engines = serve.add_subparsers(dest="engine", metavar="ENGINE", parser_class=_Parser)
+    engines.required = True
+    help_text = ("containerd proxy snapshotter on a unix socket (config: [proxy_plugins.NAME] "
+                 'type = "snapshot", address = SOCKET); stops on SIGTERM/SIGINT')
+    p = engines.add_parser("containerd", help=help_text, description=help_text)
+    _common(p, defaults=False)
+    p.set_defaults(func=cmd_serve_containerd)
+    p.add_argument("--socket", required=True, type=Path, help="unix socket to listen on (created 0600)")
+    p.add_argument("--group", help="make the socket 0660 and owned by this group (name or gid)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser (exposed for documentation and tests)."""
     parser = _Parser(
@@ -634,6 +666,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("check", cmd_check, "report inconsistencies of the store (exit 11 if any remain)")
     p.add_argument("--repair", action="store_true", help="fix what is found")
+
+    _add_serve(add)
 
     p = add("demo", cmd_demo, "build, import, mount and explore a small embedded image in a temporary store")
     p.add_argument("--keep", action="store_true", help=argparse.SUPPRESS)

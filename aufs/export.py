@@ -43,13 +43,12 @@ from __future__ import annotations
 
 import ctypes
 import errno
-import fcntl
 import io
 import os
 import stat
 from typing import IO, Optional, Union
 
-from . import _fastpaths
+from . import _fastpaths, kernel
 from ._libarchive import ARCHIVE_OK, Libarchive, load
 from .errors import ArchiveError, NoSpace, PathTooLong
 from .whiteouts import (
@@ -67,8 +66,8 @@ _RECORD_SIZE = 10240  # what `tar -c` pads the archive to
 # libarchive's block size when it buffers (a file object without an fd); the end of the
 # archive is padded as this block size makes libarchive pad it, whatever the output
 _BLOCK_SIZE = 1 << 20
-# an fd output's buffer: what one write hands the kernel. A pipe is grown to hold several
-# (see _grow_pipe), so the reader drains one while the next is filled
+# an fd output's buffer: what one write hands the kernel. A pipe is grown to hold several,
+# so the reader drains one while the next is filled
 _OUT_BUFFER = 1 << 18
 _PIPE_SIZE = 1 << 20
 
@@ -247,24 +246,6 @@ def _stream_fd(out: IO[bytes]) -> Optional[int]:
     return fd
 
 
-def _grow_pipe(fd: int) -> None:
-    """Let a pipe hold several output buffers. The default 64 KiB pipe takes each write in
-    rounds of sleeping and waking, and with the reader on the other core those rounds were
-    what made an export swing between 1.1x and 1.45x of ``tar -c``. Only ever grows the pipe;
-    a refusal (an unprivileged user's limits) costs speed only."""
-    try:
-        if not stat.S_ISFIFO(os.fstat(fd).st_mode):
-            return
-        if fcntl.fcntl(fd, _F_GETPIPE_SZ) < _PIPE_SIZE:
-            fcntl.fcntl(fd, _F_SETPIPE_SZ, _PIPE_SIZE)
-    except OSError:
-        pass
-
-
-_F_SETPIPE_SZ = 1031
-_F_GETPIPE_SZ = 1032
-
-
 class _Output:
     """Where the archive goes. An fd (ours for a path, or a plain file object's): libarchive
     writes unbuffered into a C callback that gathers the bytes and writes the fd directly
@@ -288,7 +269,10 @@ class _Output:
             self._fileobj = out
             fd = _stream_fd(out)
         if fd is not None:
-            _grow_pipe(fd)
+            # a 64 KiB pipe takes each write in rounds of sleeping and waking; with the reader
+            # on the other core those rounds made an export swing between 1.1x and 1.45x of
+            # `tar -c` (BENCHMARKS.md): a larger one lets it drain a write while the next fills
+            kernel.grow_pipe(fd, _PIPE_SIZE)
             self.fd_output = _fastpaths.FdOutput(fd, _OUT_BUFFER)
             la.write_set_bytes_per_block(archive, 0)
             rc = la.write_open(archive, self.fd_output.client_data, None,

@@ -9,15 +9,18 @@
   core's own mount wrapper counts it;
 * :func:`lowerdir_plus` / :func:`fsconfig_takes`: whether overlayfs can take each layer of a
   chain as its own ``lowerdir+`` parameter, or needs them all in one page of mount(2) data;
-* :func:`has_cap_sys_admin` and the ``MS_*`` mount(2) flags (``<sys/mount.h>``).
+* :func:`has_cap_sys_admin`, the ``MS_*`` mount(2) flags (``<sys/mount.h>``) and
+  :func:`grow_pipe` (a pipe's capacity).
 
 Procfs paths are parameters, so tests can feed recorded files.
 """
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import functools
 import os
+import stat
 
 from . import _syscalls
 
@@ -37,8 +40,11 @@ __all__ = [
     "MS_SLAVE",
     "KernelFeatures",
     "features",
+    "F_GETPIPE_SZ",
+    "F_SETPIPE_SZ",
     "filesystems",
     "fsconfig_takes",
+    "grow_pipe",
     "has_cap_sys_admin",
     "lowerdir_plus",
     "page_size",
@@ -62,6 +68,10 @@ CAP_SYS_ADMIN = 21
 
 FSCONFIG_STRING_MAX = 256
 """fsconfig() copies string values up to this length: longer layer paths go by fd."""
+
+F_SETPIPE_SZ = 1031
+F_GETPIPE_SZ = 1032
+"""fcntl(2) commands for a pipe's capacity (<linux/fcntl.h>)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -127,6 +137,20 @@ def lowerdir_plus(strings_only: bool = True) -> bool:
     :func:`fsconfig_takes`), which needs a newer kernel."""
     found = features()
     return found.overlay_lowerdir_plus and (strings_only or found.overlay_layer_fd)
+
+
+def grow_pipe(fd: int, size: int) -> bool:
+    """Let the pipe ``fd`` hold at least ``size`` bytes (``F_SETPIPE_SZ``; never shrinks it).
+    False if ``fd`` is no pipe or the kernel refused (an unprivileged user's limits, above
+    ``/proc/sys/fs/pipe-max-size``): a smaller pipe costs context switches, nothing else."""
+    try:
+        if not stat.S_ISFIFO(os.fstat(fd).st_mode):
+            return False
+        if fcntl.fcntl(fd, F_GETPIPE_SZ) < size:
+            fcntl.fcntl(fd, F_SETPIPE_SZ, size)
+        return True
+    except OSError:
+        return False
 
 
 def has_cap_sys_admin(status: str = "/proc/self/status") -> bool:

@@ -19,6 +19,8 @@
       image-imports/OWNER.RAND.json  journals of image imports in progress (aufs.image.journal)
       images/HEX.json        one imported image: config, manifest, names, layers (aufs.image.records)
       images/.lock           the image records lock
+      snapshotter/           `aufs serve containerd`: snapshots/HASH.json (one per containerd
+                             key: its layer, kind, parent, labels), server.lock (the server's)
 
 Layer ids are 1 to 128 characters of ``[A-Za-z0-9_.-]`` starting with a letter or digit, so an
 id is always a single, non-hidden path component and can never name a temporary entry.
@@ -90,6 +92,7 @@ class Layout:
         # created by the first import that records an image, not by opening the store
         self.images_dir = self.home + "/" + IMAGES_DIR_NAME
         self.images_lock = self.images_dir + "/.lock"
+        self.snapshotter_dir = self.home + "/snapshotter"
         # hot paths (get of a 500-layer chain) build thousands of paths: plain string
         # concatenation, no pathlib
         self._layers = self.layers_dir + "/"

@@ -165,27 +165,15 @@ def fit_lowers(
     short: Callable[[], Sequence[str]],
     render: Callable[[Sequence[str]], Mount],
     page_size: int,
-    short_length: int | None = None,
 ) -> Sequence[str]:
     """The lower names to describe: ``full`` paths when the mount data fits in one page, else
-    the short aliases ``short()`` returns when those fit, else ``full`` (then only the new mount
-    API can perform the description, one layer at a time). ``short_length``, the length every
-    alias has, lets a chain too deep even for aliases skip making them."""
-    limit = page_size - 1  # the kernel copies one page, NUL included
-    full_data = len(mount_data(render(full).options))
-    if full_data <= limit:
+    the fixed-length aliases ``short()`` returns (which fit a page for chains up to about
+    ``page_size / alias length`` layers; deeper ones only the new mount API performs, and a
+    container engine that shortens a common prefix, as containerd does, still gets the most
+    layers into one page from aliases)."""
+    if len(mount_data(render(full).options)) <= page_size - 1:  # one page, NUL included
         return full
-    if short_length is not None:
-        # the same data with every lower replaced by an alias (no escapes in an alias)
-        estimate = full_data - len(":".join(full)) + len(full) * (short_length + 1) - 1
-        if any("\\" in p or ":" in p or "," in p for p in full):  # escapes made full longer
-            estimate = 0
-        if estimate > limit:
-            return full
-    aliases = short()
-    if len(mount_data(render(aliases).options)) <= limit:
-        return aliases
-    return full
+    return short()
 
 
 def legacy_overlay_max_depth(page_size: int, short_link_length: int, longest_diff_dir: int,

@@ -283,8 +283,8 @@ class Driver:
         :func:`aufs.mount_described`, or its own mount code). Writable: the layer's diff dir
         is the upper dir. ``readonly``: the chain with the layer itself on top, read-only.
         Overlay option data fits in one page (mount(2)) whenever the chain allows: full diff
-        dir paths, else the store's fixed-length short links, else (only very deep chains)
-        full paths, which only the new mount API performs.
+        dir paths when they fit, else the store's fixed-length short links (beyond about
+        ``4000 / (len(home) + 24)`` layers only the new mount API performs those in one go).
 
         The description is of the layer as it is now: ``apply_diff`` may change which layers
         a chain shows (a layer whose root became opaque hides those below it). Raises

@@ -54,7 +54,7 @@ class OverlayBackend(Backend):
         # data that fits one page, so that mount(2) (a container engine's, an old kernel's)
         # can perform the description; full paths when they fit, as they read best
         return fit_lowers(full, short, lambda lowers: self.describe(lowers, upper, work)[0],
-                          kernel.page_size(), len(self.layout.short_link("x")))
+                          kernel.page_size())
 
     def describe(self, lowers: Sequence[str], upper: str | None, work: str | None) -> list[Mount]:
         lowers = list(lowers)

@@ -61,9 +61,9 @@ def test_fit_lowers_prefers_full_paths_then_short_links() -> None:
         return short
 
     render = lambda lowers: overlay_mount(lowers, "/u", "/w")  # noqa: E731
-    assert fit_lowers(full, make_short, render, 4096) == full and not calls
+    assert fit_lowers(full, make_short, render, 4096) == full and not calls  # no links made
     assert fit_lowers(full, make_short, render, 512) == short  # full would not fit
-    assert fit_lowers(full, make_short, render, 64) == full  # nothing fits: new mount API only
+    assert fit_lowers(full, make_short, render, 64) == short  # nothing fits: still the shortest
     assert len(mount_data(render(short).options)) < 512
 
 
