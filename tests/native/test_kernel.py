@@ -54,3 +54,20 @@ def test_the_c_spells_the_reserved_names_as_python_does() -> None:
                        *whiteouts.PRIVATE_XATTR_PREFIXES]
     assert lib.aufs_name(lib.AUFS_NAME_COUNT) == ffi.NULL
     assert lib.aufs_name(-1) == ffi.NULL
+
+
+def test_grow_pipe_grows_pipes_only(tmp_path: pathlib.Path) -> None:
+    import fcntl
+    import os
+
+    read_fd, write_fd = os.pipe()
+    try:
+        assert kernel.grow_pipe(write_fd, 1 << 20)
+        assert fcntl.fcntl(write_fd, kernel.F_GETPIPE_SZ) == 1 << 20
+        assert kernel.grow_pipe(write_fd, 4096)  # already larger: left as it is
+        assert fcntl.fcntl(write_fd, kernel.F_GETPIPE_SZ) == 1 << 20
+    finally:
+        os.close(read_fd)
+        os.close(write_fd)
+    with open(tmp_path / "file", "wb") as f:
+        assert not kernel.grow_pipe(f.fileno(), 1 << 20)
