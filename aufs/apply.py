@@ -7,7 +7,7 @@ labour:
   (in a feeder thread that writes into a pipe, so decompression and extraction overlap);
 * libarchive parses the tar, and only the tar formats (ustar, pax, GNU, v7): never zip, rar, 7z,
   and never one of its external-program filters. Its warnings are failures;
-* our C (``csrc/extract.c`` through :class:`aufs._syscalls.Extractor`) writes each entry below
+* our C (``csrc/extract.c`` through :class:`aufs._fastpaths.Extractor`) writes each entry below
   a held directory fd, resolving every parent with ``openat2(RESOLVE_IN_ROOT)`` and never
   following the last component, so no entry can reach outside the target directory: not with
   ``..`` or absolute names, not through a symlink or hard link planted earlier, not from
@@ -43,16 +43,16 @@ root:root. Directories the tar lists keep the tar's metadata.
 """
 from __future__ import annotations
 
-import ctypes
 import errno
 import os
 import stat
 import threading
 import uuid
 from collections.abc import Callable, Iterable
-from typing import Any, BinaryIO, Union
+from typing import BinaryIO, Union
 
-from . import _syscalls
+from . import _fastpaths, kernel
+from ._libarchive import Libarchive, load as _libarchive
 from .compression import MAGIC_LEN, Compression, DecompressingReader, detect_compression
 from .errors import ArchiveError, NoSpace, UnsafeArchive
 from .whiteouts import (
@@ -79,7 +79,6 @@ _META = META_PREFIX.encode()
 _READ_BLOCK = 1 << 20
 # a pipe this large lets the feeder thread run ahead of the extractor
 _PIPE_SIZE = 1 << 20
-_F_SETPIPE_SZ = 1031
 
 # errors that say the archive's content cannot be laid out, not that the host failed
 _LAYOUT_ERRNOS = {
@@ -87,50 +86,6 @@ _LAYOUT_ERRNOS = {
     errno.EPERM, errno.EMLINK, errno.ELOOP, errno.ENOTEMPTY, errno.EFBIG, errno.ERANGE,
     errno.E2BIG,
 }
-
-
-class _Libarchive:
-    """The few libarchive calls made from Python, bound privately (python-libarchive-c's own
-    bindings log warnings instead of failing, so its function objects are not reused)."""
-
-    def __init__(self) -> None:
-        import libarchive.ffi  # type: ignore[import-untyped]  # loads the library: first apply only
-
-        lib = libarchive.ffi.libarchive
-        self.lib = lib
-
-        def bind(name: str, restype: object, *argtypes: object) -> Any:
-            func = lib["archive_" + name]  # item access: a fresh function object
-            func.restype = restype
-            func.argtypes = argtypes
-            return func
-
-        vp = ctypes.c_void_p
-        self.read_new = bind("read_new", vp)
-        self.support_tar = bind("read_support_format_tar", ctypes.c_int, vp)
-        self.open_fd = bind("read_open_fd", ctypes.c_int, vp, ctypes.c_int, ctypes.c_size_t)
-        self.free = bind("read_free", ctypes.c_int, vp)
-        self.error_string = bind("error_string", ctypes.c_char_p, vp)
-        self.api: dict[str, int] = {
-            name: int(ctypes.cast(lib["archive_" + name], ctypes.c_void_p).value or 0)
-            for name in _syscalls.EXTRACT_API_NAMES
-        }
-
-    def message(self, archive: int) -> str:
-        raw = self.error_string(archive)
-        return os.fsdecode(raw) if raw else "unknown libarchive error"
-
-
-_LIBARCHIVE: _Libarchive | None = None
-_LIBARCHIVE_LOCK = threading.Lock()
-
-
-def _libarchive() -> _Libarchive:
-    global _LIBARCHIVE
-    with _LIBARCHIVE_LOCK:
-        if _LIBARCHIVE is None:
-            _LIBARCHIVE = _Libarchive()
-        return _LIBARCHIVE
 
 
 class _Feeder:
@@ -143,12 +98,7 @@ class _Feeder:
     def __init__(self, reader: DecompressingReader) -> None:
         self._reader = reader
         self.read_fd, self._write_fd = os.pipe2(os.O_CLOEXEC)
-        try:
-            import fcntl
-
-            fcntl.fcntl(self._write_fd, _F_SETPIPE_SZ, _PIPE_SIZE)
-        except OSError:
-            pass  # a smaller pipe only costs context switches
+        kernel.grow_pipe(self._write_fd, _PIPE_SIZE)
         self.error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="aufs-apply-feeder", daemon=True)
         self._thread.start()
@@ -221,7 +171,7 @@ def _open_source(source: LayerSource) -> tuple[int, DecompressingReader | None, 
 class _Run:
     """The policy half of one extraction: reserved names, directory times, error mapping."""
 
-    def __init__(self, ex: _syscalls.Extractor, root_fd: int, fmt: WhiteoutFormat, track: bool,
+    def __init__(self, ex: _fastpaths.Extractor, root_fd: int, fmt: WhiteoutFormat, track: bool,
                  archive_error: Callable[[], ArchiveError]) -> None:
         self.ex = ex
         # libarchive's failure (reading an entry's data), as the error to raise
@@ -248,23 +198,23 @@ class _Run:
 
     def check(self, code: int, path: bytes) -> None:
         """Raise for an error code of the C writer; directories get their time noted."""
-        if code == _syscalls.X_DIR:  # the C writer's buffer of directory times is full
+        if code == _fastpaths.X_DIR:  # the C writer's buffer of directory times is full
             self.take_dir_times()
             self.implied.pop(path, None)
             self.dir_times[path] = self.ex.mtime
             self.note(path)
-        elif code in (0, _syscalls.X_DONE):
+        elif code in (0, _fastpaths.X_DONE):
             self.note(path)
         elif code < 0:
             raise _os_error(-code, path)
-        elif code == _syscalls.X_UNSAFE:
+        elif code == _fastpaths.X_UNSAFE:
             raise _unsafe(self.ex)
-        elif code == _syscalls.X_ARCHIVE:  # e.g. a pseudo-link's data cut short
+        elif code == _fastpaths.X_ARCHIVE:  # e.g. a pseudo-link's data cut short
             raise self.archive_error()
-        elif code == _syscalls.X_LIMIT:
+        elif code == _fastpaths.X_LIMIT:
             raise ArchiveError(f"layer content exceeds the limit of bytes allowed, at entry {_show(path)}",
                                path=os.fsdecode(path))
-        elif code == _syscalls.X_CORRUPT:
+        elif code == _fastpaths.X_CORRUPT:
             raise ArchiveError(f"corrupt archive entry {_show(path)}: a header field or its data "
                                "block is impossible", path=os.fsdecode(path))
         else:
@@ -369,12 +319,12 @@ class _Run:
         if dir_fd is None:
             return
         try:
-            _syscalls.extract_remove(dir_fd, target)
+            _fastpaths.extract_remove(dir_fd, target)
             try:
                 make_whiteout(dir_fd, os.fsdecode(target), self.fmt)
             except FileExistsError:
                 # an AUFS marker name occupied by something else: the whiteout wins
-                _syscalls.extract_remove(dir_fd, _WH + target)
+                _fastpaths.extract_remove(dir_fd, _WH + target)
                 make_whiteout(dir_fd, os.fsdecode(target), self.fmt)
         except OSError as exc:
             raise _os_error(exc.errno or errno.EIO, _join(parent, target)) from exc
@@ -409,7 +359,7 @@ class _Run:
             if self.staging is not None and not parent and name == self.staging:
                 continue
             if _join(parent, name) not in self.unpacked:
-                _syscalls.extract_remove(dir_fd, name)
+                _fastpaths.extract_remove(dir_fd, name)
 
     # -- the end ------------------------------------------------------------------------------
 
@@ -418,13 +368,13 @@ class _Run:
         self.take_dir_times()
         if self.staging is not None:
             try:
-                _syscalls.extract_remove(self.root_fd, self.staging)
+                _fastpaths.extract_remove(self.root_fd, self.staging)
             except OSError as exc:
                 raise _os_error(exc.errno or errno.EIO, self.staging) from exc
         # last: creating and removing entries above changed these directories' times
         for path, (sec, nsec) in self.dir_times.items():
             try:
-                _syscalls.extract_dir_times(self.root_fd, path, sec, nsec)
+                _fastpaths.extract_dir_times(self.root_fd, path, sec, nsec)
             except OSError as exc:
                 raise _os_error(exc.errno or errno.EIO, path) from exc
 
@@ -437,7 +387,7 @@ def _show(path: bytes) -> str:
     return repr(os.fsdecode(path))
 
 
-def _unsafe(ex: _syscalls.Extractor) -> UnsafeArchive:
+def _unsafe(ex: _fastpaths.Extractor) -> UnsafeArchive:
     path = os.fsdecode(ex.path)
     if ex.is_hardlink:
         return UnsafeArchive(f"archive entry {path!r} is a hard link to {os.fsdecode(ex.link)!r}, "
@@ -463,9 +413,10 @@ def _os_error(err: int, path: bytes) -> Exception:
     return exc
 
 
-def _extract(la: _Libarchive, archive: int, root_fd: int, fmt: WhiteoutFormat,
+def _extract(la: Libarchive, archive: int, root_fd: int, fmt: WhiteoutFormat,
              max_bytes: int | None, track: bool) -> list[bytes]:
-    ex = _syscalls.Extractor(archive, la.api, root_fd, max_bytes=max_bytes, report_all=track)
+    ex = _fastpaths.Extractor(archive, la.addresses(_fastpaths.EXTRACT_API_NAMES), root_fd,
+                              max_bytes=max_bytes, report_all=track)
 
     def archive_error() -> ArchiveError:
         status = {-10: "retry", -20: "warning", -25: "failed", -30: "fatal"}.get(
@@ -491,17 +442,17 @@ def _extract(la: _Libarchive, archive: int, root_fd: int, fmt: WhiteoutFormat,
     try:
         while True:
             code = ex.next()
-            if code == _syscalls.X_EOF:
+            if code == _fastpaths.X_EOF:
                 break
-            if code == _syscalls.X_FLUSH:
+            if code == _fastpaths.X_FLUSH:
                 run.take_dir_times()
                 continue
-            if code == _syscalls.X_ARCHIVE:
+            if code == _fastpaths.X_ARCHIVE:
                 raise archive_error()
-            if code == _syscalls.X_SPECIAL:
+            if code == _fastpaths.X_SPECIAL:
                 run.special()
                 continue
-            if code == _syscalls.X_LIMIT and max_bytes is None:
+            if code == _fastpaths.X_LIMIT and max_bytes is None:
                 raise AssertionError("limit reported without a limit")
             run.check(code, ex.path)
         run.finish()
@@ -510,20 +461,20 @@ def _extract(la: _Libarchive, archive: int, root_fd: int, fmt: WhiteoutFormat,
         ex.close()
 
 
-def _read_archive(la: _Libarchive, in_fd: int, root_fd: int, fmt: WhiteoutFormat,
+def _read_archive(la: Libarchive, in_fd: int, root_fd: int, fmt: WhiteoutFormat,
                   max_bytes: int | None, track: bool) -> list[bytes]:
     archive = int(la.read_new() or 0)
     if not archive:
         raise MemoryError("archive_read_new failed")
     try:
         # tar only (ustar, pax, GNU, v7), no filter: the input is already decompressed
-        if la.support_tar(archive) != 0:
+        if la.read_support_format_tar(archive) != 0:
             raise ArchiveError(f"libarchive cannot read tar: {la.message(archive)}")
-        if la.open_fd(archive, in_fd, _READ_BLOCK) != 0:
+        if la.read_open_fd(archive, in_fd, _READ_BLOCK) != 0:
             raise ArchiveError(f"not a layer tar: {la.message(archive)}")
         return _extract(la, archive, root_fd, fmt, max_bytes, track)
     finally:
-        la.free(archive)
+        la.read_free(archive)
 
 
 def apply_tar(target_dir: str | os.PathLike[str], source: LayerSource, fmt: WhiteoutFormat,
@@ -564,7 +515,7 @@ def copy_up_dirs(target_dir: str | os.PathLike[str], paths: Iterable[str | bytes
     xattrs (``trusted.overlay.*``, ``user.overlay.*``, ``user.fuseoverlayfs.*``) are never
     copied. Returns how many directories were changed; raises ``OSError`` naming the path.
     """
-    copier = _syscalls.DirCopier()
+    copier = _fastpaths.DirCopier()
     root_fd = os.open(target_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         template_fd = os.open(template_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)

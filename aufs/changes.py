@@ -49,8 +49,17 @@ import os
 import stat
 from typing import Any, NamedTuple, Optional, Union
 
-from . import _syscalls
-from .whiteouts import EntryKind, WhiteoutFormat, classify_entry, is_opaque_dir, is_whiteout_stat
+from . import _fastpaths
+from .whiteouts import (
+    WHITEOUT_PREFIX,
+    EntryKind,
+    WhiteoutFormat,
+    classify_entry,
+    is_opaque_dir,
+    is_whiteout_stat,
+)
+
+_WHITEOUT_PREFIX_BYTES = os.fsencode(WHITEOUT_PREFIX)
 
 __all__ = ["Change", "ChangeKind", "compute_changes", "diff_size"]
 
@@ -134,7 +143,7 @@ def _scan_lower(lower_dir: str) -> dict[str, int]:
     try:
         with os.scandir(lower_dir) as it:
             for entry in it:
-                if entry.name[:4] == ".wh.":  # markers of a plain diff dir used as the view
+                if entry.name.startswith(WHITEOUT_PREFIX):  # markers of a plain diff dir used as the view
                     continue
                 if entry.is_dir(follow_symlinks=False):
                     found[entry.name] = _DIR
@@ -187,7 +196,7 @@ def compute_changes(
     layer (then every entry is an ADD and whiteouts are DELETEs). Follows the rules in the
     module docstring; sorted by path. Raises ``FileNotFoundError`` if ``layer_dir`` is missing.
 
-    The walk runs in C (:func:`aufs._syscalls.walk_changes`: ``getdents64``, lookups with
+    The walk runs in C (:func:`aufs._fastpaths.walk_changes`: ``getdents64``, lookups with
     ``fstatat`` relative to directory fds opened ``O_NOFOLLOW``), so Python only builds the
     list; :func:`compute_changes_py` is its pure-Python twin, kept as the test oracle. Both
     formats accept both kinds of whiteout, so ``fmt`` does not change the walk.
@@ -200,7 +209,7 @@ def compute_changes(
         lower_fd = None if lower_root is None else os.open(os.fspath(lower_root), _O_DIR)
         try:
             try:
-                paths, kinds = _syscalls.walk_changes(layer_fd, lower_fd)
+                paths, kinds = _fastpaths.walk_changes(layer_fd, lower_fd)
             except OSError as exc:
                 if exc.errno != errno.ENAMETOOLONG:
                     raise
@@ -317,7 +326,7 @@ def _compute(root: str, lower: str | None, fmt: WhiteoutFormat) -> list[Change]:
         for entry in entries:
             name = entry.name
             is_dir = entry.is_dir(follow_symlinks=False)
-            if name[:4] == ".wh." or not (
+            if name.startswith(WHITEOUT_PREFIX) or not (
                 is_dir or entry.is_file(follow_symlinks=False) or entry.is_symlink()
             ):
                 kind, target = classify_entry(entry, fmt)
@@ -373,12 +382,12 @@ def _add_all(
     for entry in entries:
         name = entry.name
         if entry.is_dir(follow_symlinks=False):
-            if name[:4] == ".wh.":
+            if name.startswith(WHITEOUT_PREFIX):
                 continue  # AUFS metadata directories (.wh..wh.plnk ...)
             path = prefix + name
             kinds[path] = add
             stack.append((entry.path, path, None))
-        elif name[:4] == ".wh." or not (entry.is_file(follow_symlinks=False) or entry.is_symlink()):
+        elif name.startswith(WHITEOUT_PREFIX) or not (entry.is_file(follow_symlinks=False) or entry.is_symlink()):
             kind, target = classify_entry(entry, fmt)
             if kind is EntryKind.WHITEOUT:
                 assert target is not None
@@ -433,7 +442,7 @@ def diff_size(layer_dir: PathArg, fmt: WhiteoutFormat) -> int:
     root = os.fspath(layer_dir)
     if not os.path.isdir(root):
         raise FileNotFoundError(errno.ENOENT, "layer directory not found", root)
-    scanner = _syscalls.DirScanner()
+    scanner = _fastpaths.DirScanner()
     total = 0
     seen: set[tuple[int, int]] = set()
     root_fd = os.open(root, _O_DIR)
@@ -445,7 +454,7 @@ def diff_size(layer_dir: PathArg, fmt: WhiteoutFormat) -> int:
             if frame[2] is None:
                 subdirs = []
                 for name, mode, _, _, _, _, size, _, nlink, ino, dev in scanner.scan(frame[0]):
-                    if name[:4] == b".wh.":
+                    if name.startswith(_WHITEOUT_PREFIX_BYTES):
                         continue
                     if stat.S_ISDIR(mode):
                         subdirs.append(name)

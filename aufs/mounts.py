@@ -12,16 +12,15 @@ This module owns what mounts *mean* for aufs, on top of the raw syscalls in
   mount API, so a layer chain is not limited by the one-page data limit of mount(2).
 * :func:`mount_table` / :func:`submounts` read ``/proc/self/mountinfo`` (or any recorded file)
   with the C parser. :func:`parse_mountinfo` is its pure-Python twin, used as a test oracle.
-* :func:`kernel_features` says, once per process, what the running kernel supports.
+* :func:`kernel_features` (from :mod:`aufs.kernel`, which knows the kernel's facts) says,
+  once per process, what the running kernel supports.
 
 Paths may be ``str``, ``bytes`` or path-like; text fields of :class:`MountInfo` are ``str``
 decoded with ``os.fsdecode`` (undecodable bytes survive as surrogates).
 """
 from __future__ import annotations
 
-import dataclasses
 import errno
-import functools
 import os
 import shutil
 import stat
@@ -31,25 +30,27 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 from typing import NamedTuple
 
-from . import _syscalls
+from . import _syscalls, kernel
 from ._syscalls import StrPath
 from .errors import MountDataTooLong, MountError
 from .plan import Mount, mount_data, overlay_mount, parse_overlay_options
 
+# the mount(2) flags, for mount(flags=...), are aufs.kernel's (also reachable from here)
+from .kernel import MS_BIND as MS_BIND
+from .kernel import MS_MOVE as MS_MOVE
+from .kernel import MS_NODEV as MS_NODEV
+from .kernel import MS_NOEXEC as MS_NOEXEC
+from .kernel import MS_NOSUID as MS_NOSUID
+from .kernel import MS_PRIVATE as MS_PRIVATE
+from .kernel import MS_RDONLY as MS_RDONLY
+from .kernel import MS_REC as MS_REC
+from .kernel import MS_REMOUNT as MS_REMOUNT
+from .kernel import MS_SHARED as MS_SHARED
+from .kernel import MS_SLAVE as MS_SLAVE
+
 __all__ = [
     "MOUNTINFO",
     "MOUNT_CHECK_METHODS",
-    "MS_BIND",
-    "MS_MOVE",
-    "MS_NODEV",
-    "MS_NOEXEC",
-    "MS_NOSUID",
-    "MS_PRIVATE",
-    "MS_RDONLY",
-    "MS_REC",
-    "MS_REMOUNT",
-    "MS_SHARED",
-    "MS_SLAVE",
     "KernelFeatures",
     "MountInfo",
     "escape_octal",
@@ -68,19 +69,6 @@ __all__ = [
 ]
 
 MOUNTINFO = "/proc/self/mountinfo"
-
-# mount(2) flags (<sys/mount.h>), for mount(flags=...).
-MS_RDONLY = 0x1
-MS_NOSUID = 0x2
-MS_NODEV = 0x4
-MS_NOEXEC = 0x8
-MS_REMOUNT = 0x20
-MS_BIND = 0x1000
-MS_MOVE = 0x2000
-MS_REC = 0x4000
-MS_PRIVATE = 0x40000
-MS_SLAVE = 0x80000
-MS_SHARED = 0x100000
 
 # The ways mounted_via() can answer, in the order mounted() tries them.
 MOUNT_CHECK_METHODS = ("statx", "openat2", "mountinfo")
@@ -111,45 +99,8 @@ class MountInfo(NamedTuple):
         return os.makedev(self.major, self.minor)
 
 
-@dataclasses.dataclass(frozen=True)
-class KernelFeatures:
-    """What the running kernel supports, as aufs uses it (see :func:`kernel_features`)."""
-
-    statx_mount_root: bool
-    """statx() reports STATX_ATTR_MOUNT_ROOT (Linux 5.8+)."""
-    openat2: bool
-    """openat2() with RESOLVE_NO_XDEV (Linux 5.6+)."""
-    new_mount_api: bool
-    """fsopen/fsconfig/fsmount/move_mount (Linux 5.2+)."""
-    overlay: bool
-    """overlayfs is available (built in or loaded)."""
-    overlay_lowerdir_plus: bool
-    """overlayfs takes one lower layer per ``lowerdir+`` parameter (Linux 6.8+)."""
-    overlay_layer_fd: bool
-    """overlayfs takes layers as directory file descriptors (Linux 6.13+)."""
-    aufs: bool
-    """the AUFS filesystem is available."""
-
-
-@functools.cache
-def kernel_features() -> KernelFeatures:
-    """Probe the running kernel once (per process) and return what it supports."""
-    bits = _syscalls.probe_features()
-    found = {name: bool(bits & bit) for name, bit in _syscalls.FEATURE_BITS.items()}
-    if not found["new_mount_api"]:
-        # Without fsopen() the C probe cannot ask for a filesystem type; the list will do.
-        known = _proc_filesystems()
-        found["overlay"] = "overlay" in known
-        found["aufs"] = "aufs" in known
-    return KernelFeatures(**found)
-
-
-def _proc_filesystems(path: str = "/proc/filesystems") -> frozenset[str]:
-    try:
-        with open(path) as f:
-            return frozenset(line.split()[-1] for line in f if line.strip())
-    except OSError:
-        return frozenset()
+KernelFeatures = kernel.KernelFeatures
+kernel_features = kernel.features  # what the running kernel supports, probed once
 
 
 # --------------------------------------------------------------------------- mounted()
@@ -305,7 +256,7 @@ def mount(source: StrPath | None, target: StrPath, fstype: str | None, flags: in
     ``__cause__`` the ``OSError``) if the kernel refuses.
     """
     data_bytes = data.encode() if isinstance(data, str) else bytes(data)
-    limit = _syscalls.page_size()
+    limit = kernel.page_size()
     if len(data_bytes) >= limit:
         raise MountDataTooLong(
             f"mount data for {os.fsdecode(target)!r} is {len(data_bytes)} bytes; mount(2) takes "
@@ -441,10 +392,8 @@ def mount_overlay(target: StrPath, lowerdirs: Sequence[StrPath],
     upper = None if upperdir is None else os.fsdecode(upperdir)
     work = None if workdir is None else os.fsdecode(workdir)
 
-    features = kernel_features()
-    # paths fsconfig cannot take as strings: too long, or holding a backslash (unescaped there)
-    long_paths = any(len(os.fsencode(p)) >= 256 or "\\" in p for p in (*lowers, upper or "", work or ""))
-    if features.overlay_lowerdir_plus and (features.overlay_layer_fd or not long_paths):
+    # paths fsconfig cannot take as strings go as open directories: a newer kernel's feature
+    if kernel.lowerdir_plus(all(kernel.fsconfig_takes(p) for p in (*lowers, upper or "", work or ""))):
         try:
             _syscalls.overlay_mount(target, lowers, upper, work, opts)
         except OSError as err:
@@ -454,7 +403,7 @@ def mount_overlay(target: StrPath, lowerdirs: Sequence[StrPath],
         return
 
     data = _legacy_overlay_data(lowers, upper, work, opts)
-    if len(data.encode()) >= _syscalls.page_size():
+    if len(data.encode()) >= kernel.page_size():
         raise MountDataTooLong(
             f"overlay with {len(lowers)} lower layers on {os.fsdecode(target)!r} needs "
             f"{len(data.encode())} bytes of mount data, more than one page; this kernel lacks "

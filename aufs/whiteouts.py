@@ -35,6 +35,7 @@ __all__ = [
     "OPAQUE_NAME",
     "OPAQUE_XATTRS",
     "OVERLAY_OPAQUE_XATTR",
+    "PRIVATE_XATTR_PREFIXES",
     "WHITEOUT_PREFIX",
     "Entry",
     "EntryKind",
@@ -68,8 +69,11 @@ OVERLAY_OPAQUE_XATTR = "trusted.overlay.opaque"
 OPAQUE_XATTRS = (OVERLAY_OPAQUE_XATTR, "user.overlay.opaque", "user.fuseoverlayfs.opaque")
 """Every xattr that marks a directory opaque (read in both formats; the first one is written)."""
 
-# xattr namespaces that belong to the union filesystem, not to the file's content
-_PRIVATE_XATTR_PREFIXES = ("trusted.overlay.", "user.overlay.", "user.fuseoverlayfs.")
+PRIVATE_XATTR_PREFIXES = ("trusted.overlay.", "user.overlay.", "user.fuseoverlayfs.")
+"""xattr namespaces that belong to the union filesystem, not to the file's content.
+
+These names and the three above are also spelled in the C (``csrc/aufs_native.h``);
+:mod:`aufs._fastpaths` checks at import that both agree."""
 
 AUFS_WHITEOUT_MODE = 0o444
 """Mode of AUFS whiteout and opaque-marker files (what the AUFS kernel module uses itself)."""
@@ -145,7 +149,7 @@ def is_private_xattr(name: str) -> bool:
     They describe the layer's role in a mount (opaque, redirect, origin ...), not the file, so
     export never writes them and the extractor never sets them from an archive.
     """
-    return name.startswith(_PRIVATE_XATTR_PREFIXES)
+    return name.startswith(PRIVATE_XATTR_PREFIXES)
 
 
 def _classify_reserved(name: str, is_regular: bool) -> Entry:

@@ -5,6 +5,7 @@
 Run as root (it mounts a private tmpfs and an overlay in its own mount namespace):
 
     unshare -m --propagation private python3 bench/bench_diff.py [--source /usr/share] [--files 100000]
+    unshare -m --propagation private python3 bench/bench_diff.py --only pipe --rounds 9
 
 1. diff: ``--source`` is copied (``cp -a``) onto a tmpfs as one layer directory. Each round
    times, interleaved: ``tar -cf out.tar -C layer .`` (GNU tar, the reference), ``write_diff``
@@ -14,6 +15,13 @@ Run as root (it mounts a private tmpfs and an overlay in its own mount namespace
    present below (one lstat in the lower view per entry, the worst case). The lower view is
    a read-only overlay mount of the parent, as the store provides it. Reference: ``find
    LAYER`` (GNU find walks with d_type, no stat per file).
+
+3. pipe: ``Driver.diff`` of a layer into a pipe against ``tar -cf - -C DIR .`` into the same
+   kind of pipe, the reader a ``cat >/dev/null`` started before the clock. The layer (unless
+   ``--pipe-source``) is synthetic and fixed: 5,500 entries (500 directories of 10 files, sizes
+   log-uniform from 64 B to 1 MiB, scaled to 153 MB in all). Rounds alternate the two and the
+   ratio is taken per round; the report gives the spread (min, median, max), not only the
+   median, because a pipe's reader on the same or the other core makes runs swing.
 
 Each figure is the median of ``--rounds`` rounds; ratios are aufs / reference.
 """
@@ -33,6 +41,7 @@ from typing import Callable
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
+from aufs import Driver
 from aufs.changes import compute_changes
 from aufs.export import write_diff
 from aufs.whiteouts import WhiteoutFormat
@@ -134,12 +143,91 @@ def bench_changes(root: str, files: int, rounds: int) -> dict[str, float]:
     return med
 
 
+def _make_pipe_layer(root: str, entries: int = 5500, total: int = 153_000_000) -> None:
+    """The fixed synthetic layer of the pipe case (same bytes on every run)."""
+    import random
+
+    rng = random.Random(13)
+    files = entries - entries // 11  # one directory per 10 files
+    sizes = [int(2 ** rng.uniform(6, 20)) for _ in range(files)]
+    scale = total / sum(sizes)
+    blob = rng.randbytes(1 << 21)
+    for i, size in enumerate(sizes):
+        d = os.path.join(root, f"d{i // 10:03d}")
+        if i % 10 == 0:
+            os.makedirs(d)
+        size = min(int(size * scale), len(blob))
+        start = rng.randrange(0, len(blob) - size + 1)
+        with open(os.path.join(d, f"f{i}"), "wb") as f:
+            f.write(blob[start:start + size])
+
+
+def _into_pipe(write: Callable[[object], object]) -> float:
+    """Seconds from the start of ``write(pipe)`` until the reader has read everything."""
+    reader = subprocess.Popen(["cat"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
+    assert reader.stdin is not None
+    try:
+        start = time.perf_counter()
+        write(reader.stdin)
+        reader.stdin.close()
+        reader.wait()
+        return time.perf_counter() - start
+    finally:
+        if reader.poll() is None:
+            reader.kill()
+            reader.wait()
+
+
+def bench_pipe(root: str, source: str | None, rounds: int) -> dict[str, float]:
+    tree = os.path.join(root, "tree")
+    if source is None:
+        _make_pipe_layer(tree)
+    else:
+        _run(["cp", "-a", source, tree])
+    entries = sum(len(d) + len(f) for _, d, f in os.walk(tree))
+    size = sum(os.lstat(os.path.join(p, n)).st_size for p, _, fs in os.walk(tree) for n in fs)
+    # the store's layer, applied from a tar of the same tree (tar -c reads the tree itself)
+    driver = Driver(os.path.join(root, "store"))
+    driver.create("layer")
+    staged = os.path.join(root, "tree.tar")
+    _run(["tar", "-cf", staged, "-C", tree, "."])
+    driver.apply_diff("layer", staged)
+    os.unlink(staged)
+    times: dict[str, list[float]] = {"tar -c": [], "Driver.diff": []}
+    ratios = []
+    out_bytes = 0
+
+    def tar(pipe: object) -> None:
+        subprocess.run(["tar", "-cf", "-", "-C", tree, "."], stdout=pipe, check=True)
+
+    def diff(pipe: object) -> None:
+        nonlocal out_bytes
+        out_bytes = driver.diff("layer", pipe)  # type: ignore[arg-type]
+
+    for _ in range(rounds):
+        times["tar -c"].append(_into_pipe(tar))
+        times["Driver.diff"].append(_into_pipe(diff))
+        ratios.append(times["Driver.diff"][-1] / times["tar -c"][-1])
+    med = {k: statistics.median(v) for k, v in times.items()}
+    print(f"pipe: {'synthetic layer' if source is None else source}, {entries} entries, "
+          f"{size / 1e6:.0f} MB of file data, tar {out_bytes / 1e6:.0f} MB, into a pipe read "
+          f"by cat, {rounds} alternating rounds")
+    for k, v in times.items():
+        print(f"  {k:12s} median {med[k]:7.3f} s  (min {min(v):.3f}, max {max(v):.3f})")
+    ratios.sort()
+    print(f"  ratio Driver.diff / tar -c per round: min {ratios[0]:.2f}, median "
+          f"{statistics.median(ratios):.2f}, max {ratios[-1]:.2f}")
+    print("  rounds: " + " ".join(f"{r:.2f}" for r in ratios))
+    return med
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--source", default="/usr/share", help="tree to export (default /usr/share)")
     parser.add_argument("--files", type=int, default=100_000, help="files in the changes layer")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--only", choices=["diff", "changes"])
+    parser.add_argument("--only", choices=["diff", "changes", "pipe"])
+    parser.add_argument("--pipe-source", help="tree for the pipe case (default: synthetic)")
     args = parser.parse_args()
     if os.geteuid() != 0:
         print("run as root (mounts tmpfs and overlay)", file=sys.stderr)
@@ -151,6 +239,8 @@ def main() -> int:
             bench_diff(root, args.source, args.rounds)
         if args.only in (None, "changes"):
             bench_changes(root, args.files, args.rounds)
+        if args.only in (None, "pipe"):
+            bench_pipe(root, args.pipe_source, args.rounds)
     finally:
         _umount(root)
         os.rmdir(root)

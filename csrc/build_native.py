@@ -1,8 +1,9 @@
 """cffi build script for ``aufs._native`` (out-of-line API mode).
 
-The C is split by concern: every ``csrc/*.c`` file is compiled into the one extension and every
-``csrc/*.cdef`` file holds the declarations cffi exposes from it. ``csrc/aufs_native.h`` is the
-shared header included by all of them. Nothing here includes ``Python.h``.
+The C is split by concern: every ``csrc/*.c`` file is compiled into the one extension.
+``csrc/aufs_api.h`` holds every declaration cffi exposes (constants, structs, prototypes) and is
+both the cdef parsed here and the header the C includes (through ``csrc/aufs_native.h``), so the
+declarations exist once. Nothing here includes ``Python.h``.
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from cffi import FFI
 HERE = pathlib.Path(__file__).resolve().parent
 
 ffibuilder = FFI()
-ffibuilder.cdef("\n".join(p.read_text() for p in sorted(HERE.glob("*.cdef"))))
+ffibuilder.cdef((HERE / "aufs_api.h").read_text())
 
 _extra_cflags = os.environ.get("AUFS_NATIVE_CFLAGS", "").split()
 _extra_ldflags = os.environ.get("AUFS_NATIVE_LDFLAGS", "").split()

@@ -14,7 +14,7 @@
  *
  * State lives in the caller-owned struct aufs_xctx; nothing here is static.
  */
-#include "aufs_native.h"
+#include "aufs_sys.h"
 
 #include <dirent.h>
 #include <fcntl.h>
@@ -28,26 +28,8 @@
 #include <sys/xattr.h>
 #include <unistd.h>
 
-#ifndef SYS_openat2
-#define SYS_openat2 437
-#endif
-
-#define X_RESOLVE_NO_MAGICLINKS 0x02ULL
-#define X_RESOLVE_NO_SYMLINKS 0x04ULL
-#define X_RESOLVE_IN_ROOT 0x10ULL
-
 /* the largest record of the directory buffer (see struct aufs_xctx) */
-#define X_RECORD_MAX ((16 + 4 + AUFS_X_PATH_MAX + 7) & ~(size_t)7)
-
-/* libarchive's status codes (archive.h, stable ABI) */
-#define X_ARCHIVE_EOF 1
-#define X_ARCHIVE_OK 0
-
-struct x_open_how {
-    uint64_t flags;
-    uint64_t mode;
-    uint64_t resolve;
-};
+#define X_RECORD_MAX ((AUFS_X_DIR_RECORD_HEAD + AUFS_X_PATH_MAX + 7) & ~(size_t)7)
 
 /* libarchive signatures (archive.h / archive_entry.h of libarchive 3.x on Linux) */
 typedef int (*x_next_header_fn)(void *, void **);
@@ -64,7 +46,7 @@ typedef int (*x_xattr_next_fn)(void *, const char **, const void **, size_t *);
 /* Resolve `path` below the root, following symlinks only inside it. */
 static int x_resolve(int root_fd, const char *path, uint64_t flags)
 {
-    struct x_open_how how = {flags | O_CLOEXEC, 0, X_RESOLVE_IN_ROOT | X_RESOLVE_NO_MAGICLINKS};
+    struct aufs_open_how how = {flags | O_CLOEXEC, 0, AUFS_RESOLVE_IN_ROOT | AUFS_RESOLVE_NO_MAGICLINKS};
     long fd;
     do {
         fd = syscall(SYS_openat2, root_fd, *path ? path : ".", &how, sizeof how);
@@ -119,7 +101,8 @@ int aufs_x_normalize(const char *in, char *out, size_t outlen)
  * metadata: the caller decides what they mean). */
 static int x_is_reserved(const char *path)
 {
-    return strncmp(path, ".wh.", 4) == 0 || strstr(path, "/.wh.") != NULL;
+    return strncmp(path, AUFS_WHITEOUT_PREFIX, AUFS_WHITEOUT_PREFIX_LEN) == 0 ||
+           strstr(path, "/" AUFS_WHITEOUT_PREFIX) != NULL;
 }
 
 /* Remove `name` in `dir_fd` without following it; directories with all their content. */
@@ -192,7 +175,7 @@ static int x_chmod_nofollow(int dir_fd, const char *name, mode_t mode)
  * `sec` bytes. */
 static int x_record(struct aufs_xctx *ctx, const char *path, size_t len, int64_t sec, int64_t nsec)
 {
-    size_t need = (16 + 4 + len + 7) & ~(size_t)7;
+    size_t need = (AUFS_X_DIR_RECORD_HEAD + len + 7) & ~(size_t)7;
     char *rec;
     uint32_t len32 = (uint32_t)len;
     if (!ctx->dirbuf || ctx->dirbuf_size < ctx->dirbuf_used || ctx->dirbuf_size - ctx->dirbuf_used < need)
@@ -201,7 +184,7 @@ static int x_record(struct aufs_xctx *ctx, const char *path, size_t len, int64_t
     memcpy(rec, &sec, 8);
     memcpy(rec + 8, &nsec, 8);
     memcpy(rec + 16, &len32, 4);
-    memcpy(rec + 20, path, len);
+    memcpy(rec + AUFS_X_DIR_RECORD_HEAD, path, len);
     ctx->dirbuf_used += need;
     return 0;
 }
@@ -325,14 +308,6 @@ static int x_parent(struct aufs_xctx *ctx, const char *path, const char **name)
     return fd;
 }
 
-/* xattrs that describe a layer's role in a union mount, never accepted from an archive
- * (kept in step with aufs.whiteouts.is_private_xattr) */
-static int x_private_xattr(const char *name)
-{
-    return strncmp(name, "trusted.overlay.", 16) == 0 || strncmp(name, "user.overlay.", 13) == 0 ||
-           strncmp(name, "user.fuseoverlayfs.", 19) == 0;
-}
-
 /* Set the entry's xattrs on `fd`, or (fd < 0) on `name` in `dir_fd` without following it. */
 static int x_xattrs(struct aufs_xctx *ctx, int fd, int dir_fd, const char *name)
 {
@@ -346,9 +321,9 @@ static int x_xattrs(struct aufs_xctx *ctx, int fd, int dir_fd, const char *name)
         return 0;
     if (fd < 0)
         snprintf(procpath, sizeof procpath, "/proc/self/fd/%d/%s", dir_fd, name);
-    while (((x_xattr_next_fn)api->entry_xattr_next)(ctx->entry, &key, &value, &size) == X_ARCHIVE_OK) {
+    while (((x_xattr_next_fn)api->entry_xattr_next)(ctx->entry, &key, &value, &size) == AUFS_ARCHIVE_OK) {
         int r;
-        if (!key || !*key || x_private_xattr(key))
+        if (!key || !*key || aufs_is_private_xattr(key))
             continue;
         if (fd >= 0)
             r = fsetxattr(fd, key, value, size, 0);
@@ -433,9 +408,9 @@ static int x_copy_data(struct aufs_xctx *ctx, int fd)
         size_t len;
         int64_t off;
         int r = data_block(ctx->archive, &buf, &len, &off);
-        if (r == X_ARCHIVE_EOF)
+        if (r == AUFS_ARCHIVE_EOF)
             break;
-        if (r != X_ARCHIVE_OK) {
+        if (r != AUFS_ARCHIVE_OK) {
             ctx->archive_status = r;
             return AUFS_X_ARCHIVE;
         }
@@ -720,9 +695,9 @@ int aufs_x_next(struct aufs_xctx *ctx)
                             ctx->dirbuf_size - ctx->dirbuf_used < 2 * X_RECORD_MAX))
             return AUFS_X_FLUSH;
         r = next_header(ctx->archive, &ctx->entry);
-        if (r == X_ARCHIVE_EOF)
+        if (r == AUFS_ARCHIVE_EOF)
             return AUFS_X_EOF;
-        if (r != X_ARCHIVE_OK) {
+        if (r != AUFS_ARCHIVE_OK) {
             /* warnings too: an archive bsdtar complains about is refused */
             ctx->archive_status = r;
             x_failed_header(ctx);
@@ -735,7 +710,7 @@ int aufs_x_next(struct aufs_xctx *ctx)
         r = aufs_x_write(ctx);
         if (r != 0)
             return r;
-        if (ctx->flags & AUFS_X_REPORT_ALL)
+        if (ctx->flags & AUFS_X_FLAG_REPORT_ALL)
             return AUFS_X_DONE;
     }
 }
@@ -786,8 +761,8 @@ int aufs_x_dir_times(int root_fd, const char *path, int64_t sec, int64_t nsec)
 int aufs_x_copy_up_dir(int root_fd, const char *path, int template_fd, char *names,
                        size_t names_len, char *value, size_t value_len)
 {
-    struct x_open_how how = {O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC, 0,
-                             X_RESOLVE_IN_ROOT | X_RESOLVE_NO_SYMLINKS | X_RESOLVE_NO_MAGICLINKS};
+    struct aufs_open_how how = {O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC, 0,
+                             AUFS_RESOLVE_IN_ROOT | AUFS_RESOLVE_NO_SYMLINKS | AUFS_RESOLVE_NO_MAGICLINKS};
     struct stat st;
     ssize_t list_len;
     const char *name;
@@ -827,7 +802,7 @@ int aufs_x_copy_up_dir(int root_fd, const char *path, int template_fd, char *nam
         for (name = names; r == 0 && list_len > 0 && name < names + list_len;
              name += strlen(name) + 1) {
             ssize_t vlen;
-            if (!*name || x_private_xattr(name))
+            if (!*name || aufs_is_private_xattr(name))
                 continue;
             vlen = fgetxattr(tfd, name, value, value_len);
             if (vlen < 0) {

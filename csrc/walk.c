@@ -81,7 +81,7 @@ ssize_t aufs_w_scan(int dir_fd, int flags, char *out, size_t outlen)
             memset(r, 0, sizeof(*r));
             r->ino = d->d_ino;
             r->mode = (uint32_t)d->d_type << 12; /* DTTOIF */
-            if ((flags & AUFS_W_STAT) || d->d_type == DT_UNKNOWN || d->d_type == DT_CHR) {
+            if ((flags & AUFS_W_SCAN_STAT) || d->d_type == DT_UNKNOWN || d->d_type == DT_CHR) {
                 struct stat st;
                 if (fstatat(dir_fd, d->d_name, &st, AT_SYMLINK_NOFOLLOW) < 0) {
                     if (errno == ENOENT)
@@ -123,23 +123,16 @@ typedef void (*w_entry_xattr_t)(void *, const char *, const void *, size_t);
 typedef int (*w_write_header_t)(void *, void *);
 typedef ssize_t (*w_write_data_t)(void *, const void *, size_t);
 
-#define W_ARCHIVE_OK 0
-#define W_ARCHIVE_WARN (-20)
+#define W_OUT_MIN_READ 65536
 #define W_XATTR_MAX 65536 /* XATTR_LIST_MAX and XATTR_SIZE_MAX */
 #define W_MAX_XATTRS 1024
 
-static const char *const w_private_prefixes[] = {"trusted.overlay.", "user.overlay.",
-                                                 "user.fuseoverlayfs."};
-static const char *const w_opaque_xattrs[] = {"trusted.overlay.opaque", "user.overlay.opaque",
-                                              "user.fuseoverlayfs.opaque"};
-
-static int w_is_private(const char *key)
-{
-    for (size_t i = 0; i < 3; i++)
-        if (strncmp(key, w_private_prefixes[i], strlen(w_private_prefixes[i])) == 0)
-            return 1;
-    return 0;
-}
+/* the xattrs that mark a directory opaque (aufs.whiteouts.OPAQUE_XATTRS) */
+static const char *const w_opaque_xattrs[] = {
+    AUFS_XATTR_TRUSTED_OVERLAY AUFS_XATTR_OPAQUE_SUFFIX,
+    AUFS_XATTR_USER_OVERLAY AUFS_XATTR_OPAQUE_SUFFIX,
+    AUFS_XATTR_FUSE_OVERLAY AUFS_XATTR_OPAQUE_SUFFIX,
+};
 
 static int w_is_opaque_key(const char *key)
 {
@@ -180,7 +173,7 @@ static int w_xattrs(struct aufs_wctx *ctx, int fd, const char *path)
                 continue;
             return -errno;
         }
-        if (w_is_private(keys[i])) {
+        if (aufs_is_private_xattr(keys[i])) {
             if (w_is_opaque_key(keys[i]) && vlen == 1 && value[0] == 'y')
                 opaque = 1;
             continue;
@@ -195,22 +188,40 @@ static int w_header(struct aufs_wctx *ctx)
 {
     int rc = ((w_write_header_t)ctx->api->write_header)(ctx->archive, ctx->entry);
     /* ARCHIVE_WARN: pax stored a name that is not valid in the locale's charset as binary */
-    if (rc != W_ARCHIVE_OK && rc != W_ARCHIVE_WARN) {
+    if (rc != AUFS_ARCHIVE_OK && rc != AUFS_ARCHIVE_WARN) {
         ctx->archive_status = rc;
         return AUFS_W_ARCHIVE;
     }
     return 0;
 }
 
-/* Copies exactly size bytes of fd (libarchive pads if the file shrank meanwhile). */
+/* Copies exactly size bytes of fd (libarchive pads if the file shrank meanwhile). With an
+ * aufs_wout output the data is read into its buffer where the next output byte goes; the
+ * pax writer hands a regular entry's data to the output unchanged (same pointer, no
+ * sparse map: we never declare sparse entries), so aufs_w_out_write only counts it. */
 static int w_data(struct aufs_wctx *ctx, int fd, int64_t size)
 {
     w_write_data_t write_data = (w_write_data_t)ctx->api->write_data;
+    struct aufs_wout *out = ctx->out;
     uint64_t left = (uint64_t)size;
 
     while (left > 0) {
-        size_t want = left < ctx->buflen ? (size_t)left : ctx->buflen;
-        ssize_t n = read(fd, ctx->buf, want);
+        char *dst = ctx->buf;
+        size_t room = ctx->buflen;
+        if (out != NULL) {
+            room = out->cap - out->used;
+            /* a nearly full buffer is written out rather than read into in small pieces */
+            if (room < left && room < W_OUT_MIN_READ) {
+                if (aufs_w_out_flush(out) < 0) {
+                    ctx->archive_status = AUFS_ARCHIVE_FATAL;
+                    return AUFS_W_ARCHIVE;
+                }
+                room = out->cap;
+            }
+            dst = out->buf + out->used;
+        }
+        size_t want = left < room ? (size_t)left : room;
+        ssize_t n = read(fd, dst, want);
         if (n < 0) {
             if (errno == EINTR)
                 continue;
@@ -218,7 +229,7 @@ static int w_data(struct aufs_wctx *ctx, int fd, int64_t size)
         }
         if (n == 0)
             break;
-        ssize_t w = write_data(ctx->archive, ctx->buf, (size_t)n);
+        ssize_t w = write_data(ctx->archive, dst, (size_t)n);
         if (w < 0) {
             ctx->archive_status = (int)w;
             return AUFS_W_ARCHIVE;
@@ -226,6 +237,83 @@ static int w_data(struct aufs_wctx *ctx, int fd, int64_t size)
         left -= (uint64_t)n;
     }
     return 0;
+}
+
+int aufs_w_out_flush(struct aufs_wout *out)
+{
+    size_t done = 0;
+
+    while (done < out->used) {
+        ssize_t n = write(out->fd, out->buf + done, out->used - done);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            out->err = errno;
+            memmove(out->buf, out->buf + done, out->used - done);
+            out->used -= done;
+            return -out->err;
+        }
+        done += (size_t)n;
+    }
+    out->used = 0;
+    return 0;
+}
+
+/* libarchive's write callback (archive_write_callback) for an aufs_wout: -1 with out->err
+ * set when the fd refuses the bytes (libarchive then fails the call that wrote them). */
+ssize_t aufs_w_out_write(void *archive, void *client, const void *buff, size_t len)
+{
+    struct aufs_wout *out = client;
+    const char *data = buff;
+    size_t whole = len;
+
+    (void)archive;
+    if (data == out->buf + out->used && len <= out->cap - out->used) {
+        out->used += len; /* file data that w_data read in place */
+        out->total += (int64_t)len;
+        return (ssize_t)len;
+    }
+    if (len > out->cap - out->used) {
+        if (aufs_w_out_flush(out) < 0)
+            return -1;
+        while (len >= out->cap) { /* nothing gained by copying a large piece */
+            ssize_t n = write(out->fd, data, len);
+            if (n < 0) {
+                if (errno == EINTR)
+                    continue;
+                out->err = errno;
+                return -1;
+            }
+            data += n;
+            len -= (size_t)n;
+            out->total += n;
+        }
+    }
+    memcpy(out->buf + out->used, data, len);
+    out->used += len;
+    out->total += (int64_t)len;
+    return (ssize_t)whole;
+}
+
+/* Ends the output as libarchive's own block writer would with bytes_per_block = block and
+ * bytes_in_last_block = last_block: the last (partial) block is padded with zeros to a
+ * multiple of last_block, at most block. Then writes out what is buffered. */
+int aufs_w_out_close(struct aufs_wout *out, size_t block, size_t last_block)
+{
+    size_t rem = block ? (size_t)(out->total % (int64_t)block) : 0;
+
+    if (rem && last_block) {
+        size_t target = (rem + last_block - 1) / last_block * last_block;
+        size_t pad = (target < block ? target : block) - rem;
+        if (pad > out->cap - out->used && aufs_w_out_flush(out) < 0)
+            return -out->err;
+        if (pad > out->cap)
+            return -EINVAL;
+        memset(out->buf + out->used, 0, pad);
+        out->used += pad;
+        out->total += (int64_t)pad;
+    }
+    return aufs_w_out_flush(out);
 }
 
 int aufs_w_entry(struct aufs_wctx *ctx, int dir_fd, int fd, const char *name,
@@ -378,7 +466,7 @@ static int w_dir_add(struct w_dir *d, const char *name, uint32_t mode, int kind)
     }
     struct w_ent *e = &d->ents[d->n++];
     e->name = d->used;
-    e->target = d->used + (kind == W_WHITEOUT && strncmp(name, ".wh.", 4) == 0 ? 4 : 0);
+    e->target = d->used + (kind == W_WHITEOUT && strncmp(name, AUFS_WHITEOUT_PREFIX, AUFS_WHITEOUT_PREFIX_LEN) == 0 ? AUFS_WHITEOUT_PREFIX_LEN : 0);
     e->mode = mode;
     e->kind = kind;
     memcpy(d->names + d->used, name, len);
@@ -390,9 +478,9 @@ static int w_dir_add(struct w_dir *d, const char *name, uint32_t mode, int kind)
  * whiteout, so the format does not matter here. */
 static int w_classify(const char *name, uint32_t mode, uint64_t rdev)
 {
-    if (strncmp(name, ".wh.", 4) == 0) {
-        const char *target = name + 4;
-        if (strncmp(name, ".wh..wh.", 8) == 0) /* metadata, or the opaque marker */
+    if (strncmp(name, AUFS_WHITEOUT_PREFIX, AUFS_WHITEOUT_PREFIX_LEN) == 0) {
+        const char *target = name + AUFS_WHITEOUT_PREFIX_LEN;
+        if (strncmp(name, AUFS_META_PREFIX, AUFS_META_PREFIX_LEN) == 0) /* metadata, or the opaque marker */
             return W_SKIP;
         if (target[0] == 0 || w_is_dot(target) || !S_ISREG(mode))
             return W_SKIP;
@@ -422,7 +510,7 @@ static int w_read_dir(int fd, int lower, struct w_dir *d, int *marker)
                 continue;
             uint32_t mode = (uint32_t)de->d_type << 12;
             uint64_t rdev = 1;
-            if (lower && strncmp(de->d_name, ".wh.", 4) == 0)
+            if (lower && strncmp(de->d_name, AUFS_WHITEOUT_PREFIX, AUFS_WHITEOUT_PREFIX_LEN) == 0)
                 continue; /* markers of a plain diff dir used as the view */
             if (de->d_type != DT_DIR && de->d_type != DT_REG && de->d_type != DT_LNK) {
                 struct stat st;
@@ -441,7 +529,7 @@ static int w_read_dir(int fd, int lower, struct w_dir *d, int *marker)
                 kind = W_CONTENT;
             } else {
                 kind = w_classify(de->d_name, mode, rdev);
-                if (strcmp(de->d_name, ".wh..wh..opq") == 0 && S_ISREG(mode))
+                if (strcmp(de->d_name, AUFS_OPAQUE_NAME) == 0 && S_ISREG(mode))
                     *marker = 1;
                 if (kind == W_SKIP)
                     continue;
@@ -864,10 +952,10 @@ static int w_tar_cmp(const void *a, const void *b)
 {
     const struct aufs_wrec *ra = *(const struct aufs_wrec *const *)a;
     const struct aufs_wrec *rb = *(const struct aufs_wrec *const *)b;
-    const unsigned char *pa = (const unsigned char *)".wh.", *pb = pa;
+    const unsigned char *pa = (const unsigned char *)AUFS_WHITEOUT_PREFIX, *pb = pa;
     const unsigned char *na = (const unsigned char *)(ra + 1), *nb = (const unsigned char *)(rb + 1);
-    size_t la = ra->kind == AUFS_W_K_WHITEOUT_DEVICE ? 4 : 0;
-    size_t lb = rb->kind == AUFS_W_K_WHITEOUT_DEVICE ? 4 : 0;
+    size_t la = ra->kind == AUFS_W_K_WHITEOUT_DEVICE ? AUFS_WHITEOUT_PREFIX_LEN : 0;
+    size_t lb = rb->kind == AUFS_W_K_WHITEOUT_DEVICE ? AUFS_WHITEOUT_PREFIX_LEN : 0;
     /* compare the virtual strings pa[0:la] + na and pb[0:lb] + nb as bytes */
     for (size_t i = 0;; i++) {
         unsigned char ca = i < la ? pa[i] : na[i - la];
@@ -882,10 +970,10 @@ static int w_tar_cmp(const void *a, const void *b)
 static int w_export_kind(const struct aufs_wrec *r, int *marker)
 {
     const char *name = (const char *)(r + 1);
-    if (strncmp(name, ".wh.", 4) == 0) {
-        if (strcmp(name, ".wh..wh..opq") == 0 && S_ISREG(r->mode))
+    if (strncmp(name, AUFS_WHITEOUT_PREFIX, AUFS_WHITEOUT_PREFIX_LEN) == 0) {
+        if (strcmp(name, AUFS_OPAQUE_NAME) == 0 && S_ISREG(r->mode))
             *marker = 1;
-        if (w_classify(name, r->mode, r->rdev) != W_WHITEOUT || strchr(name + 4, '/'))
+        if (w_classify(name, r->mode, r->rdev) != W_WHITEOUT || strchr(name + AUFS_WHITEOUT_PREFIX_LEN, '/'))
             return -1;
         return AUFS_W_K_WHITEOUT_FILE;
     }
@@ -899,7 +987,7 @@ static int w_export_kind(const struct aufs_wrec *r, int *marker)
 ssize_t aufs_w_scan_sorted(int dir_fd, char *out, size_t outlen, uint32_t *order,
                            size_t order_len, int *flags, size_t *used_out)
 {
-    ssize_t used = aufs_w_scan(dir_fd, AUFS_W_STAT, out, outlen);
+    ssize_t used = aufs_w_scan(dir_fd, AUFS_W_SCAN_STAT, out, outlen);
     const struct aufs_wrec **sorted;
     size_t n = 0;
     int marker = 0;
@@ -925,7 +1013,7 @@ ssize_t aufs_w_scan_sorted(int dir_fd, char *out, size_t outlen, uint32_t *order
     for (size_t i = 0; i < n; i++)
         order[i] = (uint32_t)((const char *)sorted[i] - out);
     free(sorted);
-    *flags = marker ? AUFS_W_MARKER : 0;
+    *flags = marker ? AUFS_W_SCAN_HAS_MARKER : 0;
     *used_out = (size_t)used;
     return (ssize_t)n;
 }
@@ -941,7 +1029,7 @@ int aufs_w_run(struct aufs_wctx *ctx, int dir_fd, const char *recs, const uint32
     for (size_t i = *pos; i < n; i++) {
         const struct aufs_wrec *r = (const struct aufs_wrec *)(recs + order[i]);
         const char *name = (const char *)(r + 1);
-        size_t extra = r->kind == AUFS_W_K_WHITEOUT_DEVICE ? 4 : 0;
+        size_t extra = r->kind == AUFS_W_K_WHITEOUT_DEVICE ? AUFS_WHITEOUT_PREFIX_LEN : 0;
         int rc;
         if (r->kind == AUFS_W_K_CONTENT && (S_ISDIR(r->mode) || r->nlink > 1)) {
             *pos = i; /* a directory to descend into, or an inode that may be written already */
@@ -951,7 +1039,7 @@ int aufs_w_run(struct aufs_wctx *ctx, int dir_fd, const char *recs, const uint32
             *pos = i;
             return -ENAMETOOLONG;
         }
-        memcpy(tar + prefix_len, ".wh.", extra);
+        memcpy(tar + prefix_len, AUFS_WHITEOUT_PREFIX, extra);
         memcpy(tar + prefix_len + extra, name, r->namelen + 1);
         if (r->kind != AUFS_W_K_CONTENT) {
             if (i > 0) { /* ".wh.X" beside an X device: one whiteout is enough */

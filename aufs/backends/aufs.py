@@ -12,10 +12,9 @@ The default kernel build allows 127 branches (CONFIG_AUFS_BRANCH_MAX_127).
 """
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 
-from .. import mounts
+from .. import kernel, mounts
 from ..errors import MountDataTooLong, MountError
 from ..plan import Mount
 from ..whiteouts import WhiteoutFormat
@@ -101,7 +100,7 @@ class AufsBackend(Backend):
 
     def describe(self, lowers: Sequence[str], upper: str | None, work: str | None) -> list[Mount]:
         try:
-            first, appends = branch_mount_data(upper, lowers, page_size=os.sysconf("SC_PAGE_SIZE"))
+            first, appends = branch_mount_data(upper, lowers, page_size=kernel.page_size())
         except ValueError as exc:
             if isinstance(exc, MountDataTooLong):
                 raise

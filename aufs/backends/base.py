@@ -11,41 +11,19 @@ from __future__ import annotations
 import abc
 import enum
 import errno
-import os
 import time
 from collections.abc import Callable, Sequence
 from typing import ClassVar
 
 from .. import mounts
 from ..errors import MountError
+from ..kernel import filesystems as kernel_filesystems
+from ..kernel import has_cap_sys_admin
 from ..layout import Layout
 from ..plan import Mount
 from ..whiteouts import WhiteoutFormat
 
 __all__ = ["Backend", "Detached", "detach", "has_cap_sys_admin", "kernel_filesystems"]
-
-_CAP_SYS_ADMIN = 21
-
-
-def kernel_filesystems(path: str = "/proc/filesystems") -> set[str]:
-    """Filesystem types the running kernel knows (``/proc/filesystems``)."""
-    try:
-        with open(path, encoding="ascii") as f:
-            return {line.split()[-1] for line in f if line.strip()}
-    except OSError:
-        return set()
-
-
-def has_cap_sys_admin(status: str = "/proc/self/status") -> bool:
-    """True if the calling process has CAP_SYS_ADMIN in its effective set (may mount)."""
-    try:
-        with open(status, encoding="ascii") as f:
-            for line in f:
-                if line.startswith("CapEff:"):
-                    return bool(int(line.split()[1], 16) >> _CAP_SYS_ADMIN & 1)
-    except OSError:
-        pass
-    return os.geteuid() == 0
 
 
 class Detached(enum.Enum):

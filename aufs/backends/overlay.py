@@ -11,10 +11,9 @@ the inode index): with them off, a diff dir holds complete files and whiteouts o
 """
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Sequence
 
-from .. import mounts
+from .. import kernel
 from ..whiteouts import WhiteoutFormat
 from ..plan import OVERLAY_MAX_LOWERS, OVERLAY_OPTIONS, Mount, fit_lowers, legacy_overlay_max_depth, overlay_mount
 from .base import Backend, has_cap_sys_admin, kernel_filesystems
@@ -22,12 +21,6 @@ from .base import Backend, has_cap_sys_admin, kernel_filesystems
 __all__ = ["MOUNT_OPTIONS", "OVERLAY_MAX_LOWERS", "OverlayBackend"]
 
 MOUNT_OPTIONS = OVERLAY_OPTIONS
-
-
-def _lowerdir_plus(longest_path: int) -> bool:
-    """True if every layer can be passed on its own (``lowerdir+``), paths of this length included."""
-    features = mounts.kernel_features()
-    return features.overlay_lowerdir_plus and (features.overlay_layer_fd or longest_path < 256)
 
 
 class OverlayBackend(Backend):
@@ -46,14 +39,14 @@ class OverlayBackend(Backend):
 
     def _legacy(self) -> bool:
         """True if this kernel needs all layers in one page of mount(2) data."""
-        return not _lowerdir_plus(len(self.layout.diff_dir("x" * 128)))
+        return not kernel.lowerdir_plus(kernel.fsconfig_takes(self.layout.diff_dir("x" * 128)))
 
     @property
     def max_depth(self) -> int:
         if not self._legacy():
             return OVERLAY_MAX_LOWERS + 1
         # legacy mount(2), as Docker's overlay2 does it: lowers named by short links
-        return legacy_overlay_max_depth(os.sysconf("SC_PAGE_SIZE"), len(self.layout.short_link("x")),
+        return legacy_overlay_max_depth(kernel.page_size(), len(self.layout.short_link("x")),
                                         len(self.layout.diff_dir("x" * 128)), MOUNT_OPTIONS)
 
     def pick_lowers(self, full: Sequence[str], short: Callable[[], Sequence[str]],
@@ -61,7 +54,7 @@ class OverlayBackend(Backend):
         # data that fits one page, so that mount(2) (a container engine's, an old kernel's)
         # can perform the description; full paths when they fit, as they read best
         return fit_lowers(full, short, lambda lowers: self.describe(lowers, upper, work)[0],
-                          os.sysconf("SC_PAGE_SIZE"))
+                          kernel.page_size())
 
     def describe(self, lowers: Sequence[str], upper: str | None, work: str | None) -> list[Mount]:
         lowers = list(lowers)

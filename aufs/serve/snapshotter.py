@@ -52,6 +52,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from .. import kernel
 from ..errors import (
     AufsError,
     BackendUnavailable,
@@ -212,7 +213,7 @@ def containerd_can_mount(mounts: Sequence[Mount], page: int | None = None) -> bo
     of their longest common prefix and mounts from there (its ``compactLowerdirOption``); upper
     and work dirs stay absolute. This repeats that arithmetic.
     """
-    page = page or os.sysconf("SC_PAGE_SIZE")
+    page = page or kernel.page_size()
     for m in mounts:
         options = [o for o in m.options if o not in ("ro", "rw")]
         size = len(",".join(options))

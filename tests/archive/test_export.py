@@ -243,16 +243,28 @@ def test_empty_layer(ramdir: pathlib.Path) -> None:
     assert listing(out) == []
 
 
-def test_streams_into_a_pipe(ramdir: pathlib.Path) -> None:
-    layer = ramdir / "layer"
-    layer.mkdir()
-    (layer / "data").write_bytes(os.urandom(2_500_000))
+def _sized_layer(root: pathlib.Path) -> None:
+    """Files that cross the output buffer (256 KiB) and libarchive's 1 MiB blocks in every
+    way: larger than both, a little under, many small ones, empty ones."""
+    rng = __import__("random").Random(7)
+    blob = rng.randbytes(3 << 20)
+    root.mkdir()
+    sizes = [0, 1, 511, 512, 513, 10240, (1 << 18) - 1, 1 << 18, (1 << 18) + 1, (1 << 20) + 7,
+             3 << 20] + [rng.randrange(1, 40000) for _ in range(150)]
+    for i, size in enumerate(sizes):
+        d = root / f"d{i % 7}"
+        d.mkdir(exist_ok=True)
+        (d / f"f{i:03d}").write_bytes(blob[:size])
+    _settle_times(root)
+
+
+def _pipe_bytes(layer: pathlib.Path, close_reader: bool = False) -> tuple[int, bytes]:
     read_fd, write_fd = os.pipe()
     received = bytearray()
 
     def drain() -> None:
         with os.fdopen(read_fd, "rb") as r:
-            while True:
+            while not close_reader:
                 chunk = r.read(65536)
                 if not chunk:
                     return
@@ -260,13 +272,87 @@ def test_streams_into_a_pipe(ramdir: pathlib.Path) -> None:
 
     reader = threading.Thread(target=drain)
     reader.start()
-    with os.fdopen(write_fd, "wb") as w:
-        written = write_diff(layer, w, WhiteoutFormat.OVERLAY)
-    reader.join()
-    assert written == len(received)
+    if close_reader:
+        reader.join()
+    try:
+        with os.fdopen(write_fd, "wb") as w:
+            written = write_diff(layer, w, WhiteoutFormat.OVERLAY)
+    finally:
+        reader.join()
+    return written, bytes(received)
+
+
+def test_every_output_gives_the_same_bytes(ramdir: pathlib.Path) -> None:
+    """A path, a pipe and a plain file (written straight to their fd) and a file object
+    without an fd (libarchive's own blocks) get the same bytes, padded the same way."""
+    layer = ramdir / "layer"
+    _sized_layer(layer)
+    buffered = io.BytesIO()
+    total = write_diff(layer, buffered, WhiteoutFormat.OVERLAY)
+    expected = buffered.getvalue()
+    # padded as libarchive pads with 1 MiB blocks: the last block to a multiple of 10240
+    assert total == len(expected) and total % (1 << 20) % 10240 == 0 and total > 6 << 20
+    assert write_diff(layer, ramdir / "out.tar", WhiteoutFormat.OVERLAY) == total
+    assert (ramdir / "out.tar").read_bytes() == expected
+    assert _pipe_bytes(layer) == (total, expected)
+    # a file object already holding data: the archive follows it, and the object knows
+    # where its next byte goes
+    with open(ramdir / "appended", "wb") as f:
+        f.write(b"header bytes, still in the object's buffer")
+        assert write_diff(layer, f, WhiteoutFormat.OVERLAY) == total
+        f.write(b"trailer")
+    assert (ramdir / "appended").read_bytes() == (
+        b"header bytes, still in the object's buffer" + expected + b"trailer")
+    assert listing(ramdir / "out.tar") == sorted(listing(ramdir / "out.tar"), key=lambda n: n)
+
+
+def test_streams_into_a_pipe(ramdir: pathlib.Path) -> None:
+    layer = ramdir / "layer"
+    layer.mkdir()
+    (layer / "data").write_bytes(os.urandom(2_500_000))
     expected = io.BytesIO()
     write_diff(layer, expected, WhiteoutFormat.OVERLAY)
-    assert bytes(received) == expected.getvalue()
+    assert _pipe_bytes(layer) == (len(expected.getvalue()), expected.getvalue())
+
+
+def test_a_wrapping_file_object_is_not_bypassed(ramdir: pathlib.Path) -> None:
+    """GzipFile hands out its underlying file's fd: the archive must still go through it."""
+    import gzip
+
+    layer = ramdir / "layer"
+    _sized_layer(layer)
+    expected = io.BytesIO()
+    write_diff(layer, expected, WhiteoutFormat.OVERLAY)
+    with open(ramdir / "out.tar.gz", "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb") as gz:
+        write_diff(layer, gz, WhiteoutFormat.OVERLAY)
+    assert gzip.decompress((ramdir / "out.tar.gz").read_bytes()) == expected.getvalue()
+
+
+def test_a_pipe_whose_reader_left_raises_broken_pipe(ramdir: pathlib.Path) -> None:
+    layer = ramdir / "layer"
+    _sized_layer(layer)
+    with pytest.raises(BrokenPipeError):
+        _pipe_bytes(layer, close_reader=True)
+
+
+def test_a_pipe_is_grown(ramdir: pathlib.Path) -> None:
+    """So the reader drains one write while the next is made (see BENCHMARKS.md)."""
+    import fcntl
+
+    layer = ramdir / "layer"
+    layer.mkdir()
+    (layer / "f").write_bytes(b"x")
+    for size, expected in ((4096, 1 << 20), (1 << 20, 1 << 20)):
+        read_fd, write_fd = os.pipe()
+        try:
+            fcntl.fcntl(write_fd, 1031, size)  # F_SETPIPE_SZ
+            with os.fdopen(os.dup(write_fd), "wb") as w:
+                write_diff(layer, w, WhiteoutFormat.OVERLAY)
+            assert fcntl.fcntl(write_fd, 1032) == expected  # F_GETPIPE_SZ
+            assert len(os.read(read_fd, 1 << 20)) == 10240
+        finally:
+            os.close(read_fd)
+            os.close(write_fd)
 
 
 class _Broken(io.RawIOBase):
@@ -302,6 +388,14 @@ def test_no_space_is_nospace(ramdir: pathlib.Path, tiny_fs: pathlib.Path) -> Non
     (layer / "big").write_bytes(os.urandom(1_000_000))
     with pytest.raises(NoSpace):
         write_diff(layer, tiny_fs / "out.tar", WhiteoutFormat.OVERLAY)
+
+
+def test_no_space_through_a_file_object(ramdir: pathlib.Path, tiny_fs: pathlib.Path) -> None:
+    layer = ramdir / "layer"
+    layer.mkdir()
+    (layer / "big").write_bytes(os.urandom(1_000_000))
+    with open(tiny_fs / "out.tar", "wb") as f, pytest.raises(NoSpace):
+        write_diff(layer, f, WhiteoutFormat.OVERLAY)
 
 
 def test_missing_layer_dir(ramdir: pathlib.Path) -> None:

@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from aufs import _syscalls
+from aufs import _fastpaths
 from aufs.changes import Change, ChangeKind, compute_changes, compute_changes_py
 from aufs.export import write_diff
 from aufs.whiteouts import WhiteoutFormat, make_opaque, make_whiteout
@@ -54,7 +54,7 @@ def test_scan_reports_what_lstat_reports(ramdir: pathlib.Path) -> None:
     _odd_entries(ramdir)
     fd = _open_dir(ramdir)
     try:
-        records = _syscalls.DirScanner(size=128).scan(fd)  # tiny buffer: it must grow
+        records = _fastpaths.DirScanner(size=128).scan(fd)  # tiny buffer: it must grow
     finally:
         os.close(fd)
     names = sorted(os.listdir(os.fsencode(ramdir)))
@@ -70,8 +70,8 @@ def test_scan_reports_what_lstat_reports(ramdir: pathlib.Path) -> None:
 def test_scan_of_an_empty_directory(ramdir: pathlib.Path) -> None:
     fd = _open_dir(ramdir)
     try:
-        assert _syscalls.DirScanner().scan(fd) == []
-        assert _syscalls.DirScanner().scan(fd) == []  # rescans from the start
+        assert _fastpaths.DirScanner().scan(fd) == []
+        assert _fastpaths.DirScanner().scan(fd) == []  # rescans from the start
     finally:
         os.close(fd)
 
@@ -200,11 +200,11 @@ def test_changes_buffers_grow(ramdir: pathlib.Path) -> None:
         (layer / (f"{i:04d}-" + "n" * 100)).write_bytes(b"")
     fd = _open_dir(layer)
     try:
-        paths, kinds = _syscalls.walk_changes(fd, None, expected=1)
+        paths, kinds = _fastpaths.walk_changes(fd, None, expected=1)
     finally:
         os.close(fd)
     assert sorted(paths) == sorted("/" + n for n in os.listdir(layer))
-    assert kinds == bytes([_syscalls.W_ADD]) * 3000
+    assert kinds == bytes([_fastpaths.W_ADD]) * 3000
 
 
 def test_changes_of_an_empty_layer(ramdir: pathlib.Path) -> None:

@@ -9,7 +9,7 @@ import pathlib
 import pytest
 
 import aufs
-from aufs import mounts
+from aufs import kernel, mounts
 
 from .conftest import Mounter
 
@@ -108,9 +108,9 @@ def test_argument_checks(root: pathlib.Path) -> None:
 @pytest.fixture
 def legacy_only(monkeypatch: pytest.MonkeyPatch) -> None:
     """Pretend the kernel lacks lowerdir+, to exercise the legacy mount(2) path for real."""
-    real = mounts.kernel_features()
+    real = kernel.features()
     old = dataclasses.replace(real, overlay_lowerdir_plus=False, overlay_layer_fd=False)
-    monkeypatch.setattr(mounts, "kernel_features", lambda: old)
+    monkeypatch.setattr(kernel, "features", lambda: old)
 
 
 def test_legacy_fallback_when_data_fits(root: pathlib.Path, mounter: Mounter,

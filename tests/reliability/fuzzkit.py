@@ -252,9 +252,9 @@ def make_sandbox(root: pathlib.Path) -> Sandbox:
     os.symlink("sentinel", root / "sentinel-link")
     (root / "layer").mkdir()
     # loaded once here, so each forked child starts extracting at once
-    from aufs import apply
+    from aufs import _libarchive
 
-    apply._libarchive()
+    _libarchive.load()
     return Sandbox(root, _outside(root))
 
 

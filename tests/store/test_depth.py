@@ -78,12 +78,12 @@ def test_overlay_without_lowerdir_plus_uses_short_links_and_one_page(
     by short links (as Docker's overlay2 does) and refuses at create what would not fit."""
     import dataclasses
 
-    from aufs import mounts
+    from aufs import kernel
 
     if driver.backend != "overlay":
         pytest.skip("kernel overlayfs only")
-    legacy = dataclasses.replace(mounts.kernel_features(), overlay_lowerdir_plus=False, overlay_layer_fd=False)
-    monkeypatch.setattr(mounts, "kernel_features", lambda: legacy)
+    legacy = dataclasses.replace(kernel.features(), overlay_lowerdir_plus=False, overlay_layer_fd=False)
+    monkeypatch.setattr(kernel, "features", lambda: legacy)
     depth = driver.max_depth
     full_path = len(driver.layout.diff_dir("x" * 128)) + 1
     assert 2 * (4096 // full_path) < depth < 501  # short links: far more than full paths allow

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 import aufs
-from aufs import mounts
+from aufs import kernel, mounts
 from aufs.cli import main
 from aufs.store import Driver
 
@@ -274,8 +274,8 @@ def test_any_home_path_mounts(ramdir: Path, backend_name: str, odd: str, legacy:
     if legacy:
         if backend_name != "overlay":
             pytest.skip("only kernel overlayfs has a legacy mount(2) path")
-        plain = dataclasses.replace(mounts.kernel_features(), overlay_lowerdir_plus=False, overlay_layer_fd=False)
-        monkeypatch.setattr(mounts, "kernel_features", lambda: plain)
+        plain = dataclasses.replace(kernel.features(), overlay_lowerdir_plus=False, overlay_layer_fd=False)
+        monkeypatch.setattr(kernel, "features", lambda: plain)
     d = Driver(ramdir / odd / "store", backend=backend_name)
     try:
         d.create("base")
