@@ -59,7 +59,10 @@ from .whiteouts import (
     META_PREFIX,
     OPAQUE_NAME,
     WHITEOUT_PREFIX,
+    EntryKind,
     WhiteoutFormat,
+    classify,
+    is_opaque_dir,
     make_opaque,
     make_whiteout,
     whiteout_target,
@@ -186,6 +189,12 @@ class _Run:
         # directories then remove what is not the layer's own)
         self.unpacked: set[bytes] | None = set() if track else None
         self.staging: bytes | None = None
+        # opaque directories this apply marked, and the whiteouts it wrote (parent, name):
+        # a whiteout below an opaque directory of the same layer is redundant, and kept, the
+        # union would show it as a broken entry (an opaque directory is read as it is)
+        self.opaque: set[bytes] = set()
+        self.whiteouts: list[tuple[bytes, bytes]] = []
+        self._opaque_on_disk: dict[bytes, bool] = {}
 
     # -- bookkeeping ------------------------------------------------------------------------
 
@@ -314,12 +323,39 @@ class _Run:
         except OSError as exc:
             raise _os_error(exc.errno or errno.EIO, parent) from exc
 
+    def _under_opaque(self, parent: bytes) -> bool:
+        """True if ``parent`` or a directory above it is opaque in this layer."""
+        path = parent
+        while True:
+            if path in self.opaque:
+                return True
+            if self.unpacked is not None:  # applied onto content: it may be opaque already
+                known = self._opaque_on_disk.get(path)
+                if known is None:
+                    try:
+                        fd = _fastpaths.extract_open_dir(self.root_fd, path)
+                    except OSError:
+                        known = False
+                    else:
+                        try:
+                            known = is_opaque_dir(fd, self.fmt)
+                        finally:
+                            os.close(fd)
+                    self._opaque_on_disk[path] = known
+                if known:
+                    return True
+            if not path:
+                return False
+            path = path.rpartition(b"/")[0]
+
     def _whiteout(self, parent: bytes, target: bytes) -> None:
         dir_fd = self._parent_fd(parent)
         if dir_fd is None:
             return
         try:
             _fastpaths.extract_remove(dir_fd, target)
+            if self._under_opaque(parent):
+                return  # the opaque directory hides the lower entry already
             try:
                 make_whiteout(dir_fd, os.fsdecode(target), self.fmt)
             except FileExistsError:
@@ -330,7 +366,29 @@ class _Run:
             raise _os_error(exc.errno or errno.EIO, _join(parent, target)) from exc
         finally:
             os.close(dir_fd)
+        self.whiteouts.append((parent, target))
         self.note(_join(parent, _WH + target if self.fmt is WhiteoutFormat.AUFS else target))
+
+    def _drop_whiteouts_below(self, parent: bytes) -> None:
+        """Remove the whiteouts this apply wrote at or below the opaque directory ``parent``
+        (the tar listed them before its marker)."""
+        prefix = parent + b"/"
+        kept: list[tuple[bytes, bytes]] = []
+        for where, target in self.whiteouts:
+            if parent and where != parent and not where.startswith(prefix):
+                kept.append((where, target))
+                continue
+            try:
+                dir_fd = _fastpaths.extract_open_dir(self.root_fd, where)
+            except OSError:
+                continue  # replaced by a later entry: nothing of it is left
+            try:
+                _remove_whiteout(dir_fd, target, self.fmt)
+            except OSError as exc:
+                raise _os_error(exc.errno or errno.EIO, _join(where, target)) from exc
+            finally:
+                os.close(dir_fd)
+        self.whiteouts = kept
 
     def _opaque(self, parent: bytes) -> None:
         dir_fd = self._parent_fd(parent)
@@ -344,6 +402,8 @@ class _Run:
             raise _os_error(exc.errno or errno.EIO, parent) from exc
         finally:
             os.close(dir_fd)
+        self.opaque.add(parent)
+        self._drop_whiteouts_below(parent)
         if self.fmt is WhiteoutFormat.AUFS:
             self.note(_join(parent, _OPQ))
 
@@ -377,6 +437,18 @@ class _Run:
                 _fastpaths.extract_dir_times(self.root_fd, path, sec, nsec)
             except OSError as exc:
                 raise _os_error(exc.errno or errno.EIO, path) from exc
+
+
+def _remove_whiteout(dir_fd: int, target: bytes, fmt: WhiteoutFormat) -> None:
+    """Remove the whiteout of ``target`` in ``dir_fd`` if it is still one (a later entry of
+    the same name may have replaced it)."""
+    name = _WH + target if fmt is WhiteoutFormat.AUFS else target
+    try:
+        st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return
+    if classify(os.fsdecode(name), st.st_mode, st.st_rdev, fmt).kind is EntryKind.WHITEOUT:
+        os.unlink(name, dir_fd=dir_fd)
 
 
 def _join(parent: bytes, name: bytes) -> bytes:
