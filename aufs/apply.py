@@ -514,6 +514,11 @@ def _extract(la: Libarchive, archive: int, root_fd: int, fmt: WhiteoutFormat,
     try:
         while True:
             code = ex.next()
+            while code == _fastpaths.X_WARN:
+                if not _harmless_warning(la.message(archive)):
+                    ex.refuse()
+                    raise archive_error()
+                code = ex.resume()
             if code == _fastpaths.X_EOF:
                 break
             if code == _fastpaths.X_FLUSH:
@@ -533,6 +538,27 @@ def _extract(la: Libarchive, archive: int, root_fd: int, fmt: WhiteoutFormat,
         ex.close()
 
 
+# libarchive's header warnings that lose nothing aufs keeps (every other one refuses the layer,
+# as data may be lost or corrupted):
+_HARMLESS_WARNINGS = (
+    # a pax path/linkpath that is not UTF-8 and has no hdrcharset=BINARY (Go's archive/tar, so
+    # Docker, umoci, skopeo, buildah): with the UTF-8 locale of the read the raw bytes are
+    # kept as they are, which is what GNU tar and Go extract
+    "Pathname can't be converted from UTF-8 ",
+    "Linkname can't be converted from UTF-8 ",
+    # owner names are not used: the numeric ids are
+    "Uname can't be converted ",
+    "Gname can't be converted ",
+    # a pax record without a valid length, e.g. a second pax header in a row (Go's
+    # pax-multi-hdrs.tar); libarchive skips the rest of that pax header, as Go and GNU tar do
+    "Ignoring malformed pax extended attribute",
+)
+
+
+def _harmless_warning(message: str) -> bool:
+    return message.startswith(_HARMLESS_WARNINGS)
+
+
 def _read_archive(la: Libarchive, in_fd: int, root_fd: int, fmt: WhiteoutFormat,
                   max_bytes: int | None, track: bool) -> list[bytes]:
     archive = int(la.read_new() or 0)
@@ -544,7 +570,8 @@ def _read_archive(la: Libarchive, in_fd: int, root_fd: int, fmt: WhiteoutFormat,
             raise ArchiveError(f"libarchive cannot read tar: {la.message(archive)}")
         if la.read_open_fd(archive, in_fd, _READ_BLOCK) != 0:
             raise ArchiveError(f"not a layer tar: {la.message(archive)}")
-        return _extract(la, archive, root_fd, fmt, max_bytes, track)
+        with _fastpaths.utf8_locale():
+            return _extract(la, archive, root_fd, fmt, max_bytes, track)
     finally:
         la.read_free(archive)
 

@@ -360,6 +360,14 @@ def write_diff(layer_dir: str | os.PathLike[str], out: PathOrFile, fmt: Whiteout
     root = os.fspath(layer_dir)
     if not os.path.isdir(root):
         raise FileNotFoundError(errno.ENOENT, "layer directory not found", root)
+    # names go out as UTF-8 when they are valid UTF-8, else raw with hdrcharset=BINARY,
+    # whatever the process's locale (LC_ALL=C would make every non-ASCII name binary): the
+    # bytes stay the layer's own, and the same layer gives the same tar everywhere
+    with _fastpaths.utf8_locale():
+        return _write_diff(root, out, fmt)
+
+
+def _write_diff(root: str, out: PathOrFile, fmt: WhiteoutFormat) -> int:
     la = load()
     archive = la.write_new()
     if not archive:

@@ -18,6 +18,7 @@
 
 #include <dirent.h>
 #include <fcntl.h>
+#include <locale.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -685,6 +686,20 @@ static void x_failed_header(struct aufs_xctx *ctx)
     ctx->entry = NULL;
 }
 
+/* The header just read: load it, write it. 0 when the loop may go on. */
+static int x_entry(struct aufs_xctx *ctx)
+{
+    int r;
+    ctx->entries++;
+    r = x_load(ctx);
+    if (r != 0)
+        return r;
+    r = aufs_x_write(ctx);
+    if (r != 0)
+        return r;
+    return (ctx->flags & AUFS_X_FLAG_REPORT_ALL) ? AUFS_X_DONE : 0;
+}
+
 int aufs_x_next(struct aufs_xctx *ctx)
 {
     x_next_header_fn next_header = (x_next_header_fn)ctx->api->read_next_header;
@@ -697,22 +712,55 @@ int aufs_x_next(struct aufs_xctx *ctx)
         r = next_header(ctx->archive, &ctx->entry);
         if (r == AUFS_ARCHIVE_EOF)
             return AUFS_X_EOF;
+        if (r == AUFS_ARCHIVE_WARN) {
+            /* the header is read: whether the warning means lost data is the caller's call */
+            ctx->archive_status = r;
+            return AUFS_X_WARN;
+        }
         if (r != AUFS_ARCHIVE_OK) {
-            /* warnings too: an archive bsdtar complains about is refused */
             ctx->archive_status = r;
             x_failed_header(ctx);
             return AUFS_X_ARCHIVE;
         }
-        ctx->entries++;
-        r = x_load(ctx);
+        r = x_entry(ctx);
         if (r != 0)
             return r;
-        r = aufs_x_write(ctx);
-        if (r != 0)
-            return r;
-        if (ctx->flags & AUFS_X_FLAG_REPORT_ALL)
-            return AUFS_X_DONE;
     }
+}
+
+/* The caller refused the warned header: it is reported as a failed header (by its name). */
+void aufs_x_refuse(struct aufs_xctx *ctx)
+{
+    x_failed_header(ctx);
+}
+
+int aufs_x_resume(struct aufs_xctx *ctx)
+{
+    int r = x_entry(ctx);
+    return r != 0 ? r : aufs_x_next(ctx);
+}
+
+/* A thread-local C.UTF-8 LC_CTYPE for the read: libarchive converts pax names from UTF-8 to
+ * the locale's charset, and under LC_ALL=C or POSIX that would turn every non-ASCII name into
+ * a failure; under UTF-8 a name that is valid stays as it is and one that is not (Go writes
+ * raw bytes without hdrcharset=BINARY) is kept raw with a warning. NULL if the C library has
+ * no such locale. */
+void *aufs_x_utf8_locale(void)
+{
+    locale_t loc = newlocale(LC_CTYPE_MASK, "C.UTF-8", (locale_t)0);
+    return loc == (locale_t)0 ? NULL : (void *)loc;
+}
+
+/* uselocale for the calling thread; returns the previous one (restore it with this call). */
+void *aufs_x_use_locale(void *loc)
+{
+    return (void *)uselocale((locale_t)loc);
+}
+
+void aufs_x_free_locale(void *loc)
+{
+    if (loc)
+        freelocale((locale_t)loc);
 }
 
 int aufs_x_dir_times(int root_fd, const char *path, int64_t sec, int64_t nsec)
