@@ -108,6 +108,8 @@ struct aufs_xapi {
     void *entry_xattr_reset;
     void *entry_xattr_next;
     void *entry_sparse_count;
+    void *entry_acl_reset;
+    void *entry_acl_next;
 };
 
 /* One extraction: caller-owned, filled by the caller up to parent_fd (= -1) */
@@ -201,6 +203,7 @@ struct aufs_wapi {
     void *entry_set_rdevmajor;
     void *entry_set_rdevminor;
     void *entry_xattr_add_entry;
+    void *entry_acl_add_entry;
     void *write_header;
     void *write_data;
 };

@@ -18,6 +18,8 @@
 
 #include <dirent.h>
 #include <fcntl.h>
+#include <grp.h>
+#include <pwd.h>
 #include <locale.h>
 #include <stdio.h>
 #include <string.h>
@@ -43,6 +45,22 @@ typedef long (*x_entry_long_fn)(void *);
 typedef dev_t (*x_entry_dev_fn)(void *);
 typedef int (*x_entry_int_fn)(void *);
 typedef int (*x_xattr_next_fn)(void *, const char **, const void **, size_t *);
+typedef int (*x_acl_reset_fn)(void *, int);
+typedef int (*x_acl_next_fn)(void *, int, int *, int *, int *, int *, const char **);
+
+/* libarchive's POSIX.1e ACL constants (archive_entry.h) */
+#define X_ACL_TYPE_ACCESS 0x100
+#define X_ACL_TYPE_DEFAULT 0x200
+#define X_ACL_USER 10001
+#define X_ACL_USER_OBJ 10002
+#define X_ACL_GROUP 10003
+#define X_ACL_GROUP_OBJ 10004
+#define X_ACL_MASK 10005
+#define X_ACL_OTHER 10006
+/* the kernel's system.posix_acl_* value (linux/posix_acl_xattr.h): a version, then entries of
+ * le16 tag, le16 perm, le32 id, sorted by tag, then id */
+#define X_POSIX_ACL_VERSION 2
+#define X_ACL_MAX_ENTRIES 1024
 
 /* Resolve `path` below the root, following symlinks only inside it. */
 static int x_resolve(int root_fd, const char *path, uint64_t flags)
@@ -336,6 +354,128 @@ static int x_xattrs(struct aufs_xctx *ctx, int fd, int dir_fd, const char *name)
     return 0;
 }
 
+struct x_acl_entry {
+    uint16_t tag;
+    uint16_t perm;
+    uint32_t id;
+};
+
+/* True if the entry carries the xattr `key` itself (SCHILY.xattr.*: GNU tar writes the
+ * kernel's ACL value there next to the SCHILY.acl text). */
+static int x_has_xattr(struct aufs_xctx *ctx, const char *key)
+{
+    const char *k;
+    const void *value;
+    size_t size;
+    if (((x_entry_int_fn)ctx->api->entry_xattr_reset)(ctx->entry) <= 0)
+        return 0;
+    while (((x_xattr_next_fn)ctx->api->entry_xattr_next)(ctx->entry, &k, &value, &size) == AUFS_ARCHIVE_OK)
+        if (k && strcmp(k, key) == 0)
+            return 1;
+    return 0;
+}
+
+/* An ACL entry that names its user or group without an id (GNU tar's SCHILY.acl text): the
+ * host's id for that name, as GNU tar and bsdtar look it up. -1 if there is none. */
+static int64_t x_acl_lookup(int user, const char *name)
+{
+    char buf[4096];
+    if (!name || !*name)
+        return -1;
+    if (user) {
+        struct passwd pw, *found = NULL;
+        if (getpwnam_r(name, &pw, buf, sizeof buf, &found) == 0 && found)
+            return (int64_t)found->pw_uid;
+    } else {
+        struct group gr, *found = NULL;
+        if (getgrnam_r(name, &gr, buf, sizeof buf, &found) == 0 && found)
+            return (int64_t)found->gr_gid;
+    }
+    return -1;
+}
+
+static uint16_t x_acl_kernel_tag(int tag)
+{
+    switch (tag) {
+    case X_ACL_USER_OBJ: return 0x01;
+    case X_ACL_USER: return 0x02;
+    case X_ACL_GROUP_OBJ: return 0x04;
+    case X_ACL_GROUP: return 0x08;
+    case X_ACL_MASK: return 0x10;
+    case X_ACL_OTHER: return 0x20;
+    default: return 0;
+    }
+}
+
+/* Set the entry's POSIX.1e ACL of one type (SCHILY.acl.access / .default, parsed by
+ * libarchive) as the kernel's xattr, as bsdtar -p --acls does, but with the numeric ids (as
+ * for owners: the host's user database is not the image's). Set after the mode: the kernel
+ * then takes the group bits from mask:: (libarchive's mode carries group::). Only ACLs beyond
+ * the three entries the mode already says are set. */
+static int x_acl(struct aufs_xctx *ctx, int fd, const char *procpath, int type, const char *key)
+{
+    const struct aufs_xapi *api = ctx->api;
+    struct x_acl_entry ents[X_ACL_MAX_ENTRIES];
+    unsigned char blob[4 + sizeof ents];
+    size_t n = 0, i;
+    int etype, perm, tag, qual, count, r;
+    const char *name;
+    uint32_t version = X_POSIX_ACL_VERSION;
+
+    count = ((x_acl_reset_fn)api->entry_acl_reset)(ctx->entry, type);
+    if (count <= (type == X_ACL_TYPE_ACCESS ? 3 : 0))
+        return 0;
+    if (x_has_xattr(ctx, key))
+        return 0; /* set from the kernel's own value, with its numeric ids */
+    count = ((x_acl_reset_fn)api->entry_acl_reset)(ctx->entry, type);
+    while (((x_acl_next_fn)api->entry_acl_next)(ctx->entry, type, &etype, &perm, &tag, &qual,
+                                                 &name) == AUFS_ARCHIVE_OK) {
+        struct x_acl_entry e;
+        uint16_t ktag = x_acl_kernel_tag(tag);
+        if (etype != type || ktag == 0)
+            continue;
+        if (n == X_ACL_MAX_ENTRIES)
+            return -E2BIG;
+        e.tag = ktag;
+        e.perm = (uint16_t)(perm & 7);
+        e.id = 0xffffffffu;
+        if (ktag == 0x02 || ktag == 0x08) {
+            int64_t id = qual >= 0 ? (int64_t)qual : x_acl_lookup(ktag == 0x02, name);
+            if (id < 0 || id >= 0xffffffffLL)
+                return -EINVAL; /* a name unknown here and no id: nothing to set */
+            e.id = (uint32_t)id;
+        }
+        /* insertion sort by tag, then id: the kernel refuses any other order */
+        i = n++;
+        while (i > 0 && (ents[i - 1].tag > e.tag || (ents[i - 1].tag == e.tag && ents[i - 1].id > e.id))) {
+            ents[i] = ents[i - 1];
+            i--;
+        }
+        ents[i] = e;
+    }
+    if (n == 0)
+        return 0;
+    memcpy(blob, &version, 4); /* little-endian, as every Linux target this builds for */
+    memcpy(blob + 4, ents, n * sizeof ents[0]);
+    if (fd >= 0)
+        r = fsetxattr(fd, key, blob, 4 + n * sizeof ents[0], 0);
+    else
+        r = lsetxattr(procpath, key, blob, 4 + n * sizeof ents[0], 0);
+    return r < 0 ? -errno : 0;
+}
+
+static int x_acls(struct aufs_xctx *ctx, int fd, int dir_fd, const char *name)
+{
+    char procpath[64 + AUFS_X_PATH_MAX];
+    int r;
+    if (fd < 0)
+        snprintf(procpath, sizeof procpath, "/proc/self/fd/%d/%s", dir_fd, name);
+    r = x_acl(ctx, fd, procpath, X_ACL_TYPE_ACCESS, "system.posix_acl_access");
+    if (r == 0 && (ctx->mode & S_IFMT) == S_IFDIR)
+        r = x_acl(ctx, fd, procpath, X_ACL_TYPE_DEFAULT, "system.posix_acl_default");
+    return r;
+}
+
 static void x_times(const struct aufs_xctx *ctx, struct timespec ts[2])
 {
     ts[0].tv_sec = ts[1].tv_sec = (time_t)ctx->mtime_sec;
@@ -353,6 +493,8 @@ static int x_meta_fd(struct aufs_xctx *ctx, int fd, int set_times)
     if (fchmod(fd, (mode_t)(ctx->mode & 07777)) < 0)
         return -errno;
     r = x_xattrs(ctx, fd, -1, NULL);
+    if (r == 0)
+        r = x_acls(ctx, fd, -1, NULL);
     if (r < 0)
         return r;
     if (set_times) {
@@ -375,6 +517,8 @@ static int x_meta_at(struct aufs_xctx *ctx, int dir_fd, const char *name, int ch
             return r;
     }
     r = x_xattrs(ctx, -1, dir_fd, name);
+    if (r == 0 && (ctx->mode & S_IFMT) != S_IFLNK)
+        r = x_acls(ctx, -1, dir_fd, name);
     if (r < 0)
         return r;
     x_times(ctx, ts);

@@ -120,6 +120,7 @@ typedef void (*w_entry_i64_t)(void *, int64_t);
 typedef void (*w_entry_mtime_t)(void *, time_t, long);
 typedef void (*w_entry_dev_t)(void *, dev_t);
 typedef void (*w_entry_xattr_t)(void *, const char *, const void *, size_t);
+typedef int (*w_entry_acl_t)(void *, int, int, int, int, const char *);
 typedef int (*w_write_header_t)(void *, void *);
 typedef ssize_t (*w_write_data_t)(void *, const void *, size_t);
 
@@ -140,6 +141,47 @@ static int w_is_opaque_key(const char *key)
         if (strcmp(key, w_opaque_xattrs[i]) == 0)
             return 1;
     return 0;
+}
+
+/* The kernel's POSIX ACL value of `key` (system.posix_acl_access or _default) also as the
+ * entry's ACL, so the pax writer adds the SCHILY.acl.* text that GNU tar --acls, bsdtar --acls
+ * and star read (the xattr stays too: Go-based tools read that one). Ids are numeric, as for
+ * owners. libarchive's convention follows: the header's group bits become group::, and
+ * readers take them from mask:: when they set the ACL. A value that does not parse adds
+ * nothing. */
+static void w_acl(struct aufs_wctx *ctx, const char *key, const unsigned char *value, size_t len)
+{
+    int type;
+    uint32_t version;
+    if (strcmp(key, "system.posix_acl_access") == 0)
+        type = 0x100; /* ARCHIVE_ENTRY_ACL_TYPE_ACCESS */
+    else if (strcmp(key, "system.posix_acl_default") == 0)
+        type = 0x200; /* ARCHIVE_ENTRY_ACL_TYPE_DEFAULT */
+    else
+        return;
+    if (len < 4 || (len - 4) % 8 != 0)
+        return;
+    memcpy(&version, value, 4);
+    if (version != 2)
+        return;
+    for (size_t off = 4; off < len; off += 8) {
+        uint16_t ktag, perm;
+        uint32_t id;
+        int tag, qual = -1;
+        memcpy(&ktag, value + off, 2);
+        memcpy(&perm, value + off + 2, 2);
+        memcpy(&id, value + off + 4, 4);
+        switch (ktag) { /* archive_entry.h's ARCHIVE_ENTRY_ACL_* tags */
+        case 0x01: tag = 10002; break;
+        case 0x02: tag = 10001; qual = (int)id; break;
+        case 0x04: tag = 10004; break;
+        case 0x08: tag = 10003; qual = (int)id; break;
+        case 0x10: tag = 10005; break;
+        case 0x20: tag = 10006; break;
+        default: continue;
+        }
+        ((w_entry_acl_t)ctx->api->entry_acl_add_entry)(ctx->entry, type, perm & 7, tag, qual, NULL);
+    }
 }
 
 /* Adds the xattrs of fd (or of path, not followed) to the entry, sorted by name, leaving the
@@ -180,6 +222,8 @@ static int w_xattrs(struct aufs_wctx *ctx, int fd, const char *path)
         }
         ((w_entry_xattr_t)ctx->api->entry_xattr_add_entry)(ctx->entry, keys[i], value,
                                                           (size_t)vlen);
+        if (strncmp(keys[i], "system.posix_acl_", 17) == 0)
+            w_acl(ctx, keys[i], (const unsigned char *)value, (size_t)vlen);
     }
     return opaque;
 }
