@@ -95,7 +95,8 @@ EXTRACT_API_NAMES = (
     "read_next_header", "read_data_block", "entry_pathname", "entry_hardlink", "entry_symlink",
     "entry_mode", "entry_uid", "entry_gid", "entry_mtime", "entry_mtime_nsec", "entry_size",
     "entry_rdevmajor", "entry_rdevminor", "entry_xattr_reset", "entry_xattr_next",
-    "entry_sparse_count", "entry_acl_reset", "entry_acl_next",
+    "entry_sparse_count", "entry_acl_reset", "entry_acl_next", "entry_sparse_reset",
+    "entry_sparse_next",
 )
 """The libarchive functions (without the ``archive_`` prefix) :class:`Extractor` needs."""
 
@@ -346,7 +347,8 @@ WALK_API_NAMES = (
     "entry_clear", "entry_copy_pathname", "entry_copy_symlink", "entry_copy_hardlink",
     "entry_set_mode", "entry_set_size", "entry_set_uid", "entry_set_gid", "entry_set_mtime",
     "entry_set_rdevmajor", "entry_set_rdevminor", "entry_xattr_add_entry", "entry_acl_add_entry",
-    "write_header", "write_data",
+    "entry_sparse_add_entry", "entry_sparse_reset", "entry_sparse_next", "write_header",
+    "write_data",
 )
 """The libarchive functions (without the ``archive_`` prefix) :class:`EntryWriter` needs."""
 

@@ -18,7 +18,11 @@ holds exactly its own changes, so :func:`write_diff` walks it and writes every e
   writes layers: a sub-second mtime would cost a pax header per entry); no atime or ctime;
   permissions including setuid/setgid/sticky; xattrs (``security.capability`` too) in a
   fixed order (handed to libarchive sorted by name; it writes the last one handed first),
-  as ``SCHILY.xattr.*`` records only (what GNU tar and Docker read and write); a file
+  as ``SCHILY.xattr.*`` records (what GNU tar and Docker read and write), POSIX ACLs also
+  as ``SCHILY.acl.*`` text (what GNU tar, bsdtar and star restore); names as UTF-8 when
+  they are, else their raw bytes with ``hdrcharset=BINARY``; a regular file of 1 MiB or
+  more with holes as a GNU sparse 1.0 entry (its data only, holes from SEEK_DATA/SEEK_HOLE,
+  so the bytes can follow the filesystem's hole granularity); a file
   whose inode was already written (``st_nlink > 1``) is a hardlink to the first name in walk
   order (which is tar order). The archive is padded to 10240 bytes like ``tar -c``.
 * **Robustness**: the walk is iterative (no recursion limit); an entry removed between

@@ -110,6 +110,8 @@ struct aufs_xapi {
     void *entry_sparse_count;
     void *entry_acl_reset;
     void *entry_acl_next;
+    void *entry_sparse_reset;
+    void *entry_sparse_next;
 };
 
 /* One extraction: caller-owned, filled by the caller up to parent_fd (= -1) */
@@ -204,6 +206,9 @@ struct aufs_wapi {
     void *entry_set_rdevminor;
     void *entry_xattr_add_entry;
     void *entry_acl_add_entry;
+    void *entry_sparse_add_entry;
+    void *entry_sparse_reset;
+    void *entry_sparse_next;
     void *write_header;
     void *write_data;
 };

@@ -46,6 +46,7 @@ typedef dev_t (*x_entry_dev_fn)(void *);
 typedef int (*x_entry_int_fn)(void *);
 typedef int (*x_xattr_next_fn)(void *, const char **, const void **, size_t *);
 typedef int (*x_acl_reset_fn)(void *, int);
+typedef int (*x_sparse_next_fn)(void *, int64_t *, int64_t *);
 typedef int (*x_acl_next_fn)(void *, int, int *, int *, int *, int *, const char **);
 
 /* libarchive's POSIX.1e ACL constants (archive_entry.h) */
@@ -580,18 +581,33 @@ static int x_copy_data(struct aufs_xctx *ctx, int fd)
 /* Entries declaring more than this are checked against the free space before any write. */
 #define X_FREE_CHECK_SIZE ((int64_t)64 << 20)
 
+/* The bytes of data a sparse entry holds (its holes cost nothing): the sum of its map. */
+static int64_t x_sparse_data(struct aufs_xctx *ctx)
+{
+    int64_t off, len, total = 0;
+    ((x_entry_int_fn)ctx->api->entry_sparse_reset)(ctx->entry);
+    while (((x_sparse_next_fn)ctx->api->entry_sparse_next)(ctx->entry, &off, &len) == AUFS_ARCHIVE_OK) {
+        if (len < 0 || len > INT64_MAX - total)
+            return INT64_MAX;
+        total += len;
+    }
+    return total < ctx->size ? total : ctx->size;
+}
+
 static int x_regular(struct aufs_xctx *ctx, int dir_fd, const char *name)
 {
     const int flags = O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC;
     int sparse = ((x_entry_int_fn)ctx->api->entry_sparse_count)(ctx->entry) > 0;
+    /* what the entry will cost on disk and against max_bytes: its data, not its size */
+    int64_t data = sparse ? x_sparse_data(ctx) : ctx->size;
     int fd, r;
 
-    if (!sparse && ctx->max_bytes >= 0 && ctx->size > ctx->max_bytes - ctx->bytes)
+    if (ctx->max_bytes >= 0 && data > ctx->max_bytes - ctx->bytes)
         return AUFS_X_LIMIT;
-    if (!sparse && ctx->size > X_FREE_CHECK_SIZE) {
+    if (data > X_FREE_CHECK_SIZE) {
         /* a tar bomb must not fill the disk before it is found out */
         struct statvfs sv;
-        if (fstatvfs(dir_fd, &sv) == 0 && (int64_t)(sv.f_bavail * sv.f_frsize) < ctx->size)
+        if (fstatvfs(dir_fd, &sv) == 0 && (int64_t)(sv.f_bavail * sv.f_frsize) < data)
             return -ENOSPC;
     }
     fd = openat(dir_fd, name, flags, 0600);
