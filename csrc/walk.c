@@ -514,7 +514,10 @@ int aufs_w_entry(struct aufs_wctx *ctx, int dir_fd, int fd, const char *name,
             ((w_entry_i64_t)api->entry_set_size)(e, size);
             if (size >= W_SPARSE_MIN) {
                 off_t hole = lseek(file, 0, SEEK_HOLE);
-                if (hole >= 0 && (int64_t)hole < size) {
+                /* SEEK_HOLE moved the offset that w_data reads from */
+                if (lseek(file, 0, SEEK_SET) < 0)
+                    rc = -errno;
+                else if (hole >= 0 && (int64_t)hole < size) {
                     int64_t n = w_sparse_map(ctx, file, size);
                     if (n < 0)
                         rc = (int)n;

@@ -21,7 +21,7 @@ from aufs.apply import apply_tar
 from aufs.whiteouts import WhiteoutFormat
 
 TIB = 1 << 40
-DATA = {0x8_0000_0000: b"hello", TIB - 3: b"end"}  # at 32 GiB, and the last bytes
+DATA = {0: b"head", 0x8_0000_0000: b"hello", TIB - 3: b"end"}  # the first bytes, at 32 GiB, the last
 
 
 def make_sparse(path: pathlib.Path, size: int = TIB, data: dict[int, bytes] = DATA) -> None:
@@ -107,4 +107,4 @@ def test_max_bytes_counts_a_sparse_entry_by_its_data(ramdir: pathlib.Path) -> No
     tight = ramdir / "tight"
     tight.mkdir()
     with pytest.raises(ArchiveError, match="limit"):
-        apply_tar(tight, archive, WhiteoutFormat.OVERLAY, max_bytes=12)  # the data is 18 bytes
+        apply_tar(tight, archive, WhiteoutFormat.OVERLAY, max_bytes=12)  # the data is 22 bytes
