@@ -44,6 +44,7 @@ root:root. Directories the tar lists keep the tar's metadata.
 from __future__ import annotations
 
 import errno
+import io
 import os
 import stat
 import threading
@@ -84,9 +85,11 @@ _READ_BLOCK = 1 << 20
 _PIPE_SIZE = 1 << 20
 
 # errors that say the archive's content cannot be laid out, not that the host failed
+# (EPERM and EACCES are the host refusing, e.g. an unprivileged user giving a file to root:
+# OSError, CLI exit 10; the C turns a hard link to a directory into EISDIR)
 _LAYOUT_ERRNOS = {
     errno.ENOTDIR, errno.ENOENT, errno.EEXIST, errno.EISDIR, errno.ENAMETOOLONG, errno.EINVAL,
-    errno.EPERM, errno.EMLINK, errno.ELOOP, errno.ENOTEMPTY, errno.EFBIG, errno.ERANGE,
+    errno.EMLINK, errno.ELOOP, errno.ENOTEMPTY, errno.EFBIG, errno.ERANGE,
     errno.E2BIG,
 }
 
@@ -143,13 +146,14 @@ def _open_source(source: LayerSource) -> tuple[int, DecompressingReader | None, 
     (-1, None, None) means an empty input: an empty layer.
     """
     if isinstance(source, (bytes, bytearray, memoryview)):
-        import io
-
         reader = DecompressingReader(io.BytesIO(bytes(source)))
         return -1, (None if reader.empty else reader), None
     if isinstance(source, (str, os.PathLike)):
         fd = os.open(source, os.O_RDONLY | os.O_CLOEXEC)
         try:
+            if stat.S_ISDIR(os.fstat(fd).st_mode):
+                raise IsADirectoryError(errno.EISDIR, "a layer tar is a file, not a directory",
+                                        os.fsdecode(source))
             head = os.pread(fd, MAGIC_LEN, 0)
         except OSError:
             os.close(fd)
@@ -167,6 +171,9 @@ def _open_source(source: LayerSource) -> tuple[int, DecompressingReader | None, 
             raise
     if not hasattr(source, "read"):
         raise TypeError(f"a layer is a path, bytes or a readable binary file, not {type(source).__name__}")
+    if isinstance(source, io.TextIOBase):
+        raise TypeError(f"binary file expected as a layer tar source, not a text-mode "
+                        f"{type(source).__name__} (open it with 'rb')")
     reader = DecompressingReader(source)
     return -1, (None if reader.empty else reader), None
 

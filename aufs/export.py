@@ -351,6 +351,9 @@ def write_diff(layer_dir: str | os.PathLike[str], out: PathOrFile, fmt: Whiteout
     Raises ``NoSpace`` if the output filesystem fills up, ``OSError`` for a failed read or
     write, ``FileNotFoundError`` if ``layer_dir`` does not exist.
     """
+    if isinstance(out, io.TextIOBase):
+        raise TypeError(f"binary file expected as the diff's target, not a text-mode "
+                        f"{type(out).__name__} (open it with 'wb')")
     root = os.fspath(layer_dir)
     if not os.path.isdir(root):
         raise FileNotFoundError(errno.ENOENT, "layer directory not found", root)

@@ -717,7 +717,7 @@ static int x_hardlink(struct aufs_xctx *ctx, int dir_fd, const char *name)
     int tfd, r = 0;
 
     if (!*target)
-        return -EPERM; /* a hard link to the root directory */
+        return -EISDIR; /* a hard link to the root directory */
     if (slash) {
         char tparent[AUFS_X_PATH_MAX];
         size_t plen = (size_t)(slash - target);
@@ -733,6 +733,10 @@ static int x_hardlink(struct aufs_xctx *ctx, int dir_fd, const char *name)
     }
     if (linkat(tfd, tname, dir_fd, name, 0) < 0) {
         r = -errno;
+        /* a hard link to a directory is the archive's fault (EISDIR: "bad layer tar"); any
+         * other EPERM is the host refusing (an OS error) */
+        if (r == -EPERM && fstatat(tfd, tname, &a, AT_SYMLINK_NOFOLLOW) == 0 && S_ISDIR(a.st_mode))
+            r = -EISDIR;
         if (r == -EEXIST) {
             if (fstatat(tfd, tname, &a, AT_SYMLINK_NOFOLLOW) == 0 &&
                 fstatat(dir_fd, name, &b, AT_SYMLINK_NOFOLLOW) == 0 && a.st_dev == b.st_dev &&
