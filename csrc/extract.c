@@ -62,6 +62,8 @@ typedef int (*x_acl_next_fn)(void *, int, int *, int *, int *, int *, const char
  * le16 tag, le16 perm, le32 id, sorted by tag, then id */
 #define X_POSIX_ACL_VERSION 2
 #define X_ACL_MAX_ENTRIES 1024
+/* ctx->flags, private to this file: a default ACL was set during this extraction */
+#define X_FLAG_DEFAULT_ACL 0x100
 
 /* Resolve `path` below the root, following symlinks only inside it. */
 static int x_resolve(int root_fd, const char *path, uint64_t flags)
@@ -351,6 +353,8 @@ static int x_xattrs(struct aufs_xctx *ctx, int fd, int dir_fd, const char *name)
             r = lsetxattr(procpath, key, value, size, 0);
         if (r < 0)
             return -errno;
+        if (strcmp(key, "system.posix_acl_default") == 0)
+            ctx->flags |= X_FLAG_DEFAULT_ACL;
     }
     return 0;
 }
@@ -423,12 +427,11 @@ static int x_acl(struct aufs_xctx *ctx, int fd, const char *procpath, int type, 
     const char *name;
     uint32_t version = X_POSIX_ACL_VERSION;
 
+    if (x_has_xattr(ctx, key))
+        return 1; /* set from the kernel's own value, with its numeric ids */
     count = ((x_acl_reset_fn)api->entry_acl_reset)(ctx->entry, type);
     if (count <= (type == X_ACL_TYPE_ACCESS ? 3 : 0))
         return 0;
-    if (x_has_xattr(ctx, key))
-        return 0; /* set from the kernel's own value, with its numeric ids */
-    count = ((x_acl_reset_fn)api->entry_acl_reset)(ctx->entry, type);
     while (((x_acl_next_fn)api->entry_acl_next)(ctx->entry, type, &etype, &perm, &tag, &qual,
                                                  &name) == AUFS_ARCHIVE_OK) {
         struct x_acl_entry e;
@@ -462,7 +465,20 @@ static int x_acl(struct aufs_xctx *ctx, int fd, const char *procpath, int type, 
         r = fsetxattr(fd, key, blob, 4 + n * sizeof ents[0], 0);
     else
         r = lsetxattr(procpath, key, blob, 4 + n * sizeof ents[0], 0);
-    return r < 0 ? -errno : 0;
+    if (r < 0)
+        return -errno;
+    if (type == X_ACL_TYPE_DEFAULT)
+        ctx->flags |= X_FLAG_DEFAULT_ACL;
+    return 1;
+}
+
+/* Remove an ACL the entry does not have, but its directory handed down when it was created. */
+static int x_drop_acl(int fd, const char *procpath, const char *key)
+{
+    int r = fd >= 0 ? fremovexattr(fd, key) : lremovexattr(procpath, key);
+    if (r < 0 && errno != ENODATA && errno != ENOTSUP && errno != EOPNOTSUPP)
+        return -errno;
+    return 0;
 }
 
 static int x_acls(struct aufs_xctx *ctx, int fd, int dir_fd, const char *name)
@@ -471,10 +487,25 @@ static int x_acls(struct aufs_xctx *ctx, int fd, int dir_fd, const char *name)
     int r;
     if (fd < 0)
         snprintf(procpath, sizeof procpath, "/proc/self/fd/%d/%s", dir_fd, name);
-    r = x_acl(ctx, fd, procpath, X_ACL_TYPE_ACCESS, "system.posix_acl_access");
-    if (r == 0 && (ctx->mode & S_IFMT) == S_IFDIR)
-        r = x_acl(ctx, fd, procpath, X_ACL_TYPE_DEFAULT, "system.posix_acl_default");
-    return r;
+    int is_dir = (ctx->mode & S_IFMT) == S_IFDIR;
+    int access, dflt = 0;
+    access = x_acl(ctx, fd, procpath, X_ACL_TYPE_ACCESS, "system.posix_acl_access");
+    if (access < 0)
+        return access;
+    if (is_dir) {
+        dflt = x_acl(ctx, fd, procpath, X_ACL_TYPE_DEFAULT, "system.posix_acl_default");
+        if (dflt < 0)
+            return dflt;
+    }
+    /* once a directory of this archive has a default ACL, entries created below it inherit
+     * one; the archive says what each entry's ACL is, as GNU tar and bsdtar --acls take it */
+    if (ctx->flags & X_FLAG_DEFAULT_ACL) {
+        if (access == 0 && (r = x_drop_acl(fd, procpath, "system.posix_acl_access")) < 0)
+            return r;
+        if (is_dir && dflt == 0 && (r = x_drop_acl(fd, procpath, "system.posix_acl_default")) < 0)
+            return r;
+    }
+    return 0;
 }
 
 static void x_times(const struct aufs_xctx *ctx, struct timespec ts[2])
