@@ -351,8 +351,15 @@ static int x_xattrs(struct aufs_xctx *ctx, int fd, int dir_fd, const char *name)
             r = fsetxattr(fd, key, value, size, 0);
         else
             r = lsetxattr(procpath, key, value, size, 0);
-        if (r < 0)
+        if (r < 0) {
+            /* the kernel allows user.* xattrs on regular files and directories only: an
+             * archive asking for one elsewhere is at fault (EINVAL: "bad layer tar"), unlike
+             * a host that refuses (EPERM: an OS error) */
+            if (errno == EPERM && strncmp(key, "user.", 5) == 0 && !S_ISREG(ctx->mode) &&
+                !S_ISDIR(ctx->mode))
+                return -EINVAL;
             return -errno;
+        }
         if (strcmp(key, "system.posix_acl_default") == 0)
             ctx->flags |= X_FLAG_DEFAULT_ACL;
     }

@@ -110,3 +110,14 @@ def test_text_mode_diff_target_is_a_type_error(driver: aufs.Driver, ramdir: path
 
 def test_path_too_long_is_exit_10() -> None:
     assert exit_code_for(PathTooLong("too long", path="/x")) == 10
+
+
+@pytest.mark.parametrize("kind", ["fifo", "symlink", "char"])
+def test_a_user_xattr_where_the_kernel_allows_none_stays_an_archive_error(ramdir: pathlib.Path, kind: str) -> None:
+    """EPERM from the kernel here is the archive's fault: user.* xattrs live on files and dirs only."""
+    from aufs.apply import apply_tar
+    from aufs.whiteouts import WhiteoutFormat
+
+    tar = make_tar([entry("x", kind, link="t", xattrs={"user.a": b"1"})])
+    with pytest.raises(ArchiveError, match="'x'"):
+        apply_tar(ramdir, tar, WhiteoutFormat.OVERLAY)
