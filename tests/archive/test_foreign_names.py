@@ -176,3 +176,35 @@ def test_go_pax_nul_xattrs_loses_data_and_stays_refused(driver: aufs.Driver) -> 
     with pytest.raises(ArchiveError, match="bad-null.txt.*Invalid pax extended attributes"):
         driver.apply_diff("l", archive)
     assert snapshot(str(driver.diff_dir("l"))) == before
+
+
+def _pax_record(key: bytes, value: bytes) -> bytes:
+    body = key + b"=" + value + b"\n"
+    n = len(body) + 2
+    while len(str(n).encode()) + 1 + len(body) != n:
+        n += 1
+    return str(n).encode() + b" " + body
+
+
+def _go_style_entry(raw: bytes, data: bytes = b"x") -> bytes:
+    """A pax `path` record holding raw bytes, no hdrcharset: what Go's archive/tar writes."""
+    def header(name: str, kind: bytes, size: int) -> bytes:
+        ti = tarfile.TarInfo(name)
+        ti.type, ti.size, ti.mode, ti.mtime = kind, size, 0o644, 0
+        return ti.tobuf(tarfile.USTAR_FORMAT)
+
+    records = _pax_record(b"path", raw)
+    return (header("PaxHeaders/x", tarfile.XHDTYPE, len(records)) + records + bytes(-len(records) % 512)
+            + header("placeholder", tarfile.REGTYPE, len(data)) + data + bytes(-len(data) % 512))
+
+
+@pytest.mark.parametrize("raw", [b"cesu-\xed\xa0\x80", b"overlong-slash-\xc0\xaf", b"above-max-\xf4\x90\x80\x80",
+                                 b"cut-\xe2\x82", b"mixed-\xc3\xa9\xe9", "valid-é".encode()])
+def test_every_kind_of_invalid_utf8_stays_byte_exact(ramdir: pathlib.Path, raw: bytes) -> None:
+    """Overlong, surrogate, out-of-range and cut sequences are bytes like any other: never
+    decoded (an overlong `/` stays one name), never replaced."""
+    from aufs.apply import apply_tar
+    from aufs.whiteouts import WhiteoutFormat
+
+    apply_tar(ramdir, _go_style_entry(raw) + bytes(1024), WhiteoutFormat.OVERLAY)
+    assert os.listdir(os.fsencode(ramdir)) == [raw]
