@@ -58,12 +58,12 @@ def debian_rootfs() -> tuple[Path, str]:
     except (OSError, subprocess.CalledProcessError) as exc:
         print(f"debootstrap failed ({exc}); building the tree from this machine's /usr instead", file=sys.stderr)
     shutil.rmtree(rootfs, ignore_errors=True)
-    for part in ("usr/lib/python3", "usr/share/doc", "usr/share/locale", "usr/share/perl", "var/lib/dpkg", "etc"):
+    for part in ("usr/bin", "usr/lib/python3", "usr/share/doc", "usr/share/locale", "usr/share/perl", "var/lib/dpkg", "etc"):
         src = Path("/") / part
         if src.exists():
             (rootfs / part).parent.mkdir(parents=True, exist_ok=True)
             _run("cp", "-a", str(src), str(rootfs / part))
-    return rootfs, "trees copied from this machine (/usr/lib/python3, parts of /usr/share, /var/lib/dpkg, /etc)"
+    return rootfs, "trees copied from this machine (/usr/bin, /usr/lib/python3, parts of /usr/share, /var/lib/dpkg, /etc)"
 
 
 def build_image(rootfs: Path) -> Path:
