@@ -161,7 +161,7 @@ class Driver:
                 raise StoreReadOnly(f"cannot create a store in {layout.home}: its filesystem is read-only",
                                     path=layout.home)
             fmt = None if meta is None else WhiteoutFormat(meta["format"])
-            backend_cls, fmt = _choose_backend(backend, fmt)
+            backend_cls, fmt, self._backend_reason = _choose_backend(backend, fmt)
             if fmt is WhiteoutFormat.OVERLAY and not read_only:
                 _require_trusted_xattrs(layout.home)
             tightened: list[str] = []
@@ -294,7 +294,8 @@ class Driver:
         return self._core.describe(layer_id, list(meta["ancestors"]), readonly=readonly)
 
     def status(self) -> dict[str, str | int | bool]:
-        """Facts about the store: ``backend``, ``home``, ``whiteout_format``,
+        """Facts about the store: ``backend``, ``backend_reason`` (why this backend),
+        ``home``, ``whiteout_format``,
         ``backing_filesystem`` (str); ``layers``, ``mounted``, ``max_depth`` (the longest chain,
         top layer included) (int); ``read_only`` (bool). Takes no lock."""
         home = self._core.home
@@ -309,6 +310,7 @@ class Driver:
         mounted = sum(1 for i in layer_ids if mounted_or_dead(layout.mountpoint(i)))
         return {
             "backend": self.backend,
+            "backend_reason": self._backend_reason,
             "home": home,
             "whiteout_format": self.whiteout_format.value,
             "layers": len(layer_ids),
@@ -608,7 +610,8 @@ def _write_store_meta(layout: Layout, fmt: WhiteoutFormat, backend: str) -> None
     os.replace(tmp, layout.meta_file)
 
 
-def _choose_backend(name: str, fmt: WhiteoutFormat | None) -> tuple[type[Backend], WhiteoutFormat]:
+def _choose_backend(name: str, fmt: WhiteoutFormat | None) -> tuple[type[Backend], WhiteoutFormat, str]:
+    """The backend class, the whiteout format and why that backend (for ``status``)."""
     if name != "auto":
         cls = BACKENDS[name]
         if fmt is not None and fmt not in cls.formats:
@@ -620,7 +623,7 @@ def _choose_backend(name: str, fmt: WhiteoutFormat | None) -> tuple[type[Backend
         reason = cls.unavailable_reason()
         if reason is not None:
             raise BackendUnavailable(f"backend {name} is unavailable: {reason}")
-        return cls, fmt if fmt is not None else cls.formats[0]
+        return cls, fmt if fmt is not None else cls.formats[0], f"asked for {name}"
     reasons = []
     for cls in BACKENDS.values():
         if fmt is not None and fmt not in cls.formats:
@@ -628,7 +631,10 @@ def _choose_backend(name: str, fmt: WhiteoutFormat | None) -> tuple[type[Backend
             continue
         reason = cls.unavailable_reason()
         if reason is None:
-            return cls, fmt if fmt is not None else cls.formats[0]
+            why = f"auto: {cls.name} is the first usable backend"
+            if reasons:
+                why += " (" + "; ".join(reasons) + ")"
+            return cls, fmt if fmt is not None else cls.formats[0], why
         reasons.append(f"{cls.name}: {reason}")
     raise BackendUnavailable("no usable union backend: " + "; ".join(reasons))
 
