@@ -84,7 +84,8 @@ class _Walker:
     several links (the inode map lives here); see :meth:`aufs._fastpaths.EntryWriter.run`.
     """
 
-    def __init__(self, la: Libarchive, archive: int, output: _Output) -> None:
+    def __init__(self, la: Libarchive, archive: int, output: _Output,
+                 rootless_owner: tuple[int, int] | None = None) -> None:
         self.lib = la
         self.archive = archive
         self.output = output
@@ -93,7 +94,7 @@ class _Walker:
             raise MemoryError("archive_entry_new failed")
         self.writer = _fastpaths.EntryWriter(archive, self.entry,
                                              la.addresses(_fastpaths.WALK_API_NAMES),
-                                             _BLOCK_SIZE, output.fd_output)
+                                             _BLOCK_SIZE, output.fd_output, rootless_owner)
         self.first_name: dict[tuple[int, int], bytes] = {}
 
     def close(self) -> None:
@@ -151,7 +152,8 @@ class _Walker:
                 inode = (dev, ino)
                 first = first_name.get(inode)
                 if first is not None:  # the inode's data and xattrs went with its first name
-                    self._failed(write(-1, -1, name, tar_name, first, mode, uid, gid, mtime,
+                    # dir_fd: a rootless store reads the inode's recorded owner through it
+                    self._failed(write(dir_fd, -1, name, tar_name, first, mode, uid, gid, mtime,
                                        0, 0), tar_name)
                     continue
                 first_name[inode] = tar_name
@@ -344,7 +346,8 @@ def path_too_long(name: str | bytes | None, what: str) -> PathTooLong:
                        path=path)
 
 
-def write_diff(layer_dir: str | os.PathLike[str], out: PathOrFile, fmt: WhiteoutFormat) -> int:
+def write_diff(layer_dir: str | os.PathLike[str], out: PathOrFile, fmt: WhiteoutFormat,
+               rootless_owner: tuple[int, int] | None = None) -> int:
     """Write the layer directory ``layer_dir`` (format ``fmt``) as a pax layer tar to ``out``.
 
     ``out`` is a path (created or truncated) or a writable binary file object (written
@@ -353,7 +356,9 @@ def write_diff(layer_dir: str | os.PathLike[str], out: PathOrFile, fmt: Whiteout
     first, its position updated after), are written through the fd with no copy of file data
     in user space; a pipe is grown to 1 MiB. Other file objects get the same bytes through
     ``write()``. Returns the number of bytes written. The bytes depend only on the layer's
-    content (see the module docstring).
+    content (see the module docstring). ``rootless_owner`` (uid, gid): the layer is a rootless
+    store's (:mod:`aufs.rootless`) whose files those ids own; its recorded owners, modes,
+    types and xattrs are written, and unrecorded entries of that owner as root's.
     Raises ``NoSpace`` if the output filesystem fills up, ``OSError`` for a failed read or
     write, ``FileNotFoundError`` if ``layer_dir`` does not exist.
     """
@@ -372,7 +377,7 @@ def write_diff(layer_dir: str | os.PathLike[str], out: PathOrFile, fmt: Whiteout
         if la.write_set_options(archive, b"pax:xattrheader=SCHILY") != ARCHIVE_OK:
             raise _archive_failure(la, archive, "selecting SCHILY xattr records")
         output = _Output(la, archive, out)
-        walker = _Walker(la, archive, output)
+        walker = _Walker(la, archive, output, rootless_owner)
         try:
             root_fd = os.open(root, _O_DIR)
             try:

@@ -316,6 +316,7 @@ static int x_xattrs(struct aufs_xctx *ctx, int fd, int dir_fd, const char *name)
     const void *value;
     size_t size;
     char procpath[64 + AUFS_X_PATH_MAX];
+    char keybuf[256]; /* XATTR_NAME_MAX + 1 */
 
     if (((x_entry_int_fn)api->entry_xattr_reset)(ctx->entry) <= 0)
         return 0;
@@ -325,6 +326,13 @@ static int x_xattrs(struct aufs_xctx *ctx, int fd, int dir_fd, const char *name)
         int r;
         if (!key || !*key || aufs_is_private_xattr(key))
             continue;
+        if ((ctx->flags & AUFS_X_FLAG_ROOTLESS) && strncmp(key, "user.", 5) != 0) {
+            /* an unprivileged user may set user.* only: keep the others under our prefix */
+            if (strlen(key) + AUFS_ROOTLESS_XATTR_PREFIX_LEN >= sizeof keybuf)
+                return -ERANGE;
+            snprintf(keybuf, sizeof keybuf, "%s%s", AUFS_ROOTLESS_XATTR_PREFIX, key);
+            key = keybuf;
+        }
         if (fd >= 0)
             r = fsetxattr(fd, key, value, size, 0);
         else
@@ -341,16 +349,47 @@ static void x_times(const struct aufs_xctx *ctx, struct timespec ts[2])
     ts[0].tv_nsec = ts[1].tv_nsec = (long)ctx->mtime_nsec;
 }
 
+/* Rootless: the entry's owner, full mode and type as the override xattr on `fd` (a regular
+ * file or a directory: user.* xattrs go on nothing else), and on disk a mode the store's owner
+ * can work with (u+rw, u+rwx for directories) and never setuid, setgid or sticky. Entries
+ * that disk shows exactly (0:0, same mode, a file or directory) get no xattr: the store's
+ * owner stands for root. `type` is NULL for what the inode itself is. */
+static int x_rootless_meta(struct aufs_xctx *ctx, int fd, const char *type)
+{
+    mode_t want = (mode_t)(ctx->mode & 07777);
+    mode_t disk = want & 0777;
+    char value[96];
+    int dir = (ctx->mode & S_IFMT) == S_IFDIR;
+    disk |= dir ? 0700 : 0600;
+    if (fchmod(fd, disk) < 0)
+        return -errno;
+    if (type == NULL && ctx->uid == 0 && ctx->gid == 0 && disk == want) {
+        if (fremovexattr(fd, AUFS_ROOTLESS_OVERRIDE) < 0 && errno != ENODATA)
+            return errno == ENOTSUP ? 0 : -errno;
+        return 0;
+    }
+    snprintf(value, sizeof value, "%lld:%lld:0%o:%s", (long long)ctx->uid, (long long)ctx->gid,
+             (unsigned)want, type ? type : dir ? "dir" : "file");
+    if (fsetxattr(fd, AUFS_ROOTLESS_OVERRIDE, value, strlen(value), 0) < 0)
+        return -errno;
+    return 0;
+}
+
 /* Owner before mode (chown clears setuid/setgid), xattrs after both (chown clears
  * security.capability). */
 static int x_meta_fd(struct aufs_xctx *ctx, int fd, int set_times)
 {
     struct timespec ts[2];
     int r;
-    if (fchown(fd, (uid_t)ctx->uid, (gid_t)ctx->gid) < 0)
+    if (ctx->flags & AUFS_X_FLAG_ROOTLESS) {
+        r = x_rootless_meta(ctx, fd, NULL);
+        if (r < 0)
+            return r;
+    } else if (fchown(fd, (uid_t)ctx->uid, (gid_t)ctx->gid) < 0) {
         return -errno;
-    if (fchmod(fd, (mode_t)(ctx->mode & 07777)) < 0)
+    } else if (fchmod(fd, (mode_t)(ctx->mode & 07777)) < 0) {
         return -errno;
+    }
     r = x_xattrs(ctx, fd, -1, NULL);
     if (r < 0)
         return r;
@@ -366,7 +405,10 @@ static int x_meta_at(struct aufs_xctx *ctx, int dir_fd, const char *name, int ch
 {
     struct timespec ts[2];
     int r;
-    if (fchownat(dir_fd, name, (uid_t)ctx->uid, (gid_t)ctx->gid, AT_SYMLINK_NOFOLLOW) < 0)
+    /* rootless: only symlinks come here (a symlink's mode means nothing; its owner is the
+     * store owner's, exported as root) */
+    if (!(ctx->flags & AUFS_X_FLAG_ROOTLESS) &&
+        fchownat(dir_fd, name, (uid_t)ctx->uid, (gid_t)ctx->gid, AT_SYMLINK_NOFOLLOW) < 0)
         return -errno;
     if (chmod_too) {
         r = x_chmod_nofollow(dir_fd, name, (mode_t)(ctx->mode & 07777));
@@ -526,6 +568,41 @@ static int x_symlink(struct aufs_xctx *ctx, int dir_fd, const char *name)
     return x_meta_at(ctx, dir_fd, name, 0);
 }
 
+/* Rootless: a device or fifo as an empty regular file whose override xattr names the type
+ * (an unprivileged user can make no device; a real fifo could carry no user.* xattr). */
+static int x_rootless_node(struct aufs_xctx *ctx, int dir_fd, const char *name, mode_t type,
+                           dev_t dev)
+{
+    const int flags = O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC;
+    char kind[64];
+    struct timespec ts[2];
+    int fd, r;
+    if (type == S_IFIFO)
+        snprintf(kind, sizeof kind, "pipe");
+    else
+        snprintf(kind, sizeof kind, "%s-%u-%u", type == S_IFCHR ? "char" : "block",
+                 major(dev), minor(dev));
+    fd = openat(dir_fd, name, flags, 0600);
+    if (fd < 0 && errno == EEXIST) {
+        r = aufs_x_remove(dir_fd, name);
+        if (r < 0)
+            return r;
+        fd = openat(dir_fd, name, flags, 0600);
+    }
+    if (fd < 0)
+        return -errno;
+    r = x_rootless_meta(ctx, fd, kind);
+    if (r == 0)
+        r = x_xattrs(ctx, fd, -1, NULL);
+    if (r == 0) {
+        x_times(ctx, ts);
+        if (futimens(fd, ts) < 0)
+            r = -errno;
+    }
+    close(fd);
+    return r;
+}
+
 static int x_node(struct aufs_xctx *ctx, int dir_fd, const char *name)
 {
     x_entry_dev_fn major_fn = (x_entry_dev_fn)ctx->api->entry_rdevmajor;
@@ -535,6 +612,8 @@ static int x_node(struct aufs_xctx *ctx, int dir_fd, const char *name)
     int r;
     if (type != S_IFIFO)
         dev = makedev(major_fn(ctx->entry), minor_fn(ctx->entry));
+    if (ctx->flags & AUFS_X_FLAG_ROOTLESS)
+        return x_rootless_node(ctx, dir_fd, name, type, dev);
     if (mknodat(dir_fd, name, type | 0600, dev) < 0) {
         if (errno != EEXIST)
             return -errno;

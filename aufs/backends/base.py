@@ -112,6 +112,8 @@ class Backend(abc.ABC):
     """
 
     name: ClassVar[str]
+    rootless: bool = False
+    """Set by the store for a rootless store (owners recorded in xattrs, see aufs.rootless)."""
     formats: ClassVar[tuple[WhiteoutFormat, ...]]
     """Whiteout formats this backend reads; ``formats[0]`` is what a new store is created with."""
 
