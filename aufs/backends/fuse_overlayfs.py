@@ -161,10 +161,7 @@ class FuseOverlayfsBackend(Backend):
                     path=path,
                 )
         options = ["lowerdir=" + ":".join(_fuse_escape(p) for p in lowers)]
-        if self.rootless:
-            # show the owners and modes recorded in user.containers.override_stat, and record
-            # a chown or chmod made through the mount there (aufs.rootless)
-            options.append("xattr_permissions=2")
+
         if upper is not None and work is not None:
             options += [f"upperdir={_fuse_escape(upper)}", f"workdir={_fuse_escape(work)}"]
         return [Mount(MOUNT_TYPE, "fuse-overlayfs", tuple(options))]

@@ -79,7 +79,18 @@ d = aufs.Driver(home)
 d.create("base"); d.apply_diff("base", sys.argv[3])
 d.create("top", parent="base"); d.apply_diff("top", sys.argv[4])
 d.diff("base", out + "/base.tar"); d.diff("top", out + "/top.tar")
-print(json.dumps({"status": d.status(), "changes": [[str(c.kind), c.path] for c in d.changes("top")]}))
+d.create("rw", parent="top")
+with d.mount("rw") as root:
+    # the store's owner works in the mount as in a umoci --rootless bundle: every file is theirs
+    with open(os.path.join(root, "usr/bin/new"), "ab") as f:
+        f.write(b"!")
+    with open(os.path.join(root, "home/big/notes"), "ab") as f:
+        f.write(b"!")
+    open(os.path.join(root, "home/big/mine"), "w").write("mine")
+    os.unlink(os.path.join(root, "etc/passwd"))
+d.diff("rw", out + "/rw.tar")
+print(json.dumps({"status": d.status(), "changes": [[str(c.kind), c.path] for c in d.changes("top")],
+                  "rw_changes": sorted([str(c.kind), c.path] for c in d.changes("rw"))}))
 '''
 
 
@@ -125,6 +136,14 @@ def test_rootless_store_exports_what_a_root_store_exports(test_user: User, user_
     assert "SCHILY.xattr.security.capability" in dict(members["usr/bin/ping"][9])
     assert members["usr/bin/ping-link"][1] == tarfile.LNKTYPE
     assert sorted(result["changes"]) == sorted([str(c.kind), c.path] for c in root.changes("top"))
+
+    # written through the mount: copied-up files keep what was recorded, new ones are root's
+    rw = {m[0]: m for m in _members((out / "rw.tar").read_bytes())}
+    assert rw["usr/bin/new"][2:6] == (0o2755, 0, 50, 4)
+    assert rw["home/big/notes"][3:6] == (3000000, 3000000, 3)
+    assert rw["home/big/mine"][3:5] == (0, 0)
+    assert "etc/.wh.passwd" in rw
+    assert ["D", "/etc/passwd"] in result["rw_changes"] and ["A", "/home/big/mine"] in result["rw_changes"]
 
     # on disk: everything is the user's, nothing setuid, no device
     for dirpath, dirnames, filenames in os.walk(user_dir / "store" / "layers"):
