@@ -74,20 +74,22 @@ def _fusermount_detach(target: str, refused: BaseException, busy_retries: int) -
         lazy = attempt > busy_retries  # the last try detaches lazily, as umount2 does
         if not mounts.mounted(target):
             return Detached.NOT_MOUNTED
+        # a session of its own: a Ctrl-C aimed at the caller's process group must not kill
+        # the helper halfway and leave the mount behind
         proc = subprocess.run([binary, "-u", *(["-z"] if lazy else []), "--", target],
                               stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.PIPE, check=False)
+                              stderr=subprocess.PIPE, check=False, start_new_session=True)
         if proc.returncode == 0:
             return Detached.LAZILY if lazy else Detached.UNMOUNTED
-        message = proc.stderr.decode("utf-8", "replace").strip()
-        if "busy" not in message.lower():
-            break
+        message = proc.stderr.decode("utf-8", "replace").strip() or f"exit status {proc.returncode}"
+        if proc.returncode > 0 and "busy" not in message.lower() and "exit status" not in message:
+            break  # a reason that will not change (not ours, not a FUSE mount)
         time.sleep(delay)
         delay = min(delay * 2, 0.5)
     if not mounts.mounted(target):
         return Detached.NOT_MOUNTED
     raise MountError(f"cannot unmount {target!r}: umount2 needs privilege and {os.path.basename(binary)} "
-                     f"failed: {message or 'no reason given'} (only FUSE mounts this user made can be "
+                     f"failed: {message} (only FUSE mounts this user made can be "
                      "taken down without privilege)", path=target) from refused
 
 

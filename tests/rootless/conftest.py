@@ -72,3 +72,15 @@ def user_processes(user: User, name: str) -> list[str]:
     proc = subprocess.run(["ps", "-u", str(user.uid), "-o", "pid=,stat=,comm="], capture_output=True, text=True)
     return [f"{pid} {state}" for pid, state, comm in (line.split(None, 2) for line in proc.stdout.splitlines())
             if comm.strip() == name and not state.startswith("Z")]
+
+
+def user_popen(user: User, code: str, *args: str, stdin: int | None = None) -> subprocess.Popen[bytes]:
+    """Start the Python ``code`` as ``user`` in a session of its own (so a test can Ctrl-C it
+    with ``os.killpg``, as a terminal would), stdout piped."""
+    if not user._python:
+        pytest.skip(f"no Python interpreter that user {user.name} may run with aufs importable")
+    env = user.env({"PYTHONPATH": user._pythonpath, "PYTHONNOUSERSITE": "1", "PYTHONDONTWRITEBYTECODE": "1"})
+    argv = ["runuser", "-u", user.name, "--", "env", "-i", *(f"{k}={v}" for k, v in env.items()),
+            *user._python, "-c", code, *args]
+    return subprocess.Popen(argv, stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            start_new_session=True)

@@ -109,3 +109,12 @@ def test_user_without_fuse_overlayfs_gets_one_clear_message(test_user: User, use
     assert "fuse-overlayfs is not installed (apt-get install fuse-overlayfs)" in err
     assert "Traceback" not in err and len(err.splitlines()) == 1, err
     assert not (user_dir / "store").exists()
+
+
+def test_demo_as_an_ordinary_user(test_user: User, user_fuse: None, user_dir: pathlib.Path) -> None:
+    proc = test_user.python("import sys, aufs.cli; sys.exit(aufs.cli.main(sys.argv[1:]))", "demo",
+                            env={"TMPDIR": str(user_dir), "COLUMNS": "100"}, timeout=300)
+    assert proc.returncode == 0, (proc.stdout.decode()[-2000:], proc.stderr.decode()[-2000:])
+    assert "fuse-overlayfs" in proc.stdout.decode()
+    assert _mounts_under(user_dir) == [] and list(user_dir.iterdir()) == []
+    assert user_processes(test_user, "fuse-overlayfs") == []
