@@ -50,6 +50,7 @@ import stat
 from typing import Any, NamedTuple, Optional, Union
 
 from . import _fastpaths
+from .errors import PathTooLong
 from .whiteouts import (
     WHITEOUT_PREFIX,
     EntryKind,
@@ -213,9 +214,7 @@ def compute_changes(
             except OSError as exc:
                 if exc.errno != errno.ENAMETOOLONG:
                     raise
-                from .export import path_too_long
-
-                raise path_too_long(_too_long_path(layer_fd, _CHANGE_PATH_MAX),
+                raise PathTooLong.of(_too_long_path(layer_fd, _CHANGE_PATH_MAX),
                                     "cannot list the layer's changes") from exc
         finally:
             if lower_fd is not None:

@@ -1,5 +1,9 @@
 """The ``aufs`` command: a thin shell over the public API.
 
+Commands import what they use when they run, so that ``aufs --help`` and a mistyped option
+stay instant (no libarchive, cffi module or grpc loaded); none of those imports hides a cycle:
+the CLI is a client of the package, nothing imports it.
+
 Owns argument parsing, output (human text on a terminal, ``--json`` for machines), progress
 bars (rich, only when stderr is a terminal) and the mapping of errors to exit codes. Every
 subcommand calls one or two public functions; no store logic lives here.

@@ -18,6 +18,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import IO
 
+from .image import export_image, import_image
+from .image.exporter import write_oci_layout
+from .store import Driver
+
 __all__ = ["LAYER_NOTES", "demo_layers", "run_demo"]
 
 # (path, kind, payload, mode): kind is "dir", "file", "symlink" (payload = target) or
@@ -147,9 +151,6 @@ def run_demo(*, backend: str = "auto", stdout: IO[str] | None = None, keep: bool
     from rich.console import Console
     from rich.table import Table
 
-    from .image import export_image, import_image
-    from .image.exporter import write_oci_layout
-    from .store import Driver
 
     console = Console(file=stdout, highlight=False)
     workdir = Path(tempfile.mkdtemp(prefix="aufs-demo-"))

@@ -133,6 +133,15 @@ class PathTooLong(AufsError, OSError):
         self.errno = errno.ENAMETOOLONG
         self.strerror = os.strerror(errno.ENAMETOOLONG)
 
+    @classmethod
+    def of(cls, name: Union[str, bytes, None], what: str) -> "PathTooLong":
+        """The error for a path of a layer too long to name: ``name`` relative to the layer
+        (or absolute in it), shown shortened in the message, whole in ``.path``."""
+        rel = os.fsdecode(name or "").lstrip("/")
+        path = "/" + rel
+        shown = path if len(path) <= 160 else f"{path[:100]}...{path[-40:]} ({len(path)} bytes)"
+        return cls(f"{what}: the path {shown!r} is too long ({os.strerror(errno.ENAMETOOLONG)})", path=path)
+
 
 class ImageError(AufsError, ValueError):
     """An image (docker-save tarball or OCI layout) is malformed or unsupported."""

@@ -336,16 +336,6 @@ _WRITE_CALLBACK = ctypes.CFUNCTYPE(ctypes.c_ssize_t, ctypes.c_void_p, ctypes.c_v
                                    ctypes.c_void_p, ctypes.c_size_t)
 
 
-def path_too_long(name: str | bytes | None, what: str) -> PathTooLong:
-    """The typed error for a path of the layer too long to name: ``name`` relative to the
-    layer (or absolute in it), shown shortened in the message, whole in ``.path``."""
-    rel = os.fsdecode(name or "").lstrip("/")
-    path = "/" + rel
-    shown = path if len(path) <= 160 else f"{path[:100]}...{path[-40:]} ({len(path)} bytes)"
-    return PathTooLong(f"{what}: the path {shown!r} is too long ({os.strerror(errno.ENAMETOOLONG)})",
-                       path=path)
-
-
 def write_diff(layer_dir: str | os.PathLike[str], out: PathOrFile, fmt: WhiteoutFormat,
                rootless_owner: tuple[int, int] | None = None) -> int:
     """Write the layer directory ``layer_dir`` (format ``fmt``) as a pax layer tar to ``out``.
@@ -385,7 +375,7 @@ def write_diff(layer_dir: str | os.PathLike[str], out: PathOrFile, fmt: Whiteout
             except OSError as exc:
                 if exc.errno != errno.ENAMETOOLONG or isinstance(exc, PathTooLong):
                     raise
-                raise path_too_long(exc.filename, "cannot write the layer's diff") from exc
+                raise PathTooLong.of(exc.filename, "cannot write the layer's diff") from exc
             finally:
                 os.close(root_fd)
             if la.write_close(archive) != ARCHIVE_OK:

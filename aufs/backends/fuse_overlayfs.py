@@ -37,8 +37,7 @@ from ..layout import Layout
 from ..owners import ProcessToken, process_alive, process_start_time
 from ..plan import Mount
 from ..whiteouts import WhiteoutFormat, make_whiteout
-from . import base
-from .base import Backend, kernel_filesystems
+from .base import Backend, Detached, detach, kernel_filesystems
 
 __all__ = ["FUSE_MAX_DEPTH", "MOUNT_TYPE", "FuseOverlayfsBackend", "normalise_upper"]
 
@@ -221,7 +220,7 @@ class FuseOverlayfsBackend(Backend):
         """Undo a half-made mount: unmount if it appeared, then make sure the daemon is gone."""
         try:
             if mounts.mounted(target):
-                base.detach(target)
+                detach(target)
         finally:
             if proc.poll() is None:
                 proc.terminate()
@@ -233,17 +232,17 @@ class FuseOverlayfsBackend(Backend):
 
     def unmount(self, target: str, *, record: str | None = None, upper: str | None = None) -> bool:
         token = _read_record(record) if record is not None else None
-        how = base.detach(target)
+        how = detach(target)
         with self._children_lock:
             proc = self._children.pop(target, None)
-        if how is base.Detached.NOT_MOUNTED:
+        if how is Detached.NOT_MOUNTED:
             # nothing of ours to wait for here; a record left behind is settle()'s business
             if proc is not None and proc.poll() is None:
                 with self._children_lock:
                     self._children.setdefault(target, proc)
             self._reap()
             return False
-        if how is base.Detached.LAZILY:
+        if how is Detached.LAZILY:
             # the daemon serves the busy mount until its last user goes: settle() finishes
             if proc is not None:
                 with self._children_lock:

@@ -254,6 +254,9 @@ class UnixHTTPServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer)
                  handler: type[http.server.BaseHTTPRequestHandler]) -> None:
         self.socket_path = os.path.abspath(os.fspath(path))
         self._active = 0
+        self.connections_done = 0
+        """Connections answered (or dropped) and closed so far: a caller that opened one can
+        wait for this to grow, then know the server is done with it."""
         self._idle = threading.Condition()
         prepare_socket_path(self.socket_path)
         # process-wide, but only for the bind: the socket is born 0600, with no window in
@@ -269,6 +272,19 @@ class UnixHTTPServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer)
         except BaseException:
             self.server_close()
             raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            with self._idle:
+                self.connections_done += 1
+                self._idle.notify_all()
+
+    def wait_connections(self, count: int, timeout: float) -> bool:
+        """Wait until ``count`` connections have been closed (at most ``timeout`` seconds)."""
+        with self._idle:
+            return self._idle.wait_for(lambda: self.connections_done >= count, timeout)
 
     def track_request(self) -> _Tracking:
         """``with server.track_request():`` around the answer of one request."""

@@ -317,6 +317,7 @@ def test_apply_from_a_client_that_hangs_up_changes_nothing(server: DockerPluginS
     client.ok("GraphDriver.Create", {"ID": "base"})
     before = snapshot(store)
     data = make_tar({"big": os.urandom(1 << 20)})
+    closed = server.connections_done
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.connect(server.socket_path)
     sock.sendall(b"POST /GraphDriver.ApplyDiff?id=base&parent= HTTP/1.1\r\nHost: x\r\n"
@@ -324,9 +325,8 @@ def test_apply_from_a_client_that_hangs_up_changes_nothing(server: DockerPluginS
     half = data[: len(data) // 2]
     sock.sendall(b"%x\r\n%s\r\n" % (len(half), half))
     sock.close()  # mid-stream
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and not server.wait_idle(0.1):
-        pass
+    # done with this connection, however late the server accepted it (no race with accept)
+    assert server.wait_connections(closed + 1, 30)
     assert server.wait_idle(0)
     assert snapshot(store) == before
     assert not os.listdir(pathlib.Path(store.home, "tmp"))  # no staging debris
