@@ -119,3 +119,41 @@ def test_rootless_import_export_equals_root(which: str, request: pytest.FixtureR
     assert user_processes(test_user, "fuse-overlayfs") == []
     with open("/proc/self/mountinfo") as f:
         assert not [line for line in f if str(user_dir) in line]
+
+
+def test_readme_tour_as_an_ordinary_user(test_user: User, user_fuse: None, user_dir: Path,  # noqa: F811
+                                         umoci_image: dict[str, Path]) -> None:
+    """The command-line tour of the README, as aufs-test, in the default home (~/.local/share/aufs)."""
+    image = _give(umoci_image["docker"], user_dir / "debian.tar", test_user)
+    env = {"HOME": str(user_dir)}
+
+    def aufs_(*argv: str) -> str:
+        proc = test_user.python(_AUFS, *argv, env=env, timeout=300)
+        assert proc.returncode == 0, (argv, proc.stderr.decode()[-2000:])
+        return proc.stdout.decode()
+
+    top = aufs_("import", str(image)).split()[-1]
+    assert top in aufs_("ls")
+    assert (user_dir / ".local" / "share" / "aufs" / "aufs-store.json").exists()
+    aufs_("create", "work", "--parent", top)
+    path = aufs_("mount", "work").strip()
+    proc = test_user.run(["sh", "-c", f'echo hi > "{path}/hello"'])
+    assert proc.returncode == 0, proc.stderr.decode()
+    aufs_("umount", "work")
+    assert aufs_("changes", "work").split() == ["A", "/hello"]
+    aufs_("diff", "work", "-o", str(user_dir / "work.tar"))
+    aufs_("create", "other")
+    aufs_("apply", "other", str(user_dir / "work.tar"))
+    aufs_("export", "work", str(user_dir / "my-image"))
+    run("skopeo", "inspect", f"oci:{user_dir / 'my-image'}:latest")
+    assert "demo:1" in aufs_("images")
+    aufs_("export", "demo:1", str(user_dir / "debian-again"))
+    aufs_("rm", "work", "other")
+    aufs_("rmi", "demo:1")
+    status = aufs_("status")
+    assert "fuse-overlayfs" in status and "rootless" in status
+    aufs_("cleanup")
+    aufs_("check", "--repair")
+    assert user_processes(test_user, "fuse-overlayfs") == []
+    with open("/proc/self/mountinfo") as f:
+        assert not [line for line in f if str(user_dir) in line]
