@@ -577,6 +577,22 @@ static int x_rootless_node(struct aufs_xctx *ctx, int dir_fd, const char *name, 
     char kind[64];
     struct timespec ts[2];
     int fd, r;
+    if (type == S_IFCHR && dev == 0) {
+        /* the overlay whiteout: what it means (and how the store exports it) is the AUFS
+         * whiteout file .wh.NAME, which needs no privilege */
+        char wh[AUFS_X_PATH_MAX];
+        if (snprintf(wh, sizeof wh, AUFS_WHITEOUT_PREFIX "%s", name) >= (int)sizeof wh)
+            return -ENAMETOOLONG;
+        r = aufs_x_remove(dir_fd, name);
+        if (r < 0 && r != -ENOENT)
+            return r;
+        fd = openat(dir_fd, wh, O_WRONLY | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0444);
+        if (fd < 0)
+            return -errno;
+        r = fchmod(fd, 0444) < 0 ? -errno : 0;
+        close(fd);
+        return r;
+    }
     if (type == S_IFIFO)
         snprintf(kind, sizeof kind, "pipe");
     else
