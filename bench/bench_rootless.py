@@ -164,11 +164,15 @@ def main() -> int:
             print(podman_note)
     finally:
         # rootless podman leaves its "podman pause" process (it holds the user namespace)
-        for pid in sorted(user_pids(user.pw_uid) - before):
+        started = user_pids(user.pw_uid) - before
+        for pid in sorted(started):
             try:
                 os.kill(pid, 15)
             except ProcessLookupError:
                 pass
+        deadline = time.monotonic() + 5
+        while started & user_pids(user.pw_uid) and time.monotonic() < deadline:
+            time.sleep(0.05)
         subprocess.run(["umount", "-l", "/dev/fuse"], check=False)
         subprocess.run(["umount", "-l", str(work / "dev")], check=False)
         for leftover in sorted(Path("/proc/self").joinpath("mountinfo").read_text().splitlines()):
