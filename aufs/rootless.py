@@ -9,7 +9,9 @@ keeps every layer's files owned by the store's owner and records what the image 
   ``block-MAJ-MIN``) on regular files and directories; devices and fifos are stored as empty
   regular files carrying it. Entries that are ``0:0`` with a mode the disk shows as is carry
   none: the store's owner stands for root, as in a rootless container.
-* xattrs outside ``user.*`` under ``user.aufs.xattr.`` + their name.
+* xattrs outside ``user.*`` under ``user.aufs.xattr.`` + their name;
+* the owner of a symlink that is not ``0:0`` on its directory, as ``user.aufs.lowner.`` +
+  its name = ``UID:GID`` (a symlink can carry no user.* xattr).
 
 Why this xattr and not umoci's ``user.rootlesscontainers`` (a protobuf of uid and gid only):
 containers/storage writes the same one, and fuse-overlayfs (``-o xattr_permissions=2``) shows
@@ -18,19 +20,19 @@ store's. ``diff`` and ``export`` read the records back (:mod:`aufs.export`), so 
 exports byte for byte what a root store exports of the same image. On disk the store's
 owner always has u+rw (u+rwx on directories), and no file is setuid or setgid.
 
-Limits: a symlink can carry no user.* xattr, so a symlink's owner is root's on export (in
-images they are root's); the store description records the mode (``aufs-store.json``
-``"rootless"``) and stores of the two kinds are never opened as each other.
+The store description records the mode (``aufs-store.json`` ``"rootless"``) and stores of
+the two kinds are never opened as each other.
 """
 from __future__ import annotations
 
 import os
 from typing import NamedTuple
 
-__all__ = ["OVERRIDE_XATTR", "XATTR_PREFIX", "Owner", "unprivileged"]
+__all__ = ["LINK_OWNER_PREFIX", "OVERRIDE_XATTR", "XATTR_PREFIX", "Owner", "unprivileged"]
 
 OVERRIDE_XATTR = "user.containers.override_stat"
 XATTR_PREFIX = "user.aufs.xattr."
+LINK_OWNER_PREFIX = "user.aufs.lowner."
 FORMAT = "override_stat"
 """The value of ``"rootless"`` in a rootless store's description."""
 

@@ -76,6 +76,10 @@ static inline int aufs_has_prefix(const char *s, const char *prefix)
 #define AUFS_ROOTLESS_OVERRIDE "user.containers.override_stat"
 #define AUFS_ROOTLESS_XATTR_PREFIX "user.aufs.xattr."
 #define AUFS_ROOTLESS_XATTR_PREFIX_LEN 16
+/* a symlink can carry no user.* xattr: the owner of symlink NAME, when not 0:0, is recorded
+ * on its directory as AUFS_ROOTLESS_LINK_OWNER + NAME = "UID:GID" */
+#define AUFS_ROOTLESS_LINK_OWNER "user.aufs.lowner."
+#define AUFS_ROOTLESS_LINK_OWNER_LEN 17
 
 static inline int aufs_is_private_xattr(const char *name)
 {

@@ -544,6 +544,23 @@ static int x_directory(struct aufs_xctx *ctx, int dir_fd, const char *name)
     return r < 0 ? r : x_note_dir(ctx);
 }
 
+/* Rootless: record a symlink's owner on its directory (dir_fd may be an O_PATH fd: through
+ * its magic link), or drop a stale record for a 0:0 one. */
+static int x_rootless_link_owner(struct aufs_xctx *ctx, int dir_fd, const char *name)
+{
+    char key[256], dirpath[64], value[48];
+    if (snprintf(key, sizeof key, AUFS_ROOTLESS_LINK_OWNER "%s", name) >= (int)sizeof key)
+        return ctx->uid == 0 && ctx->gid == 0 ? 0 : -ENAMETOOLONG;
+    snprintf(dirpath, sizeof dirpath, "/proc/self/fd/%d", dir_fd);
+    if (ctx->uid == 0 && ctx->gid == 0) {
+        if (removexattr(dirpath, key) < 0 && errno != ENODATA && errno != ENOTSUP)
+            return -errno;
+        return 0;
+    }
+    snprintf(value, sizeof value, "%lld:%lld", (long long)ctx->uid, (long long)ctx->gid);
+    return setxattr(dirpath, key, value, strlen(value), 0) < 0 ? -errno : 0;
+}
+
 static int x_symlink(struct aufs_xctx *ctx, int dir_fd, const char *name)
 {
     const char *target = ((x_entry_str_fn)ctx->api->entry_symlink)(ctx->entry);
@@ -564,6 +581,11 @@ static int x_symlink(struct aufs_xctx *ctx, int dir_fd, const char *name)
             return r;
         if (symlinkat(target, dir_fd, name) < 0)
             return -errno;
+    }
+    if (ctx->flags & AUFS_X_FLAG_ROOTLESS) {
+        r = x_rootless_link_owner(ctx, dir_fd, name);
+        if (r < 0)
+            return r;
     }
     return x_meta_at(ctx, dir_fd, name, 0);
 }

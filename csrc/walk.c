@@ -160,7 +160,8 @@ static int w_xattrs(struct aufs_wctx *ctx, int fd, const char *path)
         const char *key = list + pos;
         if (rootless) {
             /* what a rootless extraction recorded is metadata, not an xattr of the image */
-            if (strcmp(key, AUFS_ROOTLESS_OVERRIDE) == 0)
+            if (strcmp(key, AUFS_ROOTLESS_OVERRIDE) == 0 ||
+                strncmp(key, AUFS_ROOTLESS_LINK_OWNER, AUFS_ROOTLESS_LINK_OWNER_LEN) == 0)
                 continue;
             if (strncmp(key, AUFS_ROOTLESS_XATTR_PREFIX, AUFS_ROOTLESS_XATTR_PREFIX_LEN) == 0)
                 key += AUFS_ROOTLESS_XATTR_PREFIX_LEN;
@@ -350,6 +351,24 @@ static int w_rootless(struct aufs_wctx *ctx, int dir_fd, int fd, const char *nam
         }
         if (n < 0 && (fd >= 0 || dir_fd >= 0) && errno != ENODATA && errno != ENOTSUP)
             return -errno;
+    }
+    if (S_ISLNK(*mode) && dir_fd >= 0) {
+        /* recorded on the directory (a symlink can carry no user.* xattr) */
+        char key[256];
+        if (snprintf(key, sizeof key, AUFS_ROOTLESS_LINK_OWNER "%s", name) < (int)sizeof key) {
+            n = fgetxattr(dir_fd, key, value, sizeof value - 1);
+            if (n < 0 && errno != ENODATA && errno != ENOTSUP)
+                return -errno;
+            if (n >= 0) {
+                value[n] = 0;
+                if (sscanf(value, "%lld:%lld", &u, &g) != 2 || u < 0 || g < 0 ||
+                    u > 0xffffffffLL || g > 0xffffffffLL)
+                    return -EBADMSG;
+                *uid = u;
+                *gid = g;
+                return 0;
+            }
+        }
     }
     if (n < 0) {
         if ((uint32_t)*uid == ctx->own_uid)

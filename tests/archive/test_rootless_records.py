@@ -46,6 +46,7 @@ def test_everything_a_user_cannot_make_round_trips(ramdir: pathlib.Path) -> None
         entry("bin/ping", data=b"p", xattrs={"security.capability": CAP, "user.x": b"1", "trusted.t": b"2"}),
         entry("bin/ping2", "hardlink", link="bin/ping"),
         entry("bin/sh", "symlink", link="dash"),
+        entry("bin/theirs", "symlink", link="sh", uid=1000, gid=3000000),
         entry("home", "dir"),
         entry("home/far", "dir", mode=0o700, uid=3000000, gid=3000000),
         entry("home/far/n", data=b"n", mode=0o000, uid=3000000, gid=3000000),
@@ -63,6 +64,22 @@ def test_everything_a_user_cannot_make_round_trips(ramdir: pathlib.Path) -> None
     assert os.getxattr(disk / "bin" / "ping", XATTR_PREFIX + "security.capability") == CAP
     assert OVERRIDE_XATTR not in os.listxattr(disk / "bin" / "ping")  # 0:0 0644: nothing to record
     assert os.lstat(disk / "home" / "far" / "n").st_mode & 0o777 == 0o600
+    assert os.getxattr(disk / "bin", "user.aufs.lowner.theirs") == b"1000:3000000"
+    assert "user.aufs.lowner.sh" not in os.listxattr(disk / "bin")
+
+
+def test_a_symlink_replaced_by_a_root_one_loses_its_record(ramdir: pathlib.Path) -> None:
+    first = make_tar([entry("l", "symlink", link="a", uid=7, gid=7)])
+    second = make_tar([entry("l", "symlink", link="b")])
+    for plain in (False, True):
+        d = ramdir / f"t{int(plain)}"
+        d.mkdir()
+        apply_tar(d, first, WhiteoutFormat.AUFS, rootless=not plain)
+        apply_tar(d, second, WhiteoutFormat.AUFS, rootless=not plain)
+    want, got = io.BytesIO(), io.BytesIO()
+    write_diff(ramdir / "t1", want, WhiteoutFormat.AUFS)
+    write_diff(ramdir / "t0", got, WhiteoutFormat.AUFS, rootless_owner=(os.geteuid(), os.getegid()))
+    assert got.getvalue() == want.getvalue()
 
 
 def test_a_malformed_record_is_an_error_not_a_guess(ramdir: pathlib.Path) -> None:
@@ -83,8 +100,8 @@ _kinds = st.sampled_from(["file", "dir", "char", "block", "fifo", "symlink"])
 def test_any_owner_mode_and_type_round_trips(tmp_path_factory: pytest.TempPathFactory, items: list) -> None:
     entries = []
     for i, (kind, mode, uid, gid, dev) in enumerate(items):
-        if kind == "symlink":  # a symlink's owner is never recorded (user.* xattrs go on nothing else)
-            entries.append(entry(f"e{i}", kind, link="t"))
+        if kind == "symlink":  # its owner is recorded on its directory
+            entries.append(entry(f"e{i}", kind, link="t", uid=uid, gid=gid))
         else:
             entries.append(entry(f"e{i}", kind, mode=mode, uid=uid, gid=gid, devmajor=dev, devminor=dev,
                                  data=b"d" if kind == "file" else b""))

@@ -46,6 +46,7 @@ def _base() -> bytes:
          b"ping"),
         (_info("usr/bin/ping-link", tarfile.LNKTYPE, 0o755, link="usr/bin/ping"), None),
         (_info("usr/bin/sh", tarfile.SYMTYPE, 0o777, link="dash"), None),
+        (_info("usr/bin/theirs", tarfile.SYMTYPE, 0o777, 1000, 3000000, link="sh"), None),
         (_info("home", tarfile.DIRTYPE, 0o755), None),
         (_info("home/big", tarfile.DIRTYPE, 0o700, 3000000, 3000000), None),
         (_info("home/big/notes", tarfile.REGTYPE, 0o600, 3000000, 3000000, size=2,
@@ -135,6 +136,7 @@ def test_rootless_store_exports_what_a_root_store_exports(test_user: User, user_
     assert members["etc/shadow"][4] == 42 and members["opt/ro"][2] == 0
     assert "SCHILY.xattr.security.capability" in dict(members["usr/bin/ping"][9])
     assert members["usr/bin/ping-link"][1] == tarfile.LNKTYPE
+    assert members["usr/bin/theirs"][1] == tarfile.SYMTYPE and members["usr/bin/theirs"][3:5] == (1000, 3000000)
     assert sorted(result["changes"]) == sorted([str(c.kind), c.path] for c in root.changes("top"))
 
     # written through the mount: copied-up files keep what was recorded, new ones are root's
