@@ -691,8 +691,19 @@ static int w_same_dir(int fd, int lower_fd)
     struct stat up, low;
     if (fstat(fd, &up) < 0 || fstat(lower_fd, &low) < 0)
         return -errno;
-    return S_ISDIR(low.st_mode) && up.st_mode == low.st_mode && up.st_uid == low.st_uid &&
-           up.st_gid == low.st_gid && w_same_time(&up.st_mtim, &low.st_mtim);
+    if (!(S_ISDIR(low.st_mode) && up.st_mode == low.st_mode && up.st_uid == low.st_uid &&
+          up.st_gid == low.st_gid && w_same_time(&up.st_mtim, &low.st_mtim)))
+        return 0;
+    /* a rootless store keeps the owner and mode it could not set in this xattr: a directory
+     * whose record changed has changed (a root store has none: both reads find nothing) */
+    char a[128], b[128];
+    ssize_t na = fgetxattr(fd, AUFS_ROOTLESS_OVERRIDE, a, sizeof a);
+    if (na < 0 && errno != ENODATA && errno != ENOTSUP)
+        return -errno;
+    ssize_t nb = fgetxattr(lower_fd, AUFS_ROOTLESS_OVERRIDE, b, sizeof b);
+    if (nb < 0 && errno != ENODATA && errno != ENOTSUP)
+        return -errno;
+    return na == nb && (na <= 0 || memcmp(a, b, (size_t)na) == 0);
 }
 
 /* Lists every entry of one layer directory (the frame) and collects the children to walk. */

@@ -69,6 +69,7 @@ def _top() -> bytes:
         (_info("usr/bin", tarfile.DIRTYPE, 0o755), None),
         (_info("usr/bin/.wh..wh..opq", tarfile.REGTYPE, 0o644), None),
         (_info("usr/bin/new", tarfile.REGTYPE, 0o2755, 0, 50, size=3), b"new"),
+        (_info("opt", tarfile.DIRTYPE, 0o555, 7, 0), None),  # only its owner changes
     ])
 
 
@@ -138,6 +139,7 @@ def test_rootless_store_exports_what_a_root_store_exports(test_user: User, user_
     assert members["usr/bin/ping-link"][1] == tarfile.LNKTYPE
     assert members["usr/bin/theirs"][1] == tarfile.SYMTYPE and members["usr/bin/theirs"][3:5] == (1000, 3000000)
     assert sorted(result["changes"]) == sorted([str(c.kind), c.path] for c in root.changes("top"))
+    assert ["C", "/opt"] in result["changes"]
 
     # written through the mount: copied-up files keep what was recorded, new ones are root's
     rw = {m[0]: m for m in _members((out / "rw.tar").read_bytes())}
