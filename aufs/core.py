@@ -90,6 +90,7 @@ class StoreCore:
         """The store's filesystem is read-only: readers work, writers get StoreReadOnly."""
         self.tightened = list(tightened)
         """Directories whose permissions opening the store tightened (older stores)."""
+        self._links: set[str] = set()
 
     def require_writable(self, action: str) -> None:
         """Raise :class:`aufs.StoreReadOnly` naming ``action`` if the store cannot change."""
@@ -165,13 +166,21 @@ class StoreCore:
         return root_is_opaque(diff, self.format)
 
     def short_link(self, layer_id: str) -> str:
-        """The layer's fixed-length short link, made on first use."""
+        """The layer's fixed-length short link, made on first use.
+
+        Links this process has seen are remembered (a deep chain would otherwise cost a
+        syscall per layer per mount); :meth:`mount_layer` forgets them and retries once if a
+        mount finds one gone (a layer removed and made again by another process).
+        """
         link = self.layout.short_link(layer_id)
+        if link in self._links:
+            return link
         if not os.path.islink(link):
             try:
                 os.symlink(self.layout.short_link_target(layer_id), link)
             except FileExistsError:
                 pass
+        self._links.add(link)
         return link
 
     def describe(self, layer_id: str, ancestors: list[str], *, readonly: bool = False) -> list[Mount]:
@@ -201,8 +210,15 @@ class StoreCore:
         except FileExistsError:
             pass
         try:
-            described = self.describe(layer_id, list(meta["ancestors"]))
-            self.backend.perform(described, target, self.layout.backend_record(layer_id))
+            try:
+                described = self.describe(layer_id, list(meta["ancestors"]))
+                self.backend.perform(described, target, self.layout.backend_record(layer_id))
+            except MountError as exc:
+                if exc.errno != errno.ENOENT or not self._links:
+                    raise
+                self._links.clear()  # a remembered short link may be gone: look again, once
+                described = self.describe(layer_id, list(meta["ancestors"]))
+                self.backend.perform(described, target, self.layout.backend_record(layer_id))
         except BaseException:
             rmdir_quietly(target)
             raise

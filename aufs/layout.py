@@ -30,6 +30,7 @@ debris of a dead process from the work of a live one.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import os
 import re
@@ -70,6 +71,13 @@ def validate_layer_id(layer_id: object) -> str:
         )
     assert isinstance(layer_id, str)
     return layer_id
+
+
+@functools.lru_cache(maxsize=8192)
+def _short_name(layer_id: str) -> str:
+    # a deep chain asks for hundreds of these per mount; base32 is pure Python and slow
+    digest = hashlib.sha256(layer_id.encode("ascii")).digest()
+    return base64.b32encode(digest)[:SHORT_LINK_LENGTH].decode("ascii")
 
 
 class Layout:
@@ -139,8 +147,7 @@ class Layout:
 
     def short_link(self, layer_id: str) -> str:
         """``l/SHORT``: a fixed-length alias of the layer's diff dir (a hash, so no bookkeeping)."""
-        digest = hashlib.sha256(layer_id.encode("ascii")).digest()
-        return self.links_dir + "/" + base64.b32encode(digest)[:SHORT_LINK_LENGTH].decode("ascii")
+        return self.links_dir + "/" + _short_name(layer_id)
 
     @staticmethod
     def short_link_target(layer_id: str) -> str:

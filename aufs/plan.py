@@ -135,7 +135,7 @@ def overlay_mount(
     if (upper is None) != (work is None):
         raise ValueError("upper and work directories go together")
     opts = list(options)
-    opts.append("lowerdir=" + ":".join(escape_option(p) for p in lowers))
+    opts.append("lowerdir=" + ":".join(map(escape_option, lowers)))
     if upper is not None and work is not None:
         opts.append("upperdir=" + escape_option(upper))
         opts.append("workdir=" + escape_option(work))

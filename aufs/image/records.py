@@ -40,6 +40,7 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Callable
 
 from .. import locks
+from ..durable import fsync_directory, replace_file
 from ..errors import ImageNotFound, LayerInUse, LayerNotFound, StoreLocked, StoreReadOnly
 from ..layout import Layout
 from ..owners import ProcessToken
@@ -235,33 +236,14 @@ def _read_all(layout: Layout) -> tuple[list[ImageRecord], list[tuple[str, str]]]
 
 def _write(layout: Layout, record: ImageRecord) -> None:
     """Write ``record`` durably: a temporary name, fsync, rename (caller holds the lock)."""
-    final = layout.image_record(_hex(record.id))
-    temporary = f"{layout.images_dir}/.{_hex(record.id)}.{ProcessToken.current()}.tmp"
-    try:
-        with open(temporary, "wb") as f:
-            f.write(_encode(record))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temporary, final)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temporary)
-        raise
-    _fsync_dir(layout.images_dir)
+    replace_file(layout.image_record(_hex(record.id)), _encode(record),
+                 f"{layout.images_dir}/.{_hex(record.id)}.{ProcessToken.current()}.tmp", mode=0o644)
 
 
 def _delete(layout: Layout, record: ImageRecord) -> None:
     with contextlib.suppress(FileNotFoundError):
         os.unlink(layout.image_record(_hex(record.id)))
-    _fsync_dir(layout.images_dir)
-
-
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsync_directory(layout.images_dir)
 
 
 def _dead_temporaries(layout: Layout) -> list[str]:

@@ -30,8 +30,6 @@ import grp
 import logging
 import os
 import signal
-import socket as socketlib
-import stat
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -43,6 +41,7 @@ from google.protobuf import empty_pb2, timestamp_pb2
 
 from ..errors import AufsError, LayerNotFound
 from ..plan import Mount
+from .sockets import SocketRefused, claim_socket_path
 from ._proto import mount_pb2, snapshots_pb2, snapshots_pb2_grpc
 from .snapshotter import (
     ACTIVE,
@@ -81,10 +80,6 @@ _CODES: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
     (InvalidSnapshotRequest, grpc.StatusCode.INVALID_ARGUMENT),
     (ValueError, grpc.StatusCode.INVALID_ARGUMENT),
 )
-
-
-class SocketRefused(AufsError, PermissionError):
-    """The socket path is unsafe or taken (owned by another user, or a server listens on it)."""
 
 
 def _timestamp(ns: int) -> timestamp_pb2.Timestamp:
@@ -200,40 +195,6 @@ class _Servicer(snapshots_pb2_grpc.SnapshotsServicer):
 
 # -------------------------------------------------------------------- the socket
 
-def _check_parent(directory: str) -> None:
-    st = os.stat(directory)
-    me = os.geteuid()
-    if st.st_uid not in (me, 0):
-        raise SocketRefused(f"the socket's directory {directory} belongs to uid {st.st_uid}, "
-                            "who could replace the socket: use a directory of your own", path=directory)
-
-
-def _claim_socket_path(path: str) -> None:
-    """Make the parents of ``path``; remove a stale socket of ours; refuse anything else."""
-    directory = os.path.dirname(path) or "."
-    os.makedirs(directory, 0o755, exist_ok=True)
-    _check_parent(directory)
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        return
-    if st.st_uid != os.geteuid():
-        raise SocketRefused(f"{path} belongs to uid {st.st_uid}: refusing to replace another user's file", path=path)
-    if not stat.S_ISSOCK(st.st_mode):
-        raise SocketRefused(f"{path} exists and is not a socket: refusing to replace it", path=path)
-    probe = socketlib.socket(socketlib.AF_UNIX, socketlib.SOCK_STREAM)
-    try:
-        probe.connect(path)
-    except OSError as exc:
-        if exc.errno not in (errno.ECONNREFUSED, errno.ENOENT):
-            raise
-        os.unlink(path)  # stale: its server died
-        return
-    finally:
-        probe.close()
-    raise SocketRefused(f"a server is listening on {path} already", path=path)
-
-
 def _group_id(group: str | int) -> int:
     if isinstance(group, int) or group.isdigit():
         return int(group)
@@ -279,7 +240,7 @@ class ContainerdServer:
     def start(self) -> None:
         if self._server is not None:
             return
-        _claim_socket_path(self.socket)
+        claim_socket_path(self.socket, make_parents=True)
         self._snapshotter = Snapshotter(self.driver)
         try:
             server = grpc.server(futures.ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="aufs-grpc"))

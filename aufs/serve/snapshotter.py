@@ -53,6 +53,7 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from .. import kernel
+from ..durable import fsync_directory, replace_file
 from ..errors import (
     AufsError,
     BackendUnavailable,
@@ -274,29 +275,14 @@ class _Records:
         return f"ctd-{digest}-{os.urandom(3).hex()}"
 
     def _sync_directory(self) -> None:
-        fd = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        fsync_directory(self.directory)
 
     def put(self, snap: Snapshot) -> None:
         """Write ``snap``'s record (new or replacing); the map changes only if that succeeded."""
         path = self._file(snap.key)
-        temp = path + ".tmp"
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump({"version": RECORDS_VERSION, "key": snap.key, **snap.to_json()}, f,
-                          separators=(",", ":"))
-                f.flush()
-                os.fsync(f.fileno())
-            os.rename(temp, path)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(temp)
-            raise
-        self._sync_directory()
+        data = json.dumps({"version": RECORDS_VERSION, "key": snap.key, **snap.to_json()},
+                          separators=(",", ":")).encode("utf-8")
+        replace_file(path, data, path + ".tmp")
         self.snapshots[snap.key] = snap
 
     def delete(self, key: str) -> None:

@@ -14,17 +14,15 @@ What an engine's plugin server needs below its protocol, with the standard libra
 """
 from __future__ import annotations
 
-import errno
 import http.server
 import io
 import os
-import socket
 import socketserver
-import stat
 import threading
 from typing import Any, BinaryIO, cast
 
 from ..errors import AufsError
+from .sockets import SocketRefused, claim_socket_path
 
 __all__ = [
     "ChunkedResponse",
@@ -39,10 +37,6 @@ __all__ = [
 
 READ_CHUNK = 1 << 20
 """Bytes read at a time from a request: bodies of layer streams come in many small chunks."""
-
-
-class SocketRefused(AufsError, PermissionError):
-    """The socket path cannot be used safely (owned by another user, live, or not a socket)."""
 
 
 class ClientGone(AufsError, ConnectionError):
@@ -240,7 +234,7 @@ class ChunkedResponse:
 class UnixHTTPServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
     """A threading HTTP server on the unix socket ``path``, created mode 0600.
 
-    See :func:`prepare_socket_path` for the paths it refuses. :meth:`close` removes the socket
+    See :func:`aufs.serve.sockets.claim_socket_path` for the paths it refuses. :meth:`close` removes the socket
     (only if it is still ours). Requests counted with :meth:`track_request` can be waited for
     with :meth:`wait_idle`. Use as a context manager, with ``serve_forever`` in a thread and
     ``shutdown``.
@@ -258,7 +252,7 @@ class UnixHTTPServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer)
         """Connections answered (or dropped) and closed so far: a caller that opened one can
         wait for this to grow, then know the server is done with it."""
         self._idle = threading.Condition()
-        prepare_socket_path(self.socket_path)
+        claim_socket_path(self.socket_path)
         # process-wide, but only for the bind: the socket is born 0600, with no window in
         # which another user could connect
         old_umask = os.umask(0o177)
@@ -328,41 +322,3 @@ class _Tracking:
             self._server._idle.notify_all()
 
 
-def prepare_socket_path(path: str) -> None:
-    """Refuse an unsafe socket path with :class:`SocketRefused`; remove a stale socket of ours.
-
-    Refused: a missing directory, a directory owned by another user (not root), a directory
-    other users may write without the sticky bit (they could swap the socket), a path another
-    user owns, a path that is not a socket, a socket a live server answers on.
-    """
-    directory = os.path.dirname(path)
-    me = os.geteuid()
-    try:
-        dir_st = os.stat(directory)
-    except FileNotFoundError:
-        raise SocketRefused(f"cannot serve on {path}: the directory {directory} does not exist", path=path) from None
-    if dir_st.st_uid not in (me, 0):
-        raise SocketRefused(f"cannot serve on {path}: {directory} belongs to uid {dir_st.st_uid}, "
-                            "who could replace the socket", path=path)
-    if dir_st.st_mode & 0o022 and not dir_st.st_mode & stat.S_ISVTX:
-        raise SocketRefused(f"cannot serve on {path}: {directory} may be written by other users "
-                            f"(mode {oct(dir_st.st_mode & 0o7777)}); use a directory only root can write", path=path)
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        return
-    if st.st_uid != me:
-        raise SocketRefused(f"cannot serve on {path}: it belongs to uid {st.st_uid}, not to this user", path=path)
-    if not stat.S_ISSOCK(st.st_mode):
-        raise SocketRefused(f"cannot serve on {path}: it exists and is not a socket", path=path)
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        probe.connect(path)
-    except OSError as exc:
-        if exc.errno not in (errno.ECONNREFUSED, errno.ENOENT):
-            raise
-    else:
-        raise SocketRefused(f"cannot serve on {path}: another server is answering there", path=path)
-    finally:
-        probe.close()
-    os.unlink(path)  # stale: left by a server that was killed

@@ -199,3 +199,20 @@ def test_holder_names_are_checked(home: Path) -> None:
         with pytest.raises(ValueError):
             Driver(home, holder=bad)
     assert not home.exists() or not os.listdir(home)
+
+
+@pytest.mark.parametrize("backend_name", backend_params(["overlay"]), indirect=True)
+def test_a_short_link_removed_behind_a_drivers_back_is_made_again(driver: Driver, home: Path) -> None:
+    """A Driver remembers the short links it has seen; another process that removes the chain
+    and builds it again (links gone) must not break its next mount."""
+    prefix = "c" * 62
+    top = _chain(driver, 50, prefix=prefix)
+    with driver.mount(top):
+        pass
+    other = Driver(home, backend="overlay")
+    for i in range(49, -1, -1):
+        other.remove(f"{prefix}{i}")
+    assert os.listdir(driver.layout.links_dir) == []
+    assert _chain(other, 50, prefix=prefix) == top
+    with driver.mount(top) as root:  # the remembered links are gone: looked up and made again
+        assert read(os.path.join(root, "top")) == top
