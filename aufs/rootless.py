@@ -28,6 +28,8 @@ from __future__ import annotations
 import os
 from typing import NamedTuple
 
+from .kernel import in_user_namespace
+
 __all__ = ["LINK_OWNER_PREFIX", "OVERRIDE_XATTR", "XATTR_PREFIX", "Owner", "unprivileged"]
 
 OVERRIDE_XATTR = "user.containers.override_stat"
@@ -45,5 +47,6 @@ class Owner(NamedTuple):
 
 
 def unprivileged() -> bool:
-    """True if this process cannot give files away (no root): new stores must be rootless."""
-    return os.geteuid() != 0
+    """True if this process cannot give files away (not root, or root of a user namespace,
+    which owns only the ids mapped into it): new stores must be rootless."""
+    return os.geteuid() != 0 or in_user_namespace()
