@@ -18,10 +18,11 @@ At import, the whiteout names the C spells are checked against :mod:`aufs.whiteo
 """
 from __future__ import annotations
 
+import contextlib
 import errno as _errno
 import struct
 import sys
-from typing import Any, Optional, Tuple
+from typing import Any, Iterator, Optional, Tuple
 
 from . import _native
 from ._syscalls import oserror
@@ -35,7 +36,7 @@ from .whiteouts import (
 
 __all__ = [
     "X_EOF", "X_DIR", "X_SPECIAL", "X_DONE", "X_ARCHIVE", "X_UNSAFE", "X_LIMIT", "X_CORRUPT",
-    "X_FLUSH", "EXTRACT_API_NAMES", "Extractor", "extract_normalize", "extract_open_dir",
+    "X_FLUSH", "X_WARN", "EXTRACT_API_NAMES", "utf8_locale", "Extractor", "extract_normalize", "extract_open_dir",
     "extract_remove", "extract_dir_times", "DirCopier",
     "W_OPAQUE", "W_ARCHIVE", "W_STOP", "W_MODIFY", "W_ADD", "W_DELETE", "WALK_API_NAMES",
     "ScanRecord", "DirScanner", "EntryWriter", "ScannedDir", "FdOutput", "walk_changes",
@@ -82,6 +83,7 @@ X_UNSAFE = int(lib.AUFS_X_UNSAFE)
 X_LIMIT = int(lib.AUFS_X_LIMIT)
 X_CORRUPT = int(lib.AUFS_X_CORRUPT)
 X_FLUSH = int(lib.AUFS_X_FLUSH)
+X_WARN = int(lib.AUFS_X_WARN)
 
 # directory times collected by the C writer between returns (see struct aufs_xctx)
 _DIRBUF_SIZE = 1 << 20
@@ -93,7 +95,8 @@ EXTRACT_API_NAMES = (
     "read_next_header", "read_data_block", "entry_pathname", "entry_hardlink", "entry_symlink",
     "entry_mode", "entry_uid", "entry_gid", "entry_mtime", "entry_mtime_nsec", "entry_size",
     "entry_rdevmajor", "entry_rdevminor", "entry_xattr_reset", "entry_xattr_next",
-    "entry_sparse_count",
+    "entry_sparse_count", "entry_acl_reset", "entry_acl_next", "entry_sparse_reset",
+    "entry_sparse_next",
 )
 """The libarchive functions (without the ``archive_`` prefix) :class:`Extractor` needs."""
 
@@ -133,6 +136,14 @@ class Extractor:
     def next(self) -> int:
         """Write entries until one needs the caller; the ``X_*`` code, or ``-errno``."""
         return int(lib.aufs_x_next(self._ctx))
+
+    def resume(self) -> int:
+        """After ``X_WARN``, accepted: write the warned entry and go on as :meth:`next` does."""
+        return int(lib.aufs_x_resume(self._ctx))
+
+    def refuse(self) -> None:
+        """After ``X_WARN``, refused: the header counts as failed (see :attr:`header_failed`)."""
+        lib.aufs_x_refuse(self._ctx)
 
     def write(self, path: Optional[bytes] = None, link: Optional[bytes] = None) -> int:
         """Write the current entry (at ``path``/hard-linked to ``link`` if given): 0, ``X_*`` or ``-errno``.
@@ -240,6 +251,23 @@ class Extractor:
         return int(self._ctx.entries)
 
 
+@contextlib.contextmanager
+def utf8_locale() -> Iterator[None]:
+    """The calling thread's LC_CTYPE is C.UTF-8 inside (``uselocale``; other threads keep
+    theirs), so libarchive reads UTF-8 names as they are whatever the process's locale
+    (LC_ALL=C, POSIX); unchanged if the C library has no C.UTF-8."""
+    loc = lib.aufs_x_utf8_locale()
+    if loc == ffi.NULL:
+        yield
+        return
+    old = lib.aufs_x_use_locale(loc)
+    try:
+        yield
+    finally:
+        lib.aufs_x_use_locale(old)
+        lib.aufs_x_free_locale(loc)
+
+
 def extract_normalize(name: bytes) -> Optional[bytes]:
     """A tar member name made relative and free of ``.``/``..``; None if it climbs out."""
     buf = ffi.new("char[]", 4096)
@@ -320,7 +348,8 @@ W_STOP = int(lib.AUFS_W_STOP)
 WALK_API_NAMES = (
     "entry_clear", "entry_copy_pathname", "entry_copy_symlink", "entry_copy_hardlink",
     "entry_set_mode", "entry_set_size", "entry_set_uid", "entry_set_gid", "entry_set_mtime",
-    "entry_set_rdevmajor", "entry_set_rdevminor", "entry_xattr_add_entry", "write_header",
+    "entry_set_rdevmajor", "entry_set_rdevminor", "entry_xattr_add_entry", "entry_acl_add_entry",
+    "entry_sparse_add_entry", "entry_sparse_reset", "entry_sparse_next", "write_header",
     "write_data",
 )
 """The libarchive functions (without the ``archive_`` prefix) :class:`EntryWriter` needs."""

@@ -44,6 +44,7 @@ root:root. Directories the tar lists keep the tar's metadata.
 from __future__ import annotations
 
 import errno
+import io
 import os
 import stat
 import threading
@@ -59,7 +60,10 @@ from .whiteouts import (
     META_PREFIX,
     OPAQUE_NAME,
     WHITEOUT_PREFIX,
+    EntryKind,
     WhiteoutFormat,
+    classify,
+    is_opaque_dir,
     make_opaque,
     make_whiteout,
     whiteout_target,
@@ -81,9 +85,11 @@ _READ_BLOCK = 1 << 20
 _PIPE_SIZE = 1 << 20
 
 # errors that say the archive's content cannot be laid out, not that the host failed
+# (EPERM and EACCES are the host refusing, e.g. an unprivileged user giving a file to root:
+# OSError, CLI exit 10; the C turns a hard link to a directory into EISDIR)
 _LAYOUT_ERRNOS = {
     errno.ENOTDIR, errno.ENOENT, errno.EEXIST, errno.EISDIR, errno.ENAMETOOLONG, errno.EINVAL,
-    errno.EPERM, errno.EMLINK, errno.ELOOP, errno.ENOTEMPTY, errno.EFBIG, errno.ERANGE,
+    errno.EMLINK, errno.ELOOP, errno.ENOTEMPTY, errno.EFBIG, errno.ERANGE,
     errno.E2BIG,
 }
 
@@ -140,13 +146,14 @@ def _open_source(source: LayerSource) -> tuple[int, DecompressingReader | None, 
     (-1, None, None) means an empty input: an empty layer.
     """
     if isinstance(source, (bytes, bytearray, memoryview)):
-        import io
-
         reader = DecompressingReader(io.BytesIO(bytes(source)))
         return -1, (None if reader.empty else reader), None
     if isinstance(source, (str, os.PathLike)):
         fd = os.open(source, os.O_RDONLY | os.O_CLOEXEC)
         try:
+            if stat.S_ISDIR(os.fstat(fd).st_mode):
+                raise IsADirectoryError(errno.EISDIR, "a layer tar is a file, not a directory",
+                                        os.fsdecode(source))
             head = os.pread(fd, MAGIC_LEN, 0)
         except OSError:
             os.close(fd)
@@ -164,6 +171,9 @@ def _open_source(source: LayerSource) -> tuple[int, DecompressingReader | None, 
             raise
     if not hasattr(source, "read"):
         raise TypeError(f"a layer is a path, bytes or a readable binary file, not {type(source).__name__}")
+    if isinstance(source, io.TextIOBase):
+        raise TypeError(f"binary file expected as a layer tar source, not a text-mode "
+                        f"{type(source).__name__} (open it with 'rb')")
     reader = DecompressingReader(source)
     return -1, (None if reader.empty else reader), None
 
@@ -186,6 +196,12 @@ class _Run:
         # directories then remove what is not the layer's own)
         self.unpacked: set[bytes] | None = set() if track else None
         self.staging: bytes | None = None
+        # opaque directories this apply marked, and the whiteouts it wrote (parent, name):
+        # a whiteout below an opaque directory of the same layer is redundant, and kept, the
+        # union would show it as a broken entry (an opaque directory is read as it is)
+        self.opaque: set[bytes] = set()
+        self.whiteouts: list[tuple[bytes, bytes]] = []
+        self._opaque_on_disk: dict[bytes, bool] = {}
 
     # -- bookkeeping ------------------------------------------------------------------------
 
@@ -314,12 +330,39 @@ class _Run:
         except OSError as exc:
             raise _os_error(exc.errno or errno.EIO, parent) from exc
 
+    def _under_opaque(self, parent: bytes) -> bool:
+        """True if ``parent`` or a directory above it is opaque in this layer."""
+        path = parent
+        while True:
+            if path in self.opaque:
+                return True
+            if self.unpacked is not None:  # applied onto content: it may be opaque already
+                known = self._opaque_on_disk.get(path)
+                if known is None:
+                    try:
+                        fd = _fastpaths.extract_open_dir(self.root_fd, path)
+                    except OSError:
+                        known = False
+                    else:
+                        try:
+                            known = is_opaque_dir(fd, self.fmt)
+                        finally:
+                            os.close(fd)
+                    self._opaque_on_disk[path] = known
+                if known:
+                    return True
+            if not path:
+                return False
+            path = path.rpartition(b"/")[0]
+
     def _whiteout(self, parent: bytes, target: bytes) -> None:
         dir_fd = self._parent_fd(parent)
         if dir_fd is None:
             return
         try:
             _fastpaths.extract_remove(dir_fd, target)
+            if self._under_opaque(parent):
+                return  # the opaque directory hides the lower entry already
             try:
                 make_whiteout(dir_fd, os.fsdecode(target), self.fmt)
             except FileExistsError:
@@ -330,7 +373,29 @@ class _Run:
             raise _os_error(exc.errno or errno.EIO, _join(parent, target)) from exc
         finally:
             os.close(dir_fd)
+        self.whiteouts.append((parent, target))
         self.note(_join(parent, _WH + target if self.fmt is WhiteoutFormat.AUFS else target))
+
+    def _drop_whiteouts_below(self, parent: bytes) -> None:
+        """Remove the whiteouts this apply wrote at or below the opaque directory ``parent``
+        (the tar listed them before its marker)."""
+        prefix = parent + b"/"
+        kept: list[tuple[bytes, bytes]] = []
+        for where, target in self.whiteouts:
+            if parent and where != parent and not where.startswith(prefix):
+                kept.append((where, target))
+                continue
+            try:
+                dir_fd = _fastpaths.extract_open_dir(self.root_fd, where)
+            except OSError:
+                continue  # replaced by a later entry: nothing of it is left
+            try:
+                _remove_whiteout(dir_fd, target, self.fmt)
+            except OSError as exc:
+                raise _os_error(exc.errno or errno.EIO, _join(where, target)) from exc
+            finally:
+                os.close(dir_fd)
+        self.whiteouts = kept
 
     def _opaque(self, parent: bytes) -> None:
         dir_fd = self._parent_fd(parent)
@@ -344,6 +409,8 @@ class _Run:
             raise _os_error(exc.errno or errno.EIO, parent) from exc
         finally:
             os.close(dir_fd)
+        self.opaque.add(parent)
+        self._drop_whiteouts_below(parent)
         if self.fmt is WhiteoutFormat.AUFS:
             self.note(_join(parent, _OPQ))
 
@@ -377,6 +444,18 @@ class _Run:
                 _fastpaths.extract_dir_times(self.root_fd, path, sec, nsec)
             except OSError as exc:
                 raise _os_error(exc.errno or errno.EIO, path) from exc
+
+
+def _remove_whiteout(dir_fd: int, target: bytes, fmt: WhiteoutFormat) -> None:
+    """Remove the whiteout of ``target`` in ``dir_fd`` if it is still one (a later entry of
+    the same name may have replaced it)."""
+    name = _WH + target if fmt is WhiteoutFormat.AUFS else target
+    try:
+        st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return
+    if classify(os.fsdecode(name), st.st_mode, st.st_rdev, fmt).kind is EntryKind.WHITEOUT:
+        os.unlink(name, dir_fd=dir_fd)
 
 
 def _join(parent: bytes, name: bytes) -> bytes:
@@ -442,6 +521,11 @@ def _extract(la: Libarchive, archive: int, root_fd: int, fmt: WhiteoutFormat,
     try:
         while True:
             code = ex.next()
+            while code == _fastpaths.X_WARN:
+                if not _harmless_warning(la.message(archive)):
+                    ex.refuse()
+                    raise archive_error()
+                code = ex.resume()
             if code == _fastpaths.X_EOF:
                 break
             if code == _fastpaths.X_FLUSH:
@@ -461,6 +545,27 @@ def _extract(la: Libarchive, archive: int, root_fd: int, fmt: WhiteoutFormat,
         ex.close()
 
 
+# libarchive's header warnings that lose nothing aufs keeps (every other one refuses the layer,
+# as data may be lost or corrupted):
+_HARMLESS_WARNINGS = (
+    # a pax path/linkpath that is not UTF-8 and has no hdrcharset=BINARY (Go's archive/tar, so
+    # Docker, umoci, skopeo, buildah): with the UTF-8 locale of the read the raw bytes are
+    # kept as they are, which is what GNU tar and Go extract
+    "Pathname can't be converted from UTF-8 ",
+    "Linkname can't be converted from UTF-8 ",
+    # owner names are not used: the numeric ids are
+    "Uname can't be converted ",
+    "Gname can't be converted ",
+    # a pax record without a valid length, e.g. a second pax header in a row (Go's
+    # pax-multi-hdrs.tar); libarchive skips the rest of that pax header, as Go and GNU tar do
+    "Ignoring malformed pax extended attribute",
+)
+
+
+def _harmless_warning(message: str) -> bool:
+    return message.startswith(_HARMLESS_WARNINGS)
+
+
 def _read_archive(la: Libarchive, in_fd: int, root_fd: int, fmt: WhiteoutFormat,
                   max_bytes: int | None, track: bool, rootless: bool = False) -> list[bytes]:
     archive = int(la.read_new() or 0)
@@ -472,7 +577,8 @@ def _read_archive(la: Libarchive, in_fd: int, root_fd: int, fmt: WhiteoutFormat,
             raise ArchiveError(f"libarchive cannot read tar: {la.message(archive)}")
         if la.read_open_fd(archive, in_fd, _READ_BLOCK) != 0:
             raise ArchiveError(f"not a layer tar: {la.message(archive)}")
-        return _extract(la, archive, root_fd, fmt, max_bytes, track, rootless)
+        with _fastpaths.utf8_locale():
+            return _extract(la, archive, root_fd, fmt, max_bytes, track, rootless)
     finally:
         la.read_free(archive)
 

@@ -165,6 +165,12 @@ class StoreCore:
             return False
         return root_is_opaque(diff, self.format)
 
+    def forget_short_link(self, layer_id: str) -> None:
+        """The layer is gone: its short link is removed and no longer remembered."""
+        link = self.layout.short_link(layer_id)
+        self._links.discard(link)
+        unlink_quietly(link)
+
     def short_link(self, layer_id: str) -> str:
         """The layer's fixed-length short link, made on first use.
 
@@ -213,8 +219,9 @@ class StoreCore:
             try:
                 described = self.describe(layer_id, list(meta["ancestors"]))
                 self.backend.perform(described, target, self.layout.backend_record(layer_id))
-            except MountError as exc:
-                if exc.errno != errno.ENOENT or not self._links:
+            except MountError:
+                # fuse-overlayfs reports a missing lower as its own exit, not as ENOENT
+                if not self._links:
                     raise
                 self._links.clear()  # a remembered short link may be gone: look again, once
                 described = self.describe(layer_id, list(meta["ancestors"]))

@@ -18,7 +18,11 @@ holds exactly its own changes, so :func:`write_diff` walks it and writes every e
   writes layers: a sub-second mtime would cost a pax header per entry); no atime or ctime;
   permissions including setuid/setgid/sticky; xattrs (``security.capability`` too) in a
   fixed order (handed to libarchive sorted by name; it writes the last one handed first),
-  as ``SCHILY.xattr.*`` records only (what GNU tar and Docker read and write); a file
+  as ``SCHILY.xattr.*`` records (what GNU tar and Docker read and write), POSIX ACLs also
+  as ``SCHILY.acl.*`` text (what GNU tar, bsdtar and star restore); names as UTF-8 when
+  they are, else their raw bytes with ``hdrcharset=BINARY``; a regular file of 1 MiB or
+  more with holes as a GNU sparse 1.0 entry (its data only, holes from SEEK_DATA/SEEK_HOLE,
+  so the bytes can follow the filesystem's hole granularity); a file
   whose inode was already written (``st_nlink > 1``) is a hardlink to the first name in walk
   order (which is tar order). The archive is padded to 10240 bytes like ``tar -c``.
 * **Robustness**: the walk is iterative (no recursion limit); an entry removed between
@@ -352,9 +356,20 @@ def write_diff(layer_dir: str | os.PathLike[str], out: PathOrFile, fmt: Whiteout
     Raises ``NoSpace`` if the output filesystem fills up, ``OSError`` for a failed read or
     write, ``FileNotFoundError`` if ``layer_dir`` does not exist.
     """
+    if isinstance(out, io.TextIOBase):
+        raise TypeError(f"binary file expected as the diff's target, not a text-mode "
+                        f"{type(out).__name__} (open it with 'wb')")
     root = os.fspath(layer_dir)
     if not os.path.isdir(root):
         raise FileNotFoundError(errno.ENOENT, "layer directory not found", root)
+    # names go out as UTF-8 when they are valid UTF-8, else raw with hdrcharset=BINARY,
+    # whatever the process's locale (LC_ALL=C would make every non-ASCII name binary): the
+    # bytes stay the layer's own, and the same layer gives the same tar everywhere
+    with _fastpaths.utf8_locale():
+        return _write_diff(root, out, fmt)
+
+
+def _write_diff(root: str, out: PathOrFile, fmt: WhiteoutFormat) -> int:
     la = load()
     archive = la.write_new()
     if not archive:

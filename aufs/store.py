@@ -429,9 +429,9 @@ class Driver:
             trash = layout.temp_path("remove", ProcessToken.current(), layer_id)
             os.rename(layout.layer_dir(layer_id), trash)
             refs = layout.refs_file(layer_id)
-            for path in (refs, Layout.tmp_sibling(refs), layout.backend_record(layer_id),
-                         layout.short_link(layer_id)):
+            for path in (refs, Layout.tmp_sibling(refs), layout.backend_record(layer_id)):
                 unlink_quietly(path)
+            core.forget_short_link(layer_id)
             rmdir_quietly(layout.mountpoint(layer_id))
             _unlink_held(layout.lock_file(layer_id), lock_fd)
         remove_tree(trash)

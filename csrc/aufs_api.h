@@ -88,6 +88,8 @@ int aufs_probe_features(void);
 #define AUFS_X_LIMIT 6      /* max_bytes would be exceeded */
 #define AUFS_X_CORRUPT 7    /* a header field or data block makes no sense */
 #define AUFS_X_FLUSH 8      /* nothing read: empty the directory buffer, then call again */
+#define AUFS_X_WARN 9       /* libarchive warned about the header just read (ask it for the
+                             * message): aufs_x_resume writes the entry, or the caller refuses */
 
 /* libarchive entry points, from the libarchive the caller loaded (no link-time dependency) */
 struct aufs_xapi {
@@ -107,6 +109,10 @@ struct aufs_xapi {
     void *entry_xattr_reset;
     void *entry_xattr_next;
     void *entry_sparse_count;
+    void *entry_acl_reset;
+    void *entry_acl_next;
+    void *entry_sparse_reset;
+    void *entry_sparse_next;
 };
 
 /* One extraction: caller-owned, filled by the caller up to parent_fd (= -1) */
@@ -147,6 +153,11 @@ int aufs_x_make_dir(struct aufs_xctx *ctx, const char *path);
 void aufs_x_forget_parent(struct aufs_xctx *ctx);
 int aufs_x_write(struct aufs_xctx *ctx);
 int aufs_x_next(struct aufs_xctx *ctx);
+int aufs_x_resume(struct aufs_xctx *ctx);
+void aufs_x_refuse(struct aufs_xctx *ctx);
+void *aufs_x_utf8_locale(void);
+void *aufs_x_use_locale(void *loc);
+void aufs_x_free_locale(void *loc);
 int aufs_x_dir_times(int root_fd, const char *path, int64_t sec, int64_t nsec);
 int aufs_x_copy_up_dir(int root_fd, const char *path, int template_fd, char *names,
                        size_t names_len, char *value, size_t value_len);
@@ -195,6 +206,10 @@ struct aufs_wapi {
     void *entry_set_rdevmajor;
     void *entry_set_rdevminor;
     void *entry_xattr_add_entry;
+    void *entry_acl_add_entry;
+    void *entry_sparse_add_entry;
+    void *entry_sparse_reset;
+    void *entry_sparse_next;
     void *write_header;
     void *write_data;
 };

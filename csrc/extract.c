@@ -18,6 +18,9 @@
 
 #include <dirent.h>
 #include <fcntl.h>
+#include <grp.h>
+#include <pwd.h>
+#include <locale.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -42,6 +45,25 @@ typedef long (*x_entry_long_fn)(void *);
 typedef dev_t (*x_entry_dev_fn)(void *);
 typedef int (*x_entry_int_fn)(void *);
 typedef int (*x_xattr_next_fn)(void *, const char **, const void **, size_t *);
+typedef int (*x_acl_reset_fn)(void *, int);
+typedef int (*x_sparse_next_fn)(void *, int64_t *, int64_t *);
+typedef int (*x_acl_next_fn)(void *, int, int *, int *, int *, int *, const char **);
+
+/* libarchive's POSIX.1e ACL constants (archive_entry.h) */
+#define X_ACL_TYPE_ACCESS 0x100
+#define X_ACL_TYPE_DEFAULT 0x200
+#define X_ACL_USER 10001
+#define X_ACL_USER_OBJ 10002
+#define X_ACL_GROUP 10003
+#define X_ACL_GROUP_OBJ 10004
+#define X_ACL_MASK 10005
+#define X_ACL_OTHER 10006
+/* the kernel's system.posix_acl_* value (linux/posix_acl_xattr.h): a version, then entries of
+ * le16 tag, le16 perm, le32 id, sorted by tag, then id */
+#define X_POSIX_ACL_VERSION 2
+#define X_ACL_MAX_ENTRIES 1024
+/* ctx->flags, private to this file: a default ACL was set during this extraction */
+#define X_FLAG_DEFAULT_ACL 0x100
 
 /* Resolve `path` below the root, following symlinks only inside it. */
 static int x_resolve(int root_fd, const char *path, uint64_t flags)
@@ -337,8 +359,166 @@ static int x_xattrs(struct aufs_xctx *ctx, int fd, int dir_fd, const char *name)
             r = fsetxattr(fd, key, value, size, 0);
         else
             r = lsetxattr(procpath, key, value, size, 0);
-        if (r < 0)
+        if (r < 0) {
+            /* the kernel allows user.* xattrs on regular files and directories only: an
+             * archive asking for one elsewhere is at fault (EINVAL: "bad layer tar"), unlike
+             * a host that refuses (EPERM: an OS error) */
+            if (errno == EPERM && strncmp(key, "user.", 5) == 0 && !S_ISREG(ctx->mode) &&
+                !S_ISDIR(ctx->mode))
+                return -EINVAL;
             return -errno;
+        }
+        if (strcmp(key, "system.posix_acl_default") == 0)
+            ctx->flags |= X_FLAG_DEFAULT_ACL;
+    }
+    return 0;
+}
+
+struct x_acl_entry {
+    uint16_t tag;
+    uint16_t perm;
+    uint32_t id;
+};
+
+/* True if the entry carries the xattr `key` itself (SCHILY.xattr.*: GNU tar writes the
+ * kernel's ACL value there next to the SCHILY.acl text). */
+static int x_has_xattr(struct aufs_xctx *ctx, const char *key)
+{
+    const char *k;
+    const void *value;
+    size_t size;
+    if (((x_entry_int_fn)ctx->api->entry_xattr_reset)(ctx->entry) <= 0)
+        return 0;
+    while (((x_xattr_next_fn)ctx->api->entry_xattr_next)(ctx->entry, &k, &value, &size) == AUFS_ARCHIVE_OK)
+        if (k && strcmp(k, key) == 0)
+            return 1;
+    return 0;
+}
+
+/* An ACL entry that names its user or group without an id (GNU tar's SCHILY.acl text): the
+ * host's id for that name, as GNU tar and bsdtar look it up. -1 if there is none. */
+static int64_t x_acl_lookup(int user, const char *name)
+{
+    char buf[4096];
+    if (!name || !*name)
+        return -1;
+    if (user) {
+        struct passwd pw, *found = NULL;
+        if (getpwnam_r(name, &pw, buf, sizeof buf, &found) == 0 && found)
+            return (int64_t)found->pw_uid;
+    } else {
+        struct group gr, *found = NULL;
+        if (getgrnam_r(name, &gr, buf, sizeof buf, &found) == 0 && found)
+            return (int64_t)found->gr_gid;
+    }
+    return -1;
+}
+
+static uint16_t x_acl_kernel_tag(int tag)
+{
+    switch (tag) {
+    case X_ACL_USER_OBJ: return 0x01;
+    case X_ACL_USER: return 0x02;
+    case X_ACL_GROUP_OBJ: return 0x04;
+    case X_ACL_GROUP: return 0x08;
+    case X_ACL_MASK: return 0x10;
+    case X_ACL_OTHER: return 0x20;
+    default: return 0;
+    }
+}
+
+/* Set the entry's POSIX.1e ACL of one type (SCHILY.acl.access / .default, parsed by
+ * libarchive) as the kernel's xattr, as bsdtar -p --acls does, but with the numeric ids (as
+ * for owners: the host's user database is not the image's). Set after the mode: the kernel
+ * then takes the group bits from mask:: (libarchive's mode carries group::). Only ACLs beyond
+ * the three entries the mode already says are set. */
+static int x_acl(struct aufs_xctx *ctx, int fd, const char *procpath, int type, const char *key)
+{
+    const struct aufs_xapi *api = ctx->api;
+    struct x_acl_entry ents[X_ACL_MAX_ENTRIES];
+    unsigned char blob[4 + sizeof ents];
+    size_t n = 0, i;
+    int etype, perm, tag, qual, count, r;
+    const char *name;
+    uint32_t version = X_POSIX_ACL_VERSION;
+
+    if (x_has_xattr(ctx, key))
+        return 1; /* set from the kernel's own value, with its numeric ids */
+    count = ((x_acl_reset_fn)api->entry_acl_reset)(ctx->entry, type);
+    if (count <= (type == X_ACL_TYPE_ACCESS ? 3 : 0))
+        return 0;
+    while (((x_acl_next_fn)api->entry_acl_next)(ctx->entry, type, &etype, &perm, &tag, &qual,
+                                                 &name) == AUFS_ARCHIVE_OK) {
+        struct x_acl_entry e;
+        uint16_t ktag = x_acl_kernel_tag(tag);
+        if (etype != type || ktag == 0)
+            continue;
+        if (n == X_ACL_MAX_ENTRIES)
+            return -E2BIG;
+        e.tag = ktag;
+        e.perm = (uint16_t)(perm & 7);
+        e.id = 0xffffffffu;
+        if (ktag == 0x02 || ktag == 0x08) {
+            int64_t id = qual >= 0 ? (int64_t)qual : x_acl_lookup(ktag == 0x02, name);
+            if (id < 0 || id >= 0xffffffffLL)
+                return -EINVAL; /* a name unknown here and no id: nothing to set */
+            e.id = (uint32_t)id;
+        }
+        /* insertion sort by tag, then id: the kernel refuses any other order */
+        i = n++;
+        while (i > 0 && (ents[i - 1].tag > e.tag || (ents[i - 1].tag == e.tag && ents[i - 1].id > e.id))) {
+            ents[i] = ents[i - 1];
+            i--;
+        }
+        ents[i] = e;
+    }
+    if (n == 0)
+        return 0;
+    memcpy(blob, &version, 4); /* little-endian, as every Linux target this builds for */
+    memcpy(blob + 4, ents, n * sizeof ents[0]);
+    if (fd >= 0)
+        r = fsetxattr(fd, key, blob, 4 + n * sizeof ents[0], 0);
+    else
+        r = lsetxattr(procpath, key, blob, 4 + n * sizeof ents[0], 0);
+    if (r < 0)
+        return -errno;
+    if (type == X_ACL_TYPE_DEFAULT)
+        ctx->flags |= X_FLAG_DEFAULT_ACL;
+    return 1;
+}
+
+/* Remove an ACL the entry does not have, but its directory handed down when it was created. */
+static int x_drop_acl(int fd, const char *procpath, const char *key)
+{
+    int r = fd >= 0 ? fremovexattr(fd, key) : lremovexattr(procpath, key);
+    if (r < 0 && errno != ENODATA && errno != ENOTSUP && errno != EOPNOTSUPP)
+        return -errno;
+    return 0;
+}
+
+static int x_acls(struct aufs_xctx *ctx, int fd, int dir_fd, const char *name)
+{
+    char procpath[64 + AUFS_X_PATH_MAX];
+    int r;
+    if (fd < 0)
+        snprintf(procpath, sizeof procpath, "/proc/self/fd/%d/%s", dir_fd, name);
+    int is_dir = (ctx->mode & S_IFMT) == S_IFDIR;
+    int access, dflt = 0;
+    access = x_acl(ctx, fd, procpath, X_ACL_TYPE_ACCESS, "system.posix_acl_access");
+    if (access < 0)
+        return access;
+    if (is_dir) {
+        dflt = x_acl(ctx, fd, procpath, X_ACL_TYPE_DEFAULT, "system.posix_acl_default");
+        if (dflt < 0)
+            return dflt;
+    }
+    /* once a directory of this archive has a default ACL, entries created below it inherit
+     * one; the archive says what each entry's ACL is, as GNU tar and bsdtar --acls take it */
+    if (ctx->flags & X_FLAG_DEFAULT_ACL) {
+        if (access == 0 && (r = x_drop_acl(fd, procpath, "system.posix_acl_access")) < 0)
+            return r;
+        if (is_dir && dflt == 0 && (r = x_drop_acl(fd, procpath, "system.posix_acl_default")) < 0)
+            return r;
     }
     return 0;
 }
@@ -391,6 +571,8 @@ static int x_meta_fd(struct aufs_xctx *ctx, int fd, int set_times)
         return -errno;
     }
     r = x_xattrs(ctx, fd, -1, NULL);
+    if (r == 0)
+        r = x_acls(ctx, fd, -1, NULL);
     if (r < 0)
         return r;
     if (set_times) {
@@ -416,6 +598,8 @@ static int x_meta_at(struct aufs_xctx *ctx, int dir_fd, const char *name, int ch
             return r;
     }
     r = x_xattrs(ctx, -1, dir_fd, name);
+    if (r == 0 && (ctx->mode & S_IFMT) != S_IFLNK)
+        r = x_acls(ctx, -1, dir_fd, name);
     if (r < 0)
         return r;
     x_times(ctx, ts);
@@ -477,18 +661,33 @@ static int x_copy_data(struct aufs_xctx *ctx, int fd)
 /* Entries declaring more than this are checked against the free space before any write. */
 #define X_FREE_CHECK_SIZE ((int64_t)64 << 20)
 
+/* The bytes of data a sparse entry holds (its holes cost nothing): the sum of its map. */
+static int64_t x_sparse_data(struct aufs_xctx *ctx)
+{
+    int64_t off, len, total = 0;
+    ((x_entry_int_fn)ctx->api->entry_sparse_reset)(ctx->entry);
+    while (((x_sparse_next_fn)ctx->api->entry_sparse_next)(ctx->entry, &off, &len) == AUFS_ARCHIVE_OK) {
+        if (len < 0 || len > INT64_MAX - total)
+            return INT64_MAX;
+        total += len;
+    }
+    return total < ctx->size ? total : ctx->size;
+}
+
 static int x_regular(struct aufs_xctx *ctx, int dir_fd, const char *name)
 {
     const int flags = O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC;
     int sparse = ((x_entry_int_fn)ctx->api->entry_sparse_count)(ctx->entry) > 0;
+    /* what the entry will cost on disk and against max_bytes: its data, not its size */
+    int64_t data = sparse ? x_sparse_data(ctx) : ctx->size;
     int fd, r;
 
-    if (!sparse && ctx->max_bytes >= 0 && ctx->size > ctx->max_bytes - ctx->bytes)
+    if (ctx->max_bytes >= 0 && data > ctx->max_bytes - ctx->bytes)
         return AUFS_X_LIMIT;
-    if (!sparse && ctx->size > X_FREE_CHECK_SIZE) {
+    if (data > X_FREE_CHECK_SIZE) {
         /* a tar bomb must not fill the disk before it is found out */
         struct statvfs sv;
-        if (fstatvfs(dir_fd, &sv) == 0 && (int64_t)(sv.f_bavail * sv.f_frsize) < ctx->size)
+        if (fstatvfs(dir_fd, &sv) == 0 && (int64_t)(sv.f_bavail * sv.f_frsize) < data)
             return -ENOSPC;
     }
     fd = openat(dir_fd, name, flags, 0600);
@@ -673,7 +872,7 @@ static int x_hardlink(struct aufs_xctx *ctx, int dir_fd, const char *name)
     int tfd, r = 0;
 
     if (!*target)
-        return -EPERM; /* a hard link to the root directory */
+        return -EISDIR; /* a hard link to the root directory */
     if (slash) {
         char tparent[AUFS_X_PATH_MAX];
         size_t plen = (size_t)(slash - target);
@@ -689,6 +888,10 @@ static int x_hardlink(struct aufs_xctx *ctx, int dir_fd, const char *name)
     }
     if (linkat(tfd, tname, dir_fd, name, 0) < 0) {
         r = -errno;
+        /* a hard link to a directory is the archive's fault (EISDIR: "bad layer tar"); any
+         * other EPERM is the host refusing (an OS error) */
+        if (r == -EPERM && fstatat(tfd, tname, &a, AT_SYMLINK_NOFOLLOW) == 0 && S_ISDIR(a.st_mode))
+            r = -EISDIR;
         if (r == -EEXIST) {
             if (fstatat(tfd, tname, &a, AT_SYMLINK_NOFOLLOW) == 0 &&
                 fstatat(dir_fd, name, &b, AT_SYMLINK_NOFOLLOW) == 0 && a.st_dev == b.st_dev &&
@@ -802,6 +1005,20 @@ static void x_failed_header(struct aufs_xctx *ctx)
     ctx->entry = NULL;
 }
 
+/* The header just read: load it, write it. 0 when the loop may go on. */
+static int x_entry(struct aufs_xctx *ctx)
+{
+    int r;
+    ctx->entries++;
+    r = x_load(ctx);
+    if (r != 0)
+        return r;
+    r = aufs_x_write(ctx);
+    if (r != 0)
+        return r;
+    return (ctx->flags & AUFS_X_FLAG_REPORT_ALL) ? AUFS_X_DONE : 0;
+}
+
 int aufs_x_next(struct aufs_xctx *ctx)
 {
     x_next_header_fn next_header = (x_next_header_fn)ctx->api->read_next_header;
@@ -814,22 +1031,55 @@ int aufs_x_next(struct aufs_xctx *ctx)
         r = next_header(ctx->archive, &ctx->entry);
         if (r == AUFS_ARCHIVE_EOF)
             return AUFS_X_EOF;
+        if (r == AUFS_ARCHIVE_WARN) {
+            /* the header is read: whether the warning means lost data is the caller's call */
+            ctx->archive_status = r;
+            return AUFS_X_WARN;
+        }
         if (r != AUFS_ARCHIVE_OK) {
-            /* warnings too: an archive bsdtar complains about is refused */
             ctx->archive_status = r;
             x_failed_header(ctx);
             return AUFS_X_ARCHIVE;
         }
-        ctx->entries++;
-        r = x_load(ctx);
+        r = x_entry(ctx);
         if (r != 0)
             return r;
-        r = aufs_x_write(ctx);
-        if (r != 0)
-            return r;
-        if (ctx->flags & AUFS_X_FLAG_REPORT_ALL)
-            return AUFS_X_DONE;
     }
+}
+
+/* The caller refused the warned header: it is reported as a failed header (by its name). */
+void aufs_x_refuse(struct aufs_xctx *ctx)
+{
+    x_failed_header(ctx);
+}
+
+int aufs_x_resume(struct aufs_xctx *ctx)
+{
+    int r = x_entry(ctx);
+    return r != 0 ? r : aufs_x_next(ctx);
+}
+
+/* A thread-local C.UTF-8 LC_CTYPE for the read: libarchive converts pax names from UTF-8 to
+ * the locale's charset, and under LC_ALL=C or POSIX that would turn every non-ASCII name into
+ * a failure; under UTF-8 a name that is valid stays as it is and one that is not (Go writes
+ * raw bytes without hdrcharset=BINARY) is kept raw with a warning. NULL if the C library has
+ * no such locale. */
+void *aufs_x_utf8_locale(void)
+{
+    locale_t loc = newlocale(LC_CTYPE_MASK, "C.UTF-8", (locale_t)0);
+    return loc == (locale_t)0 ? NULL : (void *)loc;
+}
+
+/* uselocale for the calling thread; returns the previous one (restore it with this call). */
+void *aufs_x_use_locale(void *loc)
+{
+    return (void *)uselocale((locale_t)loc);
+}
+
+void aufs_x_free_locale(void *loc)
+{
+    if (loc)
+        freelocale((locale_t)loc);
 }
 
 int aufs_x_dir_times(int root_fd, const char *path, int64_t sec, int64_t nsec)

@@ -120,6 +120,15 @@ typedef void (*w_entry_i64_t)(void *, int64_t);
 typedef void (*w_entry_mtime_t)(void *, time_t, long);
 typedef void (*w_entry_dev_t)(void *, dev_t);
 typedef void (*w_entry_xattr_t)(void *, const char *, const void *, size_t);
+typedef int (*w_entry_acl_t)(void *, int, int, int, int, const char *);
+typedef void (*w_entry_sparse_t)(void *, int64_t, int64_t);
+typedef int (*w_entry_sparse_reset_t)(void *);
+typedef int (*w_entry_sparse_next_t)(void *, int64_t *, int64_t *);
+
+/* Regular files this large are asked for holes (one lseek); smaller ones go out dense. */
+#define W_SPARSE_MIN ((int64_t)1 << 20)
+/* Hole bytes handed to the pax writer per call (it skips them without reading). */
+#define W_HOLE_CHUNK ((int64_t)1 << 30)
 typedef int (*w_write_header_t)(void *, void *);
 typedef ssize_t (*w_write_data_t)(void *, const void *, size_t);
 
@@ -140,6 +149,47 @@ static int w_is_opaque_key(const char *key)
         if (strcmp(key, w_opaque_xattrs[i]) == 0)
             return 1;
     return 0;
+}
+
+/* The kernel's POSIX ACL value of `key` (system.posix_acl_access or _default) also as the
+ * entry's ACL, so the pax writer adds the SCHILY.acl.* text that GNU tar --acls, bsdtar --acls
+ * and star read (the xattr stays too: Go-based tools read that one). Ids are numeric, as for
+ * owners. libarchive's convention follows: the header's group bits become group::, and
+ * readers take them from mask:: when they set the ACL. A value that does not parse adds
+ * nothing. */
+static void w_acl(struct aufs_wctx *ctx, const char *key, const unsigned char *value, size_t len)
+{
+    int type;
+    uint32_t version;
+    if (strcmp(key, "system.posix_acl_access") == 0)
+        type = 0x100; /* ARCHIVE_ENTRY_ACL_TYPE_ACCESS */
+    else if (strcmp(key, "system.posix_acl_default") == 0)
+        type = 0x200; /* ARCHIVE_ENTRY_ACL_TYPE_DEFAULT */
+    else
+        return;
+    if (len < 4 || (len - 4) % 8 != 0)
+        return;
+    memcpy(&version, value, 4);
+    if (version != 2)
+        return;
+    for (size_t off = 4; off < len; off += 8) {
+        uint16_t ktag, perm;
+        uint32_t id;
+        int tag, qual = -1;
+        memcpy(&ktag, value + off, 2);
+        memcpy(&perm, value + off + 2, 2);
+        memcpy(&id, value + off + 4, 4);
+        switch (ktag) { /* archive_entry.h's ARCHIVE_ENTRY_ACL_* tags */
+        case 0x01: tag = 10002; break;
+        case 0x02: tag = 10001; qual = (int)id; break;
+        case 0x04: tag = 10004; break;
+        case 0x08: tag = 10003; qual = (int)id; break;
+        case 0x10: tag = 10005; break;
+        case 0x20: tag = 10006; break;
+        default: continue;
+        }
+        ((w_entry_acl_t)ctx->api->entry_acl_add_entry)(ctx->entry, type, perm & 7, tag, qual, NULL);
+    }
 }
 
 /* Adds the xattrs of fd (or of path, not followed) to the entry, sorted by name, leaving the
@@ -193,6 +243,8 @@ static int w_xattrs(struct aufs_wctx *ctx, int fd, const char *path)
         }
         ((w_entry_xattr_t)ctx->api->entry_xattr_add_entry)(ctx->entry, keys[i], value,
                                                           (size_t)vlen);
+        if (strncmp(keys[i], "system.posix_acl_", 17) == 0)
+            w_acl(ctx, keys[i], (const unsigned char *)value, (size_t)vlen);
     }
     return opaque;
 }
@@ -212,6 +264,114 @@ static int w_header(struct aufs_wctx *ctx)
  * aufs_wout output the data is read into its buffer where the next output byte goes; the
  * pax writer hands a regular entry's data to the output unchanged (same pointer, no
  * sparse map: we never declare sparse entries), so aufs_w_out_write only counts it. */
+static int w_data(struct aufs_wctx *ctx, int fd, int64_t size);
+
+/* Declares the data regions of a file with holes (SEEK_DATA/SEEK_HOLE) as the entry's sparse
+ * map, so the pax writer stores it as a GNU sparse 1.0 entry (read by GNU tar, bsdtar and Go):
+ * the tar costs the file's data, not its size. A file that is one hole gets the single empty
+ * region at its end GNU tar writes. Returns the number of regions, or -errno. */
+static int64_t w_sparse_map(struct aufs_wctx *ctx, int fd, int64_t size)
+{
+    w_entry_sparse_t add = (w_entry_sparse_t)ctx->api->entry_sparse_add_entry;
+    int64_t off = 0, n = 0;
+    while (off < size) {
+        off_t data = lseek(fd, (off_t)off, SEEK_DATA);
+        off_t hole;
+        if (data < 0) {
+            if (errno == ENXIO)
+                break; /* only a hole from off to the end */
+            return -errno;
+        }
+        if ((int64_t)data >= size)
+            break;
+        hole = lseek(fd, data, SEEK_HOLE);
+        if (hole < 0)
+            return -errno;
+        if ((int64_t)hole > size)
+            hole = (off_t)size;
+        add(ctx->entry, (int64_t)data, (int64_t)(hole - data));
+        n++;
+        off = (int64_t)hole;
+    }
+    if (n == 0) {
+        add(ctx->entry, size, 0);
+        n = 1;
+    }
+    return n;
+}
+
+/* Feeds `len` hole bytes to the pax writer, which only counts them off its sparse map (the
+ * map was made by w_sparse_map, so they are exactly a hole of it and never read). */
+static int w_hole(struct aufs_wctx *ctx, int64_t len)
+{
+    w_write_data_t write_data = (w_write_data_t)ctx->api->write_data;
+    while (len > 0) {
+        size_t n = (size_t)(len < W_HOLE_CHUNK ? len : W_HOLE_CHUNK);
+        ssize_t w = write_data(ctx->archive, ctx->buf, n);
+        if (w < 0 || (size_t)w != n) {
+            ctx->archive_status = w < 0 ? (int)w : AUFS_ARCHIVE_FATAL;
+            return AUFS_W_ARCHIVE;
+        }
+        len -= (int64_t)n;
+    }
+    return 0;
+}
+
+/* Feeds exactly `len` bytes of fd from `off` (zeros where the file has shrunk meanwhile: the
+ * writer's sparse map is fixed by now) through ctx->buf. */
+static int w_region(struct aufs_wctx *ctx, int fd, int64_t off, int64_t len)
+{
+    w_write_data_t write_data = (w_write_data_t)ctx->api->write_data;
+    while (len > 0) {
+        size_t want = (size_t)(len < (int64_t)ctx->buflen ? len : (int64_t)ctx->buflen);
+        ssize_t n = pread(fd, ctx->buf, want, (off_t)off);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            return -errno;
+        }
+        if (n == 0) {
+            memset(ctx->buf, 0, want);
+            n = (ssize_t)want;
+        }
+        ssize_t w = write_data(ctx->archive, ctx->buf, (size_t)n);
+        if (w < 0 || w != n) {
+            ctx->archive_status = w < 0 ? (int)w : AUFS_ARCHIVE_FATAL;
+            return AUFS_W_ARCHIVE;
+        }
+        off += n;
+        len -= n;
+    }
+    return 0;
+}
+
+/* A sparse entry's data, region by region of the map the entry declares (the pax writer's
+ * own: the file may have changed since, the map may not): holes counted off, data read. */
+static int w_sparse_data(struct aufs_wctx *ctx, int fd, int64_t size)
+{
+    w_write_data_t write_data = (w_write_data_t)ctx->api->write_data;
+    int64_t pos = 0, off, len;
+    int rc;
+    /* the writer puts the sparse map out on its first data call: make that call now, so no
+     * file data sits in the output buffer that the map would be copied over */
+    if (write_data(ctx->archive, ctx->buf, 0) < 0) {
+        ctx->archive_status = AUFS_ARCHIVE_FATAL;
+        return AUFS_W_ARCHIVE;
+    }
+    ((w_entry_sparse_reset_t)ctx->api->entry_sparse_reset)(ctx->entry);
+    while (((w_entry_sparse_next_t)ctx->api->entry_sparse_next)(ctx->entry, &off, &len) == AUFS_ARCHIVE_OK) {
+        if (off < pos || len < 0 || off > size - len)
+            return -EINVAL; /* not a map w_sparse_map makes */
+        rc = w_hole(ctx, off - pos);
+        if (rc == 0)
+            rc = w_region(ctx, fd, off, len);
+        if (rc != 0)
+            return rc;
+        pos = off + len;
+    }
+    return w_hole(ctx, size - pos);
+}
+
 static int w_data(struct aufs_wctx *ctx, int fd, int64_t size)
 {
     w_write_data_t write_data = (w_write_data_t)ctx->api->write_data;
@@ -439,10 +599,24 @@ int aufs_w_entry(struct aufs_wctx *ctx, int dir_fd, int fd, const char *name,
             return -errno;
         rc = w_xattrs(ctx, file, NULL);
         if (rc >= 0) {
+            int sparse = 0;
             ((w_entry_i64_t)api->entry_set_size)(e, size);
-            rc = w_header(ctx);
+            if (size >= W_SPARSE_MIN) {
+                off_t hole = lseek(file, 0, SEEK_HOLE);
+                /* SEEK_HOLE moved the offset that w_data reads from */
+                if (lseek(file, 0, SEEK_SET) < 0)
+                    rc = -errno;
+                else if (hole >= 0 && (int64_t)hole < size) {
+                    int64_t n = w_sparse_map(ctx, file, size);
+                    if (n < 0)
+                        rc = (int)n;
+                    sparse = 1;
+                }
+            }
+            if (rc >= 0)
+                rc = w_header(ctx);
             if (rc == 0 && size > 0)
-                rc = w_data(ctx, file, size);
+                rc = sparse ? w_sparse_data(ctx, file, size) : w_data(ctx, file, size);
         }
         close(file);
         return rc;

@@ -198,10 +198,34 @@ class TarballSource(ImageSource):
             self._fd = -1
 
 
+# the first line of the `version` file of a containers/image `dir:` layout (skopeo copy ...
+# dir:PATH): one image's manifest.json and its blobs named by bare hex digest
+_DIR_TRANSPORT_MAGIC = b"Directory Transport Version:"
+
+
+def _refuse_dir_transport(path: Path) -> None:
+    """A skopeo ``dir:`` layout is no format aufs imports: say which format it is and what to do."""
+    if (path / "index.json").exists():
+        return  # an OCI layout, whatever else lies beside it
+    try:
+        with open(path / "version", "rb") as f:
+            head = f.read(len(_DIR_TRANSPORT_MAGIC))
+    except OSError:
+        return
+    if head == _DIR_TRANSPORT_MAGIC:
+        raise ImageError(
+            f"{path}: a skopeo/containers-image `dir:` layout is not a supported image format; "
+            f"convert it to an OCI layout (`skopeo copy dir:{path} oci:NEW-DIR:TAG`) or a docker "
+            "save tarball and import that",
+            path=path,
+        )
+
+
 def open_source(source: str | os.PathLike[str]) -> ImageSource:
     """Open a path as an image source: a directory, or an uncompressed tarball."""
     path = Path(os.fspath(source))
     if path.is_dir():
+        _refuse_dir_transport(path)
         return DirectorySource(path)
     if not path.exists():
         raise ImageError(f"{path}: no such image file or directory", path=path)

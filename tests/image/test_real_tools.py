@@ -58,6 +58,16 @@ def test_oci_archive_tarball_same_ids(driver: aufs.Driver, ramdir: Path, umoci_i
     assert len(driver.layers()) == 3
 
 
+def test_skopeo_dir_layout_is_named_as_unsupported(driver: aufs.Driver, ramdir: Path,
+                                                   umoci_image: dict[str, Path]) -> None:
+    """Issue 9, item 18: a skopeo `dir:` layout is named as such, nothing is imported."""
+    layout = ramdir / "skopeo-dir"
+    run("skopeo", "copy", "-q", f"oci:{umoci_image['oci']}:t", f"dir:{layout}")
+    with pytest.raises(aufs.ImageError, match="skopeo/containers-image `dir:` layout is not a supported"):
+        aufs.import_image(driver, layout)
+    assert driver.layers() == []
+
+
 def test_fuse_overlayfs_backend_shows_the_same_tree(ramdir: Path, umoci_image: dict[str, Path]) -> None:
     try:
         store = aufs.Driver(ramdir / "fuse-store", backend="fuse-overlayfs")

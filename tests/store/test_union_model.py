@@ -24,6 +24,8 @@ from hypothesis.stateful import (
 
 from aufs.store import Driver
 
+from ..archive.apply_helpers import entry, make_tar
+
 NAMES = ["a", "b", "d"]
 PATHS = [n for n in NAMES] + [f"{p}/{n}" for p in NAMES for n in NAMES] + ["d/d/a", "d/a/b"]
 FILE_MODES = [0o644, 0o600, 0o755, 0o4755]
@@ -82,6 +84,31 @@ def make_machine(base_dir: pathlib.Path, backend: str) -> type:
             self.driver.create(new, parent=self.top)
             self.top, self.depth = new, self.depth + 1
             self.root = self.driver.get(self.top)
+
+        @precondition(lambda self: self.depth < MAX_LAYERS)
+        @rule(path=st.sampled_from(PATHS), gone=st.sampled_from(["b", "d"]), deep=st.booleans(),
+              content=st.binary(max_size=12))
+        def push_opaque_layer(self, path: str, gone: str, deep: bool, content: bytes) -> None:
+            """A new layer from a tar that marks ``path`` opaque and also whites out names in it
+            (legal OCI, issue 9 item 11): the directory shows only the layer's own entries."""
+            if not self._is_dir(_parent(path)) or self.model.get(path, ("dir",))[0] != "dir":
+                return
+            members = [entry(path, "dir"), entry(f"{path}/.wh..wh..opq"), entry(f"{path}/.wh.{gone}"),
+                       entry(f"{path}/a", data=content)]
+            if deep:
+                members += [entry(f"{path}/d", "dir"), entry(f"{path}/d/.wh.a")]
+            self.driver.put(self.top)
+            new = f"l{self.depth}"
+            self.driver.create(new, parent=self.top)
+            self.driver.apply_diff(new, make_tar(members))
+            self.top, self.depth = new, self.depth + 1
+            self.root = self.driver.get(self.top)
+            for p in [p for p in self.model if p.startswith(path + "/")]:
+                del self.model[p]
+            self.model[path] = ("dir", 0o755, b"")
+            self.model[f"{path}/a"] = ("file", 0o644, content)
+            if deep:
+                self.model[f"{path}/d"] = ("dir", 0o755, b"")
 
         @rule()
         def remount(self) -> None:
