@@ -366,10 +366,11 @@ def write_diff(layer_dir: str | os.PathLike[str], out: PathOrFile, fmt: Whiteout
     # whatever the process's locale (LC_ALL=C would make every non-ASCII name binary): the
     # bytes stay the layer's own, and the same layer gives the same tar everywhere
     with _fastpaths.utf8_locale():
-        return _write_diff(root, out, fmt)
+        return _write_diff(root, out, fmt, rootless_owner)
 
 
-def _write_diff(root: str, out: PathOrFile, fmt: WhiteoutFormat) -> int:
+def _write_diff(root: str, out: PathOrFile, fmt: WhiteoutFormat,
+                rootless_owner: tuple[int, int] | None) -> int:
     la = load()
     archive = la.write_new()
     if not archive:

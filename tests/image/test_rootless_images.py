@@ -74,6 +74,14 @@ def _export_as_root(ramdir: Path, image: Path, name: str) -> tuple[str, Path]:
         driver.cleanup()
 
 
+def _config(layout: Path) -> dict:
+    index = json.loads((layout / "index.json").read_text())
+    blobs = layout / "blobs" / "sha256"
+    manifest = json.loads((blobs / index["manifests"][0]["digest"].split(":")[1]).read_text())
+    return {"manifest": manifest, "index": index,
+            "config": json.loads((blobs / manifest["config"]["digest"].split(":")[1]).read_text())}
+
+
 def _layers(layout: Path) -> list[list[tuple]]:
     import tarfile
     index = json.loads((layout / "index.json").read_text())
@@ -82,7 +90,7 @@ def _layers(layout: Path) -> list[list[tuple]]:
     out = []
     for layer in manifest["layers"]:
         with tarfile.open(layout / "blobs" / "sha256" / layer["digest"].split(":")[1]) as tar:
-            out.append([(m.name, m.type, m.mode, m.uid, m.gid, m.size, m.linkname, m.devmajor, m.devminor,
+            out.append([(m.name, m.type, m.mode, m.uid, m.gid, m.size, m.mtime, m.linkname, m.devmajor, m.devminor,
                          sorted(m.pax_headers.items())) for m in tar.getmembers()])
     return out
 
@@ -110,7 +118,11 @@ def test_rootless_import_export_equals_root(which: str, request: pytest.FixtureR
     assert proc.returncode == 0, proc.stderr.decode()[-3000:]
     got_digest = proc.stdout.decode().split()[-1]
     want_digest, want = _export_as_root(ramdir, image, which)
-    assert _layers(user_dir / "export") == _layers(want)  # entry by entry, readable on failure
+    got_layers, want_layers = _layers(user_dir / "export"), _layers(want)
+    for i, (g, w) in enumerate(zip(got_layers, want_layers)):  # entry by entry, readable on failure
+        assert g == w, (i, sorted(set(g) ^ set(w)))
+    assert len(got_layers) == len(want_layers)
+    assert _config(user_dir / "export") == _config(want)
     assert got_digest == want_digest
     # mount, write, changes, umount, rm: nothing left behind
     for argv in (["mount", top], ["changes", top], ["umount", top], ["rm", "--force", top]):
