@@ -348,8 +348,10 @@ static int x_xattrs(struct aufs_xctx *ctx, int fd, int dir_fd, const char *name)
         int r;
         if (!key || !*key || aufs_is_private_xattr(key))
             continue;
-        if ((ctx->flags & AUFS_X_FLAG_ROOTLESS) && strncmp(key, "user.", 5) != 0) {
-            /* an unprivileged user may set user.* only: keep the others under our prefix */
+        if ((ctx->flags & AUFS_X_FLAG_ROOTLESS) && strncmp(key, "user.", 5) != 0 &&
+            strncmp(key, "system.posix_acl_", 17) != 0) {
+            /* an unprivileged user may set user.* (and the ACLs of their own files) only:
+             * keep the others under our prefix */
             if (strlen(key) + AUFS_ROOTLESS_XATTR_PREFIX_LEN >= sizeof keybuf)
                 return -ERANGE;
             snprintf(keybuf, sizeof keybuf, "%s%s", AUFS_ROOTLESS_XATTR_PREFIX, key);

@@ -107,3 +107,24 @@ def test_any_owner_mode_and_type_round_trips(tmp_path_factory: pytest.TempPathFa
                                  data=b"d" if kind == "file" else b""))
     want, got, _ = _both(tmp_path_factory.mktemp("rl"), make_tar(entries))
     assert got == want
+
+
+def test_acls_round_trip(ramdir: pathlib.Path) -> None:
+    acl = "user::rwx,user:1000:r-x,group::r-x,mask::r-x,other::r--"
+    f = entry("f", data=b"x", mode=0o754, uid=3000000)
+    f[0].pax_headers = {"SCHILY.acl.access": acl}
+    d = entry("d", "dir", mode=0o750)
+    d[0].pax_headers = {"SCHILY.acl.default": acl}
+    want, got, disk = _both(ramdir, make_tar([d, f, entry("d/in", data=b"i")]))
+    assert got == want
+    assert b"SCHILY.acl.access" in got
+
+
+def test_acls_as_go_tools_write_them_round_trip(ramdir: pathlib.Path) -> None:
+    import struct
+    ents = [(1, 7, 0xFFFFFFFF), (2, 5, 1000), (4, 5, 0xFFFFFFFF), (0x10, 5, 0xFFFFFFFF), (0x20, 4, 0xFFFFFFFF)]
+    value = struct.pack("<I", 2) + b"".join(struct.pack("<HHI", *e) for e in ents)
+    tar = make_tar([entry("g", data=b"x", mode=0o754, xattrs={"system.posix_acl_access": value})])
+    want, got, disk = _both(ramdir, tar)
+    assert got == want
+    assert "user.aufs.xattr.system.posix_acl_access" not in os.listxattr(disk / "g")
