@@ -115,7 +115,8 @@ class Extractor:
     """
 
     def __init__(self, archive: int, api: "dict[str, int]", root_fd: int, *,
-                 max_bytes: Optional[int] = None, report_all: bool = False) -> None:
+                 max_bytes: Optional[int] = None, report_all: bool = False,
+                 rootless: bool = False) -> None:
         self._api = ffi.new("struct aufs_xapi *")
         for name in EXTRACT_API_NAMES:
             setattr(self._api, name, ffi.cast("void *", api[name]))
@@ -123,7 +124,8 @@ class Extractor:
         ctx.api = self._api
         ctx.archive = ffi.cast("void *", archive)
         ctx.root_fd = root_fd
-        ctx.flags = lib.AUFS_X_FLAG_REPORT_ALL if report_all else 0
+        ctx.flags = (lib.AUFS_X_FLAG_REPORT_ALL if report_all else 0) | \
+            (lib.AUFS_X_FLAG_ROOTLESS if rootless else 0)
         ctx.max_bytes = -1 if max_bytes is None else max_bytes
         ctx.parent_fd = -1
         self._dirbuf = ffi.new("char[]", _DIRBUF_SIZE)
@@ -401,7 +403,8 @@ class EntryWriter:
     """
 
     def __init__(self, archive: int, entry: int, api: "dict[str, int]",
-                 buffer_size: int = 1 << 20, out: "Optional[FdOutput]" = None) -> None:
+                 buffer_size: int = 1 << 20, out: "Optional[FdOutput]" = None,
+                 rootless_owner: "Optional[Tuple[int, int]]" = None) -> None:
         self._api = ffi.new("struct aufs_wapi *")
         for name in WALK_API_NAMES:
             setattr(self._api, name, ffi.cast("void *", api[name]))
@@ -417,6 +420,9 @@ class EntryWriter:
         ctx.namelen = _NAME_MAX
         if out is not None:
             ctx.out = out._out
+        if rootless_owner is not None:  # read back what a rootless extraction recorded
+            ctx.flags = lib.AUFS_W_ROOTLESS
+            ctx.own_uid, ctx.own_gid = rootless_owner
         self._out = out  # the C holds a pointer into it
         self._ctx = ctx
         self._write = lib.aufs_w_entry

@@ -493,9 +493,9 @@ def _os_error(err: int, path: bytes) -> Exception:
 
 
 def _extract(la: Libarchive, archive: int, root_fd: int, fmt: WhiteoutFormat,
-             max_bytes: int | None, track: bool) -> list[bytes]:
+             max_bytes: int | None, track: bool, rootless: bool = False) -> list[bytes]:
     ex = _fastpaths.Extractor(archive, la.addresses(_fastpaths.EXTRACT_API_NAMES), root_fd,
-                              max_bytes=max_bytes, report_all=track)
+                              max_bytes=max_bytes, report_all=track, rootless=rootless)
 
     def archive_error() -> ArchiveError:
         status = {-10: "retry", -20: "warning", -25: "failed", -30: "fatal"}.get(
@@ -567,7 +567,7 @@ def _harmless_warning(message: str) -> bool:
 
 
 def _read_archive(la: Libarchive, in_fd: int, root_fd: int, fmt: WhiteoutFormat,
-                  max_bytes: int | None, track: bool) -> list[bytes]:
+                  max_bytes: int | None, track: bool, rootless: bool = False) -> list[bytes]:
     archive = int(la.read_new() or 0)
     if not archive:
         raise MemoryError("archive_read_new failed")
@@ -578,14 +578,15 @@ def _read_archive(la: Libarchive, in_fd: int, root_fd: int, fmt: WhiteoutFormat,
         if la.read_open_fd(archive, in_fd, _READ_BLOCK) != 0:
             raise ArchiveError(f"not a layer tar: {la.message(archive)}")
         with _fastpaths.utf8_locale():
-            return _extract(la, archive, root_fd, fmt, max_bytes, track)
+            return _extract(la, archive, root_fd, fmt, max_bytes, track, rootless)
     finally:
         la.read_free(archive)
 
 
 def apply_tar(target_dir: str | os.PathLike[str], source: LayerSource, fmt: WhiteoutFormat,
               *, max_bytes: int | None = None,
-              template_dir: str | os.PathLike[str] | None = None) -> list[str]:
+              template_dir: str | os.PathLike[str] | None = None,
+              rootless: bool = False) -> list[str]:
     """Extract the layer tar ``source`` into the directory ``target_dir``, whiteouts in ``fmt``.
 
     ``source`` is a path, the bytes, or a readable binary file object (read as a stream, never
@@ -602,8 +603,11 @@ def apply_tar(target_dir: str | os.PathLike[str], source: LayerSource, fmt: Whit
     discards). Raises :class:`aufs.UnsafeArchive` for an entry that would escape (naming it),
     :class:`aufs.ArchiveError` for a corrupt, truncated or non-tar input (from the cause), and
     :class:`aufs.NoSpace` when the filesystem runs out of space or quota.
+
+    ``rootless``: write as a rootless store does (:mod:`aufs.rootless`): nothing chowned, no
+    device made, owners, modes, types and privileged xattrs recorded in user.* xattrs.
     """
-    implied = _apply(target_dir, source, fmt, max_bytes)
+    implied = _apply(target_dir, source, fmt, max_bytes, rootless)
     if template_dir is not None and implied:
         copy_up_dirs(target_dir, implied, template_dir)
     return [os.fsdecode(path) for path in implied]
@@ -634,7 +638,7 @@ def copy_up_dirs(target_dir: str | os.PathLike[str], paths: Iterable[str | bytes
 
 
 def _apply(target_dir: str | os.PathLike[str], source: LayerSource, fmt: WhiteoutFormat,
-           max_bytes: int | None) -> list[bytes]:
+           max_bytes: int | None, rootless: bool = False) -> list[bytes]:
     la = _libarchive()
     root_fd = os.open(target_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     plain_fd, feeder, owned = -1, None, None
@@ -647,7 +651,7 @@ def _apply(target_dir: str | os.PathLike[str], source: LayerSource, fmt: Whiteou
             feeder = _Feeder(reader)
         try:
             implied = _read_archive(la, plain_fd if feeder is None else feeder.read_fd, root_fd,
-                                    fmt, max_bytes, track)
+                                    fmt, max_bytes, track, rootless)
         except BaseException:
             if feeder is not None:
                 # a failure of the source or the decompressor closes the pipe early, so

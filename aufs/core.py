@@ -79,8 +79,11 @@ class StoreCore:
     """One open store's layout, format and backend, and the operations its parts share."""
 
     def __init__(self, layout: Layout, fmt: WhiteoutFormat, backend: Backend, *,
-                 read_only: bool = False, tightened: Sequence[str] = ()) -> None:
+                 read_only: bool = False, tightened: Sequence[str] = (),
+                 rootless_owner: tuple[int, int] | None = None) -> None:
         self.layout = layout
+        self.rootless_owner = rootless_owner
+        """A rootless store's (uid, gid) owning its files (see :mod:`aufs.rootless`), else None."""
         self.format = fmt
         self.backend = backend
         self.read_only = read_only

@@ -71,7 +71,8 @@ class LayerDiffs:
                 with os.scandir(diff_dir) as it:
                     empty = next(it, None) is None
                 clone_tree(diff_dir, stage, empty=empty)
-                implied = _apply.apply_tar(stage, diff, core.format)
+                implied = _apply.apply_tar(stage, diff, core.format,
+                                           rootless=core.rootless_owner is not None)
                 if implied and meta["ancestors"]:
                     if before_copy_up is not None:
                         before_copy_up()
@@ -119,7 +120,7 @@ class LayerDiffs:
         with self._core.locked_layer(layer_id):
             diff_dir = self._core.normalised_diff_dir(layer_id)
             try:
-                return _export.write_diff(diff_dir, out, self._core.format)
+                return _export.write_diff(diff_dir, out, self._core.format, self._core.rootless_owner)
             except PathTooLong as exc:
                 raise _of_layer(exc, layer_id) from exc.__cause__
 

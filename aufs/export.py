@@ -88,7 +88,8 @@ class _Walker:
     several links (the inode map lives here); see :meth:`aufs._fastpaths.EntryWriter.run`.
     """
 
-    def __init__(self, la: Libarchive, archive: int, output: _Output) -> None:
+    def __init__(self, la: Libarchive, archive: int, output: _Output,
+                 rootless_owner: tuple[int, int] | None = None) -> None:
         self.lib = la
         self.archive = archive
         self.output = output
@@ -97,7 +98,7 @@ class _Walker:
             raise MemoryError("archive_entry_new failed")
         self.writer = _fastpaths.EntryWriter(archive, self.entry,
                                              la.addresses(_fastpaths.WALK_API_NAMES),
-                                             _BLOCK_SIZE, output.fd_output)
+                                             _BLOCK_SIZE, output.fd_output, rootless_owner)
         self.first_name: dict[tuple[int, int], bytes] = {}
 
     def close(self) -> None:
@@ -155,7 +156,8 @@ class _Walker:
                 inode = (dev, ino)
                 first = first_name.get(inode)
                 if first is not None:  # the inode's data and xattrs went with its first name
-                    self._failed(write(-1, -1, name, tar_name, first, mode, uid, gid, mtime,
+                    # dir_fd: a rootless store reads the inode's recorded owner through it
+                    self._failed(write(dir_fd, -1, name, tar_name, first, mode, uid, gid, mtime,
                                        0, 0), tar_name)
                     continue
                 first_name[inode] = tar_name
@@ -338,7 +340,8 @@ _WRITE_CALLBACK = ctypes.CFUNCTYPE(ctypes.c_ssize_t, ctypes.c_void_p, ctypes.c_v
                                    ctypes.c_void_p, ctypes.c_size_t)
 
 
-def write_diff(layer_dir: str | os.PathLike[str], out: PathOrFile, fmt: WhiteoutFormat) -> int:
+def write_diff(layer_dir: str | os.PathLike[str], out: PathOrFile, fmt: WhiteoutFormat,
+               rootless_owner: tuple[int, int] | None = None) -> int:
     """Write the layer directory ``layer_dir`` (format ``fmt``) as a pax layer tar to ``out``.
 
     ``out`` is a path (created or truncated) or a writable binary file object (written
@@ -347,7 +350,9 @@ def write_diff(layer_dir: str | os.PathLike[str], out: PathOrFile, fmt: Whiteout
     first, its position updated after), are written through the fd with no copy of file data
     in user space; a pipe is grown to 1 MiB. Other file objects get the same bytes through
     ``write()``. Returns the number of bytes written. The bytes depend only on the layer's
-    content (see the module docstring).
+    content (see the module docstring). ``rootless_owner`` (uid, gid): the layer is a rootless
+    store's (:mod:`aufs.rootless`) whose files those ids own; its recorded owners, modes,
+    types and xattrs are written, and unrecorded entries of that owner as root's.
     Raises ``NoSpace`` if the output filesystem fills up, ``OSError`` for a failed read or
     write, ``FileNotFoundError`` if ``layer_dir`` does not exist.
     """
@@ -361,10 +366,11 @@ def write_diff(layer_dir: str | os.PathLike[str], out: PathOrFile, fmt: Whiteout
     # whatever the process's locale (LC_ALL=C would make every non-ASCII name binary): the
     # bytes stay the layer's own, and the same layer gives the same tar everywhere
     with _fastpaths.utf8_locale():
-        return _write_diff(root, out, fmt)
+        return _write_diff(root, out, fmt, rootless_owner)
 
 
-def _write_diff(root: str, out: PathOrFile, fmt: WhiteoutFormat) -> int:
+def _write_diff(root: str, out: PathOrFile, fmt: WhiteoutFormat,
+                rootless_owner: tuple[int, int] | None) -> int:
     la = load()
     archive = la.write_new()
     if not archive:
@@ -377,7 +383,7 @@ def _write_diff(root: str, out: PathOrFile, fmt: WhiteoutFormat) -> int:
         if la.write_set_options(archive, b"pax:xattrheader=SCHILY") != ARCHIVE_OK:
             raise _archive_failure(la, archive, "selecting SCHILY xattr records")
         output = _Output(la, archive, out)
-        walker = _Walker(la, archive, output)
+        walker = _Walker(la, archive, output, rootless_owner)
         try:
             root_fd = os.open(root, _O_DIR)
             try:

@@ -46,6 +46,7 @@ __all__ = [
     "fsconfig_takes",
     "grow_pipe",
     "has_cap_sys_admin",
+    "in_user_namespace",
     "lowerdir_plus",
     "page_size",
 ]
@@ -163,3 +164,15 @@ def has_cap_sys_admin(status: str = "/proc/self/status") -> bool:
     except OSError:
         pass
     return os.geteuid() == 0
+
+
+def in_user_namespace(uid_map: str = "/proc/self/uid_map") -> bool:
+    """True if the calling process runs in a user namespace other than the initial one (its
+    uid map is not the identity of all 2**32 - 1 ids): root there cannot give files to ids
+    outside the map, and kernel overlayfs there needs ``userxattr``."""
+    try:
+        with open(uid_map, encoding="ascii") as f:
+            lines = f.read().split("\n")
+    except OSError:
+        return False
+    return [line.split() for line in lines if line.strip()] != [["0", "0", "4294967295"]]

@@ -21,7 +21,7 @@ import uuid
 from collections.abc import Iterator
 from typing import Any, Union
 
-from . import _syscalls, mounts
+from . import _syscalls, mounts, rootless
 from .backends import BACKENDS, Backend
 from .backends.base import detach
 from .changes import Change
@@ -52,6 +52,7 @@ __all__ = ["BACKEND_NAMES", "STORE_VERSION", "Driver"]
 
 BACKEND_NAMES = ("auto",) + tuple(BACKENDS)
 STORE_VERSION = 1
+ROOTLESS_STORE_VERSION = 2
 
 PathArg = Union[str, "os.PathLike[str]"]
 
@@ -161,7 +162,8 @@ class Driver:
                 raise StoreReadOnly(f"cannot create a store in {layout.home}: its filesystem is read-only",
                                     path=layout.home)
             fmt = None if meta is None else WhiteoutFormat(meta["format"])
-            backend_cls, fmt = _choose_backend(backend, fmt)
+            owner = _rootless_owner(layout, meta, read_only)
+            backend_cls, fmt, self._backend_reason = _choose_backend(backend, fmt, owner is not None)
             if fmt is WhiteoutFormat.OVERLAY and not read_only:
                 _require_trusted_xattrs(layout.home)
             tightened: list[str] = []
@@ -170,10 +172,12 @@ class Driver:
                     os.makedirs(directory, mode=0o700, exist_ok=True)
                 tightened = _make_private(layout)
                 if meta is None:
-                    _write_store_meta(layout, fmt, backend_cls.name)
+                    _write_store_meta(layout, fmt, backend_cls.name, owner)
                     tightened = []  # a new store is private from the start
-            self._core = StoreCore(layout, fmt, backend_cls(layout, fmt), read_only=read_only,
-                                   tightened=tightened)
+            backend_obj = backend_cls(layout, fmt)
+            backend_obj.rootless = owner is not None
+            self._core = StoreCore(layout, fmt, backend_obj, read_only=read_only,
+                                   tightened=tightened, rootless_owner=owner)
             self._diffs = LayerDiffs(self._core)
             if not read_only:
                 self._core.sweep()
@@ -294,7 +298,8 @@ class Driver:
         return self._core.describe(layer_id, list(meta["ancestors"]), readonly=readonly)
 
     def status(self) -> dict[str, str | int | bool]:
-        """Facts about the store: ``backend``, ``home``, ``whiteout_format``,
+        """Facts about the store: ``backend``, ``backend_reason`` (why this backend),
+        ``home``, ``whiteout_format``, ``rootless`` (bool: owners recorded in xattrs),
         ``backing_filesystem`` (str); ``layers``, ``mounted``, ``max_depth`` (the longest chain,
         top layer included) (int); ``read_only`` (bool). Takes no lock."""
         home = self._core.home
@@ -309,6 +314,8 @@ class Driver:
         mounted = sum(1 for i in layer_ids if mounted_or_dead(layout.mountpoint(i)))
         return {
             "backend": self.backend,
+            "backend_reason": self._backend_reason,
+            "rootless": self._core.rootless_owner is not None,
             "home": home,
             "whiteout_format": self.whiteout_format.value,
             "layers": len(layer_ids),
@@ -597,18 +604,58 @@ def _read_store_meta(layout: Layout) -> dict[str, Any] | None:
         return None
     if not isinstance(meta, dict) or meta.get("format") not in ("aufs", "overlay"):
         raise StoreFormatMismatch(f"{layout.meta_file} is not an aufs store description", path=layout.meta_file)
+    version = meta.get("version", 1)
+    if not isinstance(version, int) or version > ROOTLESS_STORE_VERSION or \
+            meta.get("rootless", None) not in (None, rootless.FORMAT):
+        raise StoreFormatMismatch(f"{layout.home} is a store of a newer aufs (version {version!r}, rootless "
+                                  f"{meta.get('rootless')!r}): this aufs would misread it; upgrade aufs",
+                                  path=layout.meta_file)
     return meta
 
 
-def _write_store_meta(layout: Layout, fmt: WhiteoutFormat, backend: str) -> None:
+def _rootless_owner(layout: Layout, meta: dict[str, Any] | None, read_only: bool) -> rootless.Owner | None:
+    """The ids owning a rootless store's files (None for a store with real owners).
+
+    A new store made by an unprivileged process is rootless. A store with real owners is
+    refused to such a process (it could not write what it imports there); a rootless store
+    opened by root stays rootless (its records keep being written and read)."""
+    if meta is None:
+        return rootless.Owner(os.geteuid(), os.getegid()) if rootless.unprivileged() else None
+    if meta.get("rootless") is None:
+        if rootless.unprivileged() and not read_only:
+            raise StoreFormatMismatch(
+                f"{layout.home} keeps real file owners (made by root): an ordinary user cannot write it; "
+                "use a store of your own (the default home, ~/.local/share/aufs, is rootless)", path=layout.home)
+        return None
+    uid, gid = meta.get("owner", (None, None))
+    if not isinstance(uid, int) or not isinstance(gid, int):
+        raise StoreFormatMismatch(f"{layout.meta_file} names no owner for its rootless records", path=layout.meta_file)
+    return rootless.Owner(uid, gid)
+
+
+def _write_store_meta(layout: Layout, fmt: WhiteoutFormat, backend: str,
+                      owner: rootless.Owner | None = None) -> None:
+    meta: dict[str, Any] = {"version": STORE_VERSION, "format": fmt.value, "created_with": backend}
+    if owner is not None:
+        # version 2: an aufs that knows no rootless records must not open it (it would export
+        # every file as the user's, with no device or setuid bit)
+        meta.update(version=ROOTLESS_STORE_VERSION, rootless=rootless.FORMAT, owner=list(owner))
     tmp = Layout.tmp_sibling(layout.meta_file)
     with open(tmp, "w", encoding="ascii") as f:
-        json.dump({"version": STORE_VERSION, "format": fmt.value, "created_with": backend}, f)
+        json.dump(meta, f)
         f.write("\n")
     os.replace(tmp, layout.meta_file)
 
 
-def _choose_backend(name: str, fmt: WhiteoutFormat | None) -> tuple[type[Backend], WhiteoutFormat]:
+def _choose_backend(name: str, fmt: WhiteoutFormat | None,
+                    rootless_store: bool = False) -> tuple[type[Backend], WhiteoutFormat, str]:
+    """The backend class, the whiteout format and why that backend (for ``status``).
+
+    A rootless store mounts with fuse-overlayfs only: it alone shows the recorded owners."""
+    if rootless_store and name not in ("auto", "fuse-overlayfs"):
+        raise StoreFormatMismatch(
+            f"this store is rootless (owners recorded in {rootless.OVERRIDE_XATTR}): only the fuse-overlayfs "
+            f"backend shows them; the {name} backend would misread it")
     if name != "auto":
         cls = BACKENDS[name]
         if fmt is not None and fmt not in cls.formats:
@@ -620,15 +667,21 @@ def _choose_backend(name: str, fmt: WhiteoutFormat | None) -> tuple[type[Backend
         reason = cls.unavailable_reason()
         if reason is not None:
             raise BackendUnavailable(f"backend {name} is unavailable: {reason}")
-        return cls, fmt if fmt is not None else cls.formats[0]
+        return cls, fmt if fmt is not None else cls.formats[0], f"asked for {name}"
     reasons = []
     for cls in BACKENDS.values():
+        if rootless_store and cls.name != "fuse-overlayfs":
+            reasons.append(f"{cls.name}: cannot show a rootless store's recorded owners")
+            continue
         if fmt is not None and fmt not in cls.formats:
             reasons.append(f"{cls.name}: cannot read this store's {fmt.value} format")
             continue
         reason = cls.unavailable_reason()
         if reason is None:
-            return cls, fmt if fmt is not None else cls.formats[0]
+            why = f"auto: {cls.name} is the first usable backend"
+            if reasons:
+                why += " (" + "; ".join(reasons) + ")"
+            return cls, fmt if fmt is not None else cls.formats[0], why
         reasons.append(f"{cls.name}: {reason}")
     raise BackendUnavailable("no usable union backend: " + "; ".join(reasons))
 

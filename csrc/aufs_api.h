@@ -78,6 +78,7 @@ int aufs_probe_features(void);
 #define AUFS_X_PATH_MAX 4096
 #define AUFS_X_DIR_RECORD_HEAD 20 /* a dirbuf record's head: int64 sec, int64 nsec, uint32 length */
 #define AUFS_X_FLAG_REPORT_ALL 1 /* ctx->flags: return AUFS_X_DONE after every entry written */
+#define AUFS_X_FLAG_ROOTLESS 2   /* ctx->flags: record owners, modes, devices in xattrs (rootless store) */
 #define AUFS_X_EOF 0        /* end of archive */
 #define AUFS_X_DIR 1        /* a directory was written (its mtime is the caller's to set last) */
 #define AUFS_X_SPECIAL 2    /* a reserved .wh. name: nothing written, the caller decides */
@@ -236,7 +237,11 @@ struct aufs_wctx {
     char *name;         /* tar name buffer for aufs_w_run */
     size_t namelen;
     struct aufs_wout *out; /* the archive's output if it is aufs_w_out_write, else NULL */
+    int flags;          /* AUFS_W_ROOTLESS: read back what a rootless extraction recorded */
+    uint32_t own_uid;   /* with AUFS_W_ROOTLESS: the store owner's ids, exported as 0 */
+    uint32_t own_gid;
 };
+#define AUFS_W_ROOTLESS 1
 
 /* aufs_w_changes: change kinds, Docker's values */
 #define AUFS_W_MODIFY 0

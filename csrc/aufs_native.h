@@ -69,6 +69,18 @@ static inline int aufs_has_prefix(const char *s, const char *prefix)
 }
 
 /* An xattr that describes a layer's role in a union mount (aufs.whiteouts.is_private_xattr). */
+/* Rootless stores (aufs.rootless): what an unprivileged extraction could not make for real.
+ * The override xattr is containers/storage's and fuse-overlayfs's (xattr_permissions=2), as
+ * "UID:GID:0MODE:TYPE" with TYPE file, dir, pipe, socket, char-MAJ-MIN or block-MAJ-MIN;
+ * xattrs outside user.* are kept under AUFS_ROOTLESS_XATTR_PREFIX + their name. */
+#define AUFS_ROOTLESS_OVERRIDE "user.containers.override_stat"
+#define AUFS_ROOTLESS_XATTR_PREFIX "user.aufs.xattr."
+#define AUFS_ROOTLESS_XATTR_PREFIX_LEN 16
+/* a symlink can carry no user.* xattr: the owner of symlink NAME, when not 0:0, is recorded
+ * on its directory as AUFS_ROOTLESS_LINK_OWNER + NAME = "UID:GID" */
+#define AUFS_ROOTLESS_LINK_OWNER "user.aufs.lowner."
+#define AUFS_ROOTLESS_LINK_OWNER_LEN 17
+
 static inline int aufs_is_private_xattr(const char *name)
 {
     return aufs_has_prefix(name, AUFS_XATTR_TRUSTED_OVERLAY) ||

@@ -338,6 +338,7 @@ static int x_xattrs(struct aufs_xctx *ctx, int fd, int dir_fd, const char *name)
     const void *value;
     size_t size;
     char procpath[64 + AUFS_X_PATH_MAX];
+    char keybuf[256]; /* XATTR_NAME_MAX + 1 */
 
     if (((x_entry_int_fn)api->entry_xattr_reset)(ctx->entry) <= 0)
         return 0;
@@ -347,6 +348,15 @@ static int x_xattrs(struct aufs_xctx *ctx, int fd, int dir_fd, const char *name)
         int r;
         if (!key || !*key || aufs_is_private_xattr(key))
             continue;
+        if ((ctx->flags & AUFS_X_FLAG_ROOTLESS) && strncmp(key, "user.", 5) != 0 &&
+            strncmp(key, "system.posix_acl_", 17) != 0) {
+            /* an unprivileged user may set user.* (and the ACLs of their own files) only:
+             * keep the others under our prefix */
+            if (strlen(key) + AUFS_ROOTLESS_XATTR_PREFIX_LEN >= sizeof keybuf)
+                return -ERANGE;
+            snprintf(keybuf, sizeof keybuf, "%s%s", AUFS_ROOTLESS_XATTR_PREFIX, key);
+            key = keybuf;
+        }
         if (fd >= 0)
             r = fsetxattr(fd, key, value, size, 0);
         else
@@ -521,16 +531,47 @@ static void x_times(const struct aufs_xctx *ctx, struct timespec ts[2])
     ts[0].tv_nsec = ts[1].tv_nsec = (long)ctx->mtime_nsec;
 }
 
+/* Rootless: the entry's owner, full mode and type as the override xattr on `fd` (a regular
+ * file or a directory: user.* xattrs go on nothing else), and on disk a mode the store's owner
+ * can work with (u+rw, u+rwx for directories) and never setuid, setgid or sticky. Entries
+ * that disk shows exactly (0:0, same mode, a file or directory) get no xattr: the store's
+ * owner stands for root. `type` is NULL for what the inode itself is. */
+static int x_rootless_meta(struct aufs_xctx *ctx, int fd, const char *type)
+{
+    mode_t want = (mode_t)(ctx->mode & 07777);
+    mode_t disk = want & 0777;
+    char value[96];
+    int dir = (ctx->mode & S_IFMT) == S_IFDIR;
+    disk |= dir ? 0700 : 0600;
+    if (fchmod(fd, disk) < 0)
+        return -errno;
+    if (type == NULL && ctx->uid == 0 && ctx->gid == 0 && disk == want) {
+        if (fremovexattr(fd, AUFS_ROOTLESS_OVERRIDE) < 0 && errno != ENODATA)
+            return errno == ENOTSUP ? 0 : -errno;
+        return 0;
+    }
+    snprintf(value, sizeof value, "%lld:%lld:0%o:%s", (long long)ctx->uid, (long long)ctx->gid,
+             (unsigned)want, type ? type : dir ? "dir" : "file");
+    if (fsetxattr(fd, AUFS_ROOTLESS_OVERRIDE, value, strlen(value), 0) < 0)
+        return -errno;
+    return 0;
+}
+
 /* Owner before mode (chown clears setuid/setgid), xattrs after both (chown clears
  * security.capability). */
 static int x_meta_fd(struct aufs_xctx *ctx, int fd, int set_times)
 {
     struct timespec ts[2];
     int r;
-    if (fchown(fd, (uid_t)ctx->uid, (gid_t)ctx->gid) < 0)
+    if (ctx->flags & AUFS_X_FLAG_ROOTLESS) {
+        r = x_rootless_meta(ctx, fd, NULL);
+        if (r < 0)
+            return r;
+    } else if (fchown(fd, (uid_t)ctx->uid, (gid_t)ctx->gid) < 0) {
         return -errno;
-    if (fchmod(fd, (mode_t)(ctx->mode & 07777)) < 0)
+    } else if (fchmod(fd, (mode_t)(ctx->mode & 07777)) < 0) {
         return -errno;
+    }
     r = x_xattrs(ctx, fd, -1, NULL);
     if (r == 0)
         r = x_acls(ctx, fd, -1, NULL);
@@ -548,7 +589,10 @@ static int x_meta_at(struct aufs_xctx *ctx, int dir_fd, const char *name, int ch
 {
     struct timespec ts[2];
     int r;
-    if (fchownat(dir_fd, name, (uid_t)ctx->uid, (gid_t)ctx->gid, AT_SYMLINK_NOFOLLOW) < 0)
+    /* rootless: only symlinks come here (a symlink's mode means nothing; its owner is the
+     * store owner's, exported as root) */
+    if (!(ctx->flags & AUFS_X_FLAG_ROOTLESS) &&
+        fchownat(dir_fd, name, (uid_t)ctx->uid, (gid_t)ctx->gid, AT_SYMLINK_NOFOLLOW) < 0)
         return -errno;
     if (chmod_too) {
         r = x_chmod_nofollow(dir_fd, name, (mode_t)(ctx->mode & 07777));
@@ -701,6 +745,23 @@ static int x_directory(struct aufs_xctx *ctx, int dir_fd, const char *name)
     return r < 0 ? r : x_note_dir(ctx);
 }
 
+/* Rootless: record a symlink's owner on its directory (dir_fd may be an O_PATH fd: through
+ * its magic link), or drop a stale record for a 0:0 one. */
+static int x_rootless_link_owner(struct aufs_xctx *ctx, int dir_fd, const char *name)
+{
+    char key[256], dirpath[64], value[48];
+    if (snprintf(key, sizeof key, AUFS_ROOTLESS_LINK_OWNER "%s", name) >= (int)sizeof key)
+        return ctx->uid == 0 && ctx->gid == 0 ? 0 : -ENAMETOOLONG;
+    snprintf(dirpath, sizeof dirpath, "/proc/self/fd/%d", dir_fd);
+    if (ctx->uid == 0 && ctx->gid == 0) {
+        if (removexattr(dirpath, key) < 0 && errno != ENODATA && errno != ENOTSUP)
+            return -errno;
+        return 0;
+    }
+    snprintf(value, sizeof value, "%lld:%lld", (long long)ctx->uid, (long long)ctx->gid);
+    return setxattr(dirpath, key, value, strlen(value), 0) < 0 ? -errno : 0;
+}
+
 static int x_symlink(struct aufs_xctx *ctx, int dir_fd, const char *name)
 {
     const char *target = ((x_entry_str_fn)ctx->api->entry_symlink)(ctx->entry);
@@ -722,7 +783,63 @@ static int x_symlink(struct aufs_xctx *ctx, int dir_fd, const char *name)
         if (symlinkat(target, dir_fd, name) < 0)
             return -errno;
     }
+    if (ctx->flags & AUFS_X_FLAG_ROOTLESS) {
+        r = x_rootless_link_owner(ctx, dir_fd, name);
+        if (r < 0)
+            return r;
+    }
     return x_meta_at(ctx, dir_fd, name, 0);
+}
+
+/* Rootless: a device or fifo as an empty regular file whose override xattr names the type
+ * (an unprivileged user can make no device; a real fifo could carry no user.* xattr). */
+static int x_rootless_node(struct aufs_xctx *ctx, int dir_fd, const char *name, mode_t type,
+                           dev_t dev)
+{
+    const int flags = O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC;
+    char kind[64];
+    struct timespec ts[2];
+    int fd, r;
+    if (type == S_IFCHR && dev == 0) {
+        /* the overlay whiteout: what it means (and how the store exports it) is the AUFS
+         * whiteout file .wh.NAME, which needs no privilege */
+        char wh[AUFS_X_PATH_MAX];
+        if (snprintf(wh, sizeof wh, AUFS_WHITEOUT_PREFIX "%s", name) >= (int)sizeof wh)
+            return -ENAMETOOLONG;
+        r = aufs_x_remove(dir_fd, name);
+        if (r < 0 && r != -ENOENT)
+            return r;
+        fd = openat(dir_fd, wh, O_WRONLY | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0444);
+        if (fd < 0)
+            return -errno;
+        r = fchmod(fd, 0444) < 0 ? -errno : 0;
+        close(fd);
+        return r;
+    }
+    if (type == S_IFIFO)
+        snprintf(kind, sizeof kind, "pipe");
+    else
+        snprintf(kind, sizeof kind, "%s-%u-%u", type == S_IFCHR ? "char" : "block",
+                 major(dev), minor(dev));
+    fd = openat(dir_fd, name, flags, 0600);
+    if (fd < 0 && errno == EEXIST) {
+        r = aufs_x_remove(dir_fd, name);
+        if (r < 0)
+            return r;
+        fd = openat(dir_fd, name, flags, 0600);
+    }
+    if (fd < 0)
+        return -errno;
+    r = x_rootless_meta(ctx, fd, kind);
+    if (r == 0)
+        r = x_xattrs(ctx, fd, -1, NULL);
+    if (r == 0) {
+        x_times(ctx, ts);
+        if (futimens(fd, ts) < 0)
+            r = -errno;
+    }
+    close(fd);
+    return r;
 }
 
 static int x_node(struct aufs_xctx *ctx, int dir_fd, const char *name)
@@ -734,6 +851,8 @@ static int x_node(struct aufs_xctx *ctx, int dir_fd, const char *name)
     int r;
     if (type != S_IFIFO)
         dev = makedev(major_fn(ctx->entry), minor_fn(ctx->entry));
+    if (ctx->flags & AUFS_X_FLAG_ROOTLESS)
+        return x_rootless_node(ctx, dir_fd, name, type, dev);
     if (mknodat(dir_fd, name, type | 0600, dev) < 0) {
         if (errno != EEXIST)
             return -errno;

@@ -197,27 +197,40 @@ static void w_acl(struct aufs_wctx *ctx, const char *key, const unsigned char *v
 static int w_xattrs(struct aufs_wctx *ctx, int fd, const char *path)
 {
     char *list = ctx->buf, *value = ctx->buf + W_XATTR_MAX;
-    const char *keys[W_MAX_XATTRS];
+    const char *keys[W_MAX_XATTRS]; /* the names in the tar */
+    const char *raw[W_MAX_XATTRS];  /* the names on disk */
     size_t nkeys = 0;
     int opaque = 0;
+    int rootless = ctx->flags & AUFS_W_ROOTLESS;
     ssize_t len = fd >= 0 ? flistxattr(fd, list, W_XATTR_MAX) : llistxattr(path, list, W_XATTR_MAX);
 
     if (len < 0)
         return (errno == ENOTSUP || errno == EOPNOTSUPP) ? 0 : -errno;
     for (ssize_t pos = 0; pos < len; pos += (ssize_t)strlen(list + pos) + 1) {
+        const char *key = list + pos;
+        if (rootless) {
+            /* what a rootless extraction recorded is metadata, not an xattr of the image */
+            if (strcmp(key, AUFS_ROOTLESS_OVERRIDE) == 0 ||
+                strncmp(key, AUFS_ROOTLESS_LINK_OWNER, AUFS_ROOTLESS_LINK_OWNER_LEN) == 0)
+                continue;
+            if (strncmp(key, AUFS_ROOTLESS_XATTR_PREFIX, AUFS_ROOTLESS_XATTR_PREFIX_LEN) == 0)
+                key += AUFS_ROOTLESS_XATTR_PREFIX_LEN;
+        }
         if (nkeys == W_MAX_XATTRS)
             return -E2BIG;
         /* insertion sort: entries hold a handful of xattrs */
         size_t i = nkeys++;
-        while (i > 0 && strcmp(keys[i - 1], list + pos) > 0) {
+        while (i > 0 && strcmp(keys[i - 1], key) > 0) {
             keys[i] = keys[i - 1];
+            raw[i] = raw[i - 1];
             i--;
         }
-        keys[i] = list + pos;
+        keys[i] = key;
+        raw[i] = list + pos;
     }
     for (size_t i = 0; i < nkeys; i++) {
-        ssize_t vlen = fd >= 0 ? fgetxattr(fd, keys[i], value, W_XATTR_MAX)
-                               : lgetxattr(path, keys[i], value, W_XATTR_MAX);
+        ssize_t vlen = fd >= 0 ? fgetxattr(fd, raw[i], value, W_XATTR_MAX)
+                               : lgetxattr(path, raw[i], value, W_XATTR_MAX);
         if (vlen < 0) {
             if (errno == ENODATA) /* removed while we looked */
                 continue;
@@ -476,6 +489,77 @@ int aufs_w_out_close(struct aufs_wout *out, size_t block, size_t last_block)
     return aufs_w_out_flush(out);
 }
 
+/* Rootless: the entry as the image has it. A file or directory with the override xattr
+ * gets its owner, mode and type from it (a device or fifo is stored as an empty file); any
+ * other entry the store's owner owns is root's. Returns 0 or -errno. */
+static int w_rootless(struct aufs_wctx *ctx, int dir_fd, int fd, const char *name,
+                      unsigned int *mode, int64_t *uid, int64_t *gid, int64_t *size, uint64_t *rdev)
+{
+    char value[128], path[64 + 256];
+    long long u, g;
+    unsigned int perm, maj, min;
+    int used = 0;
+    ssize_t n = -1;
+
+    if (S_ISREG(*mode) || S_ISDIR(*mode)) {
+        if (fd >= 0) {
+            n = fgetxattr(fd, AUFS_ROOTLESS_OVERRIDE, value, sizeof value - 1);
+        } else if (dir_fd >= 0) {
+            if (snprintf(path, sizeof path, "/proc/self/fd/%d/%s", dir_fd, name) >= (int)sizeof path)
+                return -ENAMETOOLONG;
+            n = lgetxattr(path, AUFS_ROOTLESS_OVERRIDE, value, sizeof value - 1);
+        }
+        if (n < 0 && (fd >= 0 || dir_fd >= 0) && errno != ENODATA && errno != ENOTSUP)
+            return -errno;
+    }
+    if (S_ISLNK(*mode) && dir_fd >= 0) {
+        /* recorded on the directory (a symlink can carry no user.* xattr) */
+        char key[256];
+        if (snprintf(key, sizeof key, AUFS_ROOTLESS_LINK_OWNER "%s", name) < (int)sizeof key) {
+            n = fgetxattr(dir_fd, key, value, sizeof value - 1);
+            if (n < 0 && errno != ENODATA && errno != ENOTSUP)
+                return -errno;
+            if (n >= 0) {
+                value[n] = 0;
+                if (sscanf(value, "%lld:%lld", &u, &g) != 2 || u < 0 || g < 0 ||
+                    u > 0xffffffffLL || g > 0xffffffffLL)
+                    return -EBADMSG;
+                *uid = u;
+                *gid = g;
+                return 0;
+            }
+        }
+    }
+    if (n < 0) {
+        if ((uint32_t)*uid == ctx->own_uid)
+            *uid = 0;
+        if ((uint32_t)*gid == ctx->own_gid)
+            *gid = 0;
+        return 0;
+    }
+    value[n] = 0;
+    if (sscanf(value, "%lld:%lld:%o:%n", &u, &g, &perm, &used) < 3 || u < 0 || g < 0 ||
+        u > 0xffffffffLL || g > 0xffffffffLL)
+        return -EBADMSG;
+    *uid = u;
+    *gid = g;
+    const char *type = used > 0 ? value + used : (S_ISDIR(*mode) ? "dir" : "file");
+    unsigned int fmt = *mode & S_IFMT;
+    if (strcmp(type, "pipe") == 0) {
+        fmt = S_IFIFO;
+    } else if (sscanf(type, "char-%u-%u", &maj, &min) == 2) {
+        fmt = S_IFCHR;
+        *rdev = makedev(maj, min);
+    } else if (sscanf(type, "block-%u-%u", &maj, &min) == 2) {
+        fmt = S_IFBLK;
+        *rdev = makedev(maj, min);
+    }
+    if (fmt != (*mode & S_IFMT))
+        *size = 0;
+    *mode = fmt | (perm & 07777);
+    return 0;
+}
+
 int aufs_w_entry(struct aufs_wctx *ctx, int dir_fd, int fd, const char *name,
                  const char *tar_name, const char *hardlink, unsigned int mode, int64_t uid,
                  int64_t gid, int64_t mtime, int64_t size, uint64_t rdev)
@@ -486,6 +570,11 @@ int aufs_w_entry(struct aufs_wctx *ctx, int dir_fd, int fd, const char *name,
 
     if (ctx->buflen < 2 * W_XATTR_MAX)
         return -EINVAL;
+    if ((ctx->flags & AUFS_W_ROOTLESS) && name != NULL) {
+        rc = w_rootless(ctx, dir_fd, fd, name, &mode, &uid, &gid, &size, &rdev);
+        if (rc < 0)
+            return rc;
+    }
     ((w_entry_clear_t)api->entry_clear)(e);
     ((w_entry_str_t)api->entry_copy_pathname)(e, tar_name);
     ((w_entry_mode_t)api->entry_set_mode)(e, (mode_t)mode);
@@ -776,8 +865,19 @@ static int w_same_dir(int fd, int lower_fd)
     struct stat up, low;
     if (fstat(fd, &up) < 0 || fstat(lower_fd, &low) < 0)
         return -errno;
-    return S_ISDIR(low.st_mode) && up.st_mode == low.st_mode && up.st_uid == low.st_uid &&
-           up.st_gid == low.st_gid && w_same_time(&up.st_mtim, &low.st_mtim);
+    if (!(S_ISDIR(low.st_mode) && up.st_mode == low.st_mode && up.st_uid == low.st_uid &&
+          up.st_gid == low.st_gid && w_same_time(&up.st_mtim, &low.st_mtim)))
+        return 0;
+    /* a rootless store keeps the owner and mode it could not set in this xattr: a directory
+     * whose record changed has changed (a root store has none: both reads find nothing) */
+    char a[128], b[128];
+    ssize_t na = fgetxattr(fd, AUFS_ROOTLESS_OVERRIDE, a, sizeof a);
+    if (na < 0 && errno != ENODATA && errno != ENOTSUP)
+        return -errno;
+    ssize_t nb = fgetxattr(lower_fd, AUFS_ROOTLESS_OVERRIDE, b, sizeof b);
+    if (nb < 0 && errno != ENODATA && errno != ENOTSUP)
+        return -errno;
+    return na == nb && (na <= 0 || memcmp(a, b, (size_t)na) == 0);
 }
 
 /* Lists every entry of one layer directory (the frame) and collects the children to walk. */

@@ -9,8 +9,11 @@ store gets), how deep a chain it can mount, and why it cannot run here, if it ca
 from __future__ import annotations
 
 import abc
+import os
 import enum
 import errno
+import shutil
+import subprocess
 import time
 from collections.abc import Callable, Sequence
 from typing import ClassVar
@@ -23,7 +26,7 @@ from ..layout import Layout
 from ..plan import Mount
 from ..whiteouts import WhiteoutFormat
 
-__all__ = ["Backend", "Detached", "detach", "has_cap_sys_admin", "kernel_filesystems"]
+__all__ = ["Backend", "Detached", "detach", "fusermount_binary", "has_cap_sys_admin", "kernel_filesystems"]
 
 
 class Detached(enum.Enum):
@@ -39,14 +42,55 @@ def detach(target: str, *, busy_retries: int = 5) -> Detached:
 
     The lazy fallback makes the mount vanish from the namespace at once; the kernel frees it
     when its last user lets go, which is the right outcome for a layer being put or removed.
+    A process that may not umount2 (an ordinary user, EPERM) takes its own FUSE mounts down
+    with the setuid helper ``fusermount3 -u`` (or ``fusermount -u``), as libfuse intends.
     """
     try:
         return Detached.UNMOUNTED if mounts.unmount(target, busy_retries=busy_retries) else Detached.NOT_MOUNTED
     except (MountError, OSError) as exc:
         cause = exc.__cause__ if isinstance(exc.__cause__, OSError) else exc
-        if getattr(cause, "errno", None) != errno.EBUSY:
+        code = getattr(cause, "errno", None)
+        if code == errno.EPERM:
+            return _fusermount_detach(target, exc, busy_retries)
+        if code != errno.EBUSY:
             raise
     return Detached.LAZILY if mounts.unmount(target, lazy=True) else Detached.NOT_MOUNTED
+
+
+def fusermount_binary() -> str | None:
+    """The FUSE unmount helper an unprivileged process uses, or None if none is installed."""
+    return shutil.which("fusermount3") or shutil.which("fusermount")
+
+
+def _fusermount_detach(target: str, refused: BaseException, busy_retries: int) -> Detached:
+    """``fusermount3 -u target`` for a process umount2 refused; lazily (``-z``) when busy."""
+    binary = fusermount_binary()
+    if binary is None:
+        raise MountError(f"cannot unmount {target!r}: umount2 needs privilege and neither fusermount3 "
+                         "nor fusermount is installed (apt-get install fuse3)", path=target) from refused
+    delay = 0.01
+    message = ""
+    for attempt in range(busy_retries + 2):
+        lazy = attempt > busy_retries  # the last try detaches lazily, as umount2 does
+        if not mounts.mounted(target):
+            return Detached.NOT_MOUNTED
+        # a session of its own: a Ctrl-C aimed at the caller's process group must not kill
+        # the helper halfway and leave the mount behind
+        proc = subprocess.run([binary, "-u", *(["-z"] if lazy else []), "--", target],
+                              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, check=False, start_new_session=True)
+        if proc.returncode == 0:
+            return Detached.LAZILY if lazy else Detached.UNMOUNTED
+        message = proc.stderr.decode("utf-8", "replace").strip() or f"exit status {proc.returncode}"
+        if proc.returncode > 0 and "busy" not in message.lower() and "exit status" not in message:
+            break  # a reason that will not change (not ours, not a FUSE mount)
+        time.sleep(delay)
+        delay = min(delay * 2, 0.5)
+    if not mounts.mounted(target):
+        return Detached.NOT_MOUNTED
+    raise MountError(f"cannot unmount {target!r}: umount2 needs privilege and {os.path.basename(binary)} "
+                     f"failed: {message} (only FUSE mounts this user made can be "
+                     "taken down without privilege)", path=target) from refused
 
 
 def wait_unmounted(target: str, timeout: float) -> bool:
@@ -70,6 +114,8 @@ class Backend(abc.ABC):
     """
 
     name: ClassVar[str]
+    rootless: bool = False
+    """Set by the store for a rootless store (owners recorded in xattrs, see aufs.rootless)."""
     formats: ClassVar[tuple[WhiteoutFormat, ...]]
     """Whiteout formats this backend reads; ``formats[0]`` is what a new store is created with."""
 

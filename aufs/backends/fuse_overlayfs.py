@@ -47,6 +47,7 @@ _MOUNT_TIMEOUT = 15.0
 _EXIT_TIMEOUT = 15.0
 MOUNT_TYPE = "fuse3.fuse-overlayfs"
 """The type the kernel (and containerd) gives a fuse-overlayfs mount."""
+_FUSE_DEVICE = "/dev/fuse"
 _STRAY_OPAQUE = ".wh..opq"  # fuse-overlayfs's own marker device; never content
 
 
@@ -125,8 +126,12 @@ class FuseOverlayfsBackend(Backend):
     def unavailable_reason(cls) -> str | None:
         if _binary() is None:
             return "fuse-overlayfs is not installed (apt-get install fuse-overlayfs)"
-        if not os.path.exists("/dev/fuse"):
-            return "/dev/fuse is missing (load the fuse module or pass the device in)"
+        if not os.path.exists(_FUSE_DEVICE):
+            return f"{_FUSE_DEVICE} is missing (load the fuse module or pass the device in)"
+        if not os.access(_FUSE_DEVICE, os.R_OK | os.W_OK):
+            # stock Debian makes it 0666; a 0600 device serves root only
+            return (f"this user may not open {_FUSE_DEVICE} for reading and writing (ask the "
+                    f"administrator to `chmod 0666 {_FUSE_DEVICE}`, as Debian ships it)")
         if "fuse" not in kernel_filesystems():
             return "the kernel has no FUSE support"
         return None
@@ -155,6 +160,7 @@ class FuseOverlayfsBackend(Backend):
                     path=path,
                 )
         options = ["lowerdir=" + ":".join(_fuse_escape(p) for p in lowers)]
+
         if upper is not None and work is not None:
             options += [f"upperdir={_fuse_escape(upper)}", f"workdir={_fuse_escape(work)}"]
         return [Mount(MOUNT_TYPE, "fuse-overlayfs", tuple(options))]

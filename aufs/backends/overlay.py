@@ -35,6 +35,9 @@ class OverlayBackend(Backend):
             return "the kernel has no overlayfs (try `modprobe overlay`)"
         if not has_cap_sys_admin():
             return "kernel overlayfs needs CAP_SYS_ADMIN (run as root) to mount"
+        if kernel.in_user_namespace():
+            # the store's options (redirect_dir=off) and trusted.* markers are refused there
+            return "kernel overlayfs in a user namespace needs userxattr, which aufs does not use yet"
         return None
 
     def _legacy(self) -> bool:

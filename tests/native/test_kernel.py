@@ -71,3 +71,15 @@ def test_grow_pipe_grows_pipes_only(tmp_path: pathlib.Path) -> None:
         os.close(write_fd)
     with open(tmp_path / "file", "wb") as f:
         assert not kernel.grow_pipe(f.fileno(), 1 << 20)
+
+
+def test_in_user_namespace_reads_the_uid_map(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from aufs.kernel import in_user_namespace
+    initial = tmp_path / "initial"
+    initial.write_text("         0          0 4294967295\n")
+    mapped = tmp_path / "mapped"
+    mapped.write_text("         0       1002          1\n         1     100000      65536\n")
+    assert not in_user_namespace(str(initial))
+    assert in_user_namespace(str(mapped))
+    assert not in_user_namespace(str(tmp_path / "missing"))  # no procfs: assume the initial one
+    assert in_user_namespace() is False  # this test runs as root of the initial namespace

@@ -41,7 +41,7 @@ def fake_apply(monkeypatch: pytest.MonkeyPatch) -> Iterator[types.SimpleNamespac
     """Install a stand-in aufs.apply whose behaviour the test chooses."""
     state = types.SimpleNamespace(action=None, calls=0)
 
-    def apply_tar(target_dir: str, source: Any, fmt: Any) -> None:
+    def apply_tar(target_dir: str, source: Any, fmt: Any, *, rootless: bool = False) -> None:
         state.calls += 1
         state.action(pathlib.Path(target_dir))
 
