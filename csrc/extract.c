@@ -627,6 +627,21 @@ static int x_write_all(int fd, const char *buf, size_t len, int64_t off)
 }
 
 /* Move the entry's data into fd. Holes of sparse entries stay holes. */
+/* A new file NAME (flags include O_CREAT|O_EXCL): an existing entry is removed first, never
+ * written into, since its inode may be shared with the layer being replaced (hard-link clone).
+ * Returns the fd or -errno. */
+static int x_open_fresh(int dir_fd, const char *name, int flags)
+{
+    int fd = openat(dir_fd, name, flags, 0600);
+    if (fd < 0 && errno == EEXIST) {
+        int r = aufs_x_remove(dir_fd, name);
+        if (r < 0)
+            return r;
+        fd = openat(dir_fd, name, flags, 0600);
+    }
+    return fd < 0 ? -errno : fd;
+}
+
 static int x_copy_data(struct aufs_xctx *ctx, int fd)
 {
     x_data_block_fn data_block = (x_data_block_fn)ctx->api->read_data_block;
@@ -692,16 +707,9 @@ static int x_regular(struct aufs_xctx *ctx, int dir_fd, const char *name)
         if (fstatvfs(dir_fd, &sv) == 0 && (int64_t)(sv.f_bavail * sv.f_frsize) < data)
             return -ENOSPC;
     }
-    fd = openat(dir_fd, name, flags, 0600);
-    if (fd < 0 && errno == EEXIST) {
-        /* never write into an existing inode: it may be shared with the layer being replaced */
-        r = aufs_x_remove(dir_fd, name);
-        if (r < 0)
-            return r;
-        fd = openat(dir_fd, name, flags, 0600);
-    }
+    fd = x_open_fresh(dir_fd, name, flags);
     if (fd < 0)
-        return -errno;
+        return fd;
     r = x_copy_data(ctx, fd);
     if (r == 0)
         r = x_meta_fd(ctx, fd, 1);
@@ -821,15 +829,9 @@ static int x_rootless_node(struct aufs_xctx *ctx, int dir_fd, const char *name, 
     else
         snprintf(kind, sizeof kind, "%s-%u-%u", type == S_IFCHR ? "char" : "block",
                  major(dev), minor(dev));
-    fd = openat(dir_fd, name, flags, 0600);
-    if (fd < 0 && errno == EEXIST) {
-        r = aufs_x_remove(dir_fd, name);
-        if (r < 0)
-            return r;
-        fd = openat(dir_fd, name, flags, 0600);
-    }
+    fd = x_open_fresh(dir_fd, name, flags);
     if (fd < 0)
-        return -errno;
+        return fd;
     r = x_rootless_meta(ctx, fd, kind);
     if (r == 0)
         r = x_xattrs(ctx, fd, -1, NULL);

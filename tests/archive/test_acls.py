@@ -73,14 +73,6 @@ ARCHIVERS = {
 }
 
 
-@pytest.fixture
-def driver(ramdir: pathlib.Path):
-    d = aufs.Driver(ramdir / "store")
-    try:
-        yield d
-    finally:
-        d.cleanup()
-
 
 @pytest.mark.parametrize("archiver", list(ARCHIVERS))
 def test_acls_restored_as_bsdtar_does(tree: pathlib.Path, ramdir: pathlib.Path, driver: aufs.Driver,

@@ -119,14 +119,6 @@ def test_empty_and_short_inputs():
     assert read_all(open_decompressed(io.BytesIO(b"ab"))) == b"ab"
 
 
-@pytest.fixture
-def driver(ramdir):
-    from aufs.store import Driver
-
-    d = Driver(ramdir / "store", backend="overlay")
-    yield d
-    d.cleanup()
-
 
 @pytest.mark.parametrize("name, data", [
     ("lzma", lzma.compress(b"tar" * 1000, format=lzma.FORMAT_ALONE)),

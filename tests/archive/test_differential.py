@@ -324,14 +324,6 @@ ARCHIVE_NAMES = (
 )
 
 
-@pytest.fixture
-def driver(ramdir: pathlib.Path) -> Iterator[aufs.Driver]:
-    d = aufs.Driver(ramdir / "store", backend="overlay")
-    try:
-        yield d
-    finally:
-        d.cleanup()
-
 
 @pytest.mark.parametrize("name", ARCHIVE_NAMES)
 def test_aufs_extracts_as_the_references(name: str, archives: dict[str, pathlib.Path], driver: aufs.Driver,

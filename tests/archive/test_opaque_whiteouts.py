@@ -53,7 +53,7 @@ def listing(root: str) -> dict[str, str]:
     for dirpath, dirnames, filenames in os.walk(root):
         for name in dirnames + filenames:
             full = os.path.join(dirpath, name)
-            st = os.lstat(full)  # a broken whiteout entry raises here
+            os.lstat(full)  # a broken whiteout entry raises here
             rel = os.path.relpath(full, root)
             out[rel] = "dir" if os.path.isdir(full) else open(full, "rb").read().decode()
     return out

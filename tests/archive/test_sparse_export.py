@@ -44,14 +44,6 @@ def check_file(path: pathlib.Path | str, size: int = TIB, data: dict[int, bytes]
         assert f.read(4096) == bytes(4096)
 
 
-@pytest.fixture
-def driver(ramdir: pathlib.Path):
-    d = aufs.Driver(ramdir / "store")
-    try:
-        yield d
-    finally:
-        d.cleanup()
-
 
 def gnu_sparse_tar(ramdir: pathlib.Path) -> pathlib.Path:
     src = ramdir / "src"
