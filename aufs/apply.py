@@ -637,6 +637,39 @@ def copy_up_dirs(target_dir: str | os.PathLike[str], paths: Iterable[str | bytes
         os.close(root_fd)
 
 
+def stamp_implied_dirs(target_dir: str | os.PathLike[str], paths: Iterable[str | bytes]) -> None:
+    """Give each implied directory (created for an entry, not listed by the tar) the newest
+    modification time of the entries directly in it, deepest first.
+
+    An extraction would otherwise leave the clock's time there, so two imports of one image (a
+    root store and a rootless one, or the same store twice) would export different bytes; the
+    newest entry's time is when the directory last changed in the image's own history, and it
+    is the same every time. A directory with no entries keeps its time.
+    """
+    root_fd = os.open(target_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for path in sorted((os.fsencode(p) for p in paths), key=lambda p: p.count(b"/"), reverse=True):
+            try:
+                where = _fastpaths.extract_open_dir(root_fd, path)  # O_PATH, inside the root
+            except OSError:
+                continue  # replaced by a later entry, or removed: nothing to stamp
+            try:
+                fd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=where)
+            except OSError:
+                os.close(where)
+                continue
+            try:
+                with os.scandir(fd) as it:
+                    newest = max((e.stat(follow_symlinks=False).st_mtime_ns for e in it), default=None)
+                if newest is not None:
+                    os.utime(fd, ns=(newest, newest))
+            finally:
+                os.close(fd)
+                os.close(where)
+    finally:
+        os.close(root_fd)
+
+
 def _apply(target_dir: str | os.PathLike[str], source: LayerSource, fmt: WhiteoutFormat,
            max_bytes: int | None, rootless: bool = False) -> list[bytes]:
     la = _libarchive()

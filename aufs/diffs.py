@@ -80,6 +80,8 @@ class LayerDiffs:
                     with self.lower_view(layer_id) as lower:
                         if lower is not None:
                             _apply.copy_up_dirs(stage, implied, lower)
+                if implied:
+                    _apply.stamp_implied_dirs(stage, implied)
                 # measured before the swap: after it, an error would wrongly say "not applied"
                 size = int(_changes.diff_size(stage, core.format))
                 _syscalls.rename_exchange(stage, diff_dir)

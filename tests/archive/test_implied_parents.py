@@ -7,8 +7,10 @@ where the chain has no directory there.
 """
 from __future__ import annotations
 
+import io
 import os
 import stat
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -269,3 +271,21 @@ def test_parallel_import_copies_up_from_complete_parents(ramdir: Path) -> None:
             assert len(os.listdir(Path(root) / "bulk")) == 60
     finally:
         driver.cleanup()
+
+
+def test_implied_directories_get_a_time_from_the_image_not_the_clock(store: aufs.Driver) -> None:
+    """Two imports of one image must export the same bytes: an implied directory takes the
+    newest time of what is in it, never the time of the extraction."""
+    tar = make_tar([entry("srv/data/a", mtime=1000), entry("srv/data/b", mtime=3000), entry("srv/x", mtime=2000)])
+    store.create("one")
+    store.apply_diff("one", tar)
+    diff = Path(store.diff_dir("one"))
+    assert os.lstat(diff / "srv" / "data").st_mtime_ns == 3000 * 10**9
+    assert os.lstat(diff / "srv").st_mtime_ns == 3000 * 10**9  # its newest entry is data
+    time.sleep(1.1)
+    store.create("two")
+    store.apply_diff("two", tar)
+    first, second = io.BytesIO(), io.BytesIO()
+    store.diff("one", first)
+    store.diff("two", second)
+    assert first.getvalue() == second.getvalue()

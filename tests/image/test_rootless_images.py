@@ -91,7 +91,7 @@ def _layers(layout: Path) -> list[list[tuple]]:
     for layer in manifest["layers"]:
         with tarfile.open(layout / "blobs" / "sha256" / layer["digest"].split(":")[1]) as tar:
             out.append([(m.name, m.type, m.mode, m.uid, m.gid, m.size, m.mtime, m.linkname, m.devmajor, m.devminor,
-                         sorted(m.pax_headers.items())) for m in tar.getmembers()])
+                         tuple(sorted(m.pax_headers.items()))) for m in tar.getmembers()])
     return out
 
 
