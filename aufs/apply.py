@@ -49,7 +49,7 @@ import os
 import stat
 import threading
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import BinaryIO, Union
 
 from . import _fastpaths, kernel
@@ -637,9 +637,21 @@ def copy_up_dirs(target_dir: str | os.PathLike[str], paths: Iterable[str | bytes
         os.close(root_fd)
 
 
+def _content_stats(entries: Iterable[os.DirEntry[str]]) -> Iterator[os.stat_result]:
+    """The stats of the entries that are content: not whiteouts or markers, whose times are the
+    extraction's own (a whiteout is made when it is met, in either format)."""
+    for entry in entries:
+        if entry.name.startswith(".wh."):
+            continue
+        st = entry.stat(follow_symlinks=False)
+        if stat.S_ISCHR(st.st_mode) and st.st_rdev == 0:
+            continue
+        yield st
+
+
 def stamp_implied_dirs(target_dir: str | os.PathLike[str], paths: Iterable[str | bytes]) -> None:
     """Give each implied directory (created for an entry, not listed by the tar) the newest
-    modification time of the entries directly in it, deepest first.
+    modification time of the entries directly in it (whiteouts aside), deepest first.
 
     An extraction would otherwise leave the clock's time there, so two imports of one image (a
     root store and a rootless one, or the same store twice) would export different bytes; the
@@ -660,7 +672,7 @@ def stamp_implied_dirs(target_dir: str | os.PathLike[str], paths: Iterable[str |
                 continue
             try:
                 with os.scandir(fd) as it:
-                    newest = max((e.stat(follow_symlinks=False).st_mtime_ns for e in it), default=None)
+                    newest = max((st.st_mtime_ns for st in _content_stats(it)), default=None)
                 if newest is not None:
                     os.utime(fd, ns=(newest, newest))
             finally:

@@ -120,7 +120,7 @@ def test_rootless_import_export_equals_root(which: str, request: pytest.FixtureR
     want_digest, want = _export_as_root(ramdir, image, which)
     got_layers, want_layers = _layers(user_dir / "export"), _layers(want)
     for i, (g, w) in enumerate(zip(got_layers, want_layers)):  # entry by entry, readable on failure
-        assert g == w, (i, sorted(set(g) ^ set(w)))
+        assert g == w, (i, sorted(set(g) ^ set(w)), "got", [e for e in g if e not in w], "want", [e for e in w if e not in g])
     assert len(got_layers) == len(want_layers)
     assert _config(user_dir / "export") == _config(want)
     assert got_digest == want_digest
