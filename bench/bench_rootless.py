@@ -27,6 +27,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+from typing import Any
 import tempfile
 import time
 from pathlib import Path
@@ -79,21 +80,30 @@ def user_pids(uid: int) -> set[int]:
     return {int(p) for p in out.split()}
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--rounds", type=int, default=3)
-    args = parser.parse_args()
+def bench_user() -> tuple[pwd.struct_passwd, Any] | None:
+    """The test user and an interpreter it may run with aufs importable (shown at a directory
+    it may traverse if needed), or None after saying why not (not root, no such interpreter)."""
     if os.geteuid() != 0:
         print("run as root (inside `unshare -m --propagation private`)", file=sys.stderr)
-        return 2
+        return None
     user = pwd.getpwnam(USER)
-    # the user runs this interpreter, shown at a directory they may traverse if needed
     from tests.users import User, _Interpreter
     interpreter = _Interpreter()
     interpreter.setup(User(USER, user.pw_uid, user.pw_gid, user.pw_dir or "/"))
     if not interpreter.argv:
         print(f"no Python interpreter {USER} may run with aufs importable", file=sys.stderr)
+        return None
+    return user, interpreter
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    found = bench_user()
+    if found is None:
         return 2
+    user, interpreter = found
     rootfs, origin = debian_rootfs()
     image_on_disk = build_image(rootfs)
     before = user_pids(user.pw_uid)

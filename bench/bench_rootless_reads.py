@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import pwd
 import shutil
 import statistics
 import subprocess
@@ -133,17 +132,11 @@ def main() -> int:
     parser.add_argument("--cycles", type=int, default=5, help="mount cycles (one cold round each)")
     parser.add_argument("--rounds", type=int, default=5, help="read rounds per cycle (the first is cold)")
     args = parser.parse_args()
-    from bench_rootless import USER, user_fuse, user_pids
-    if os.geteuid() != 0:
-        print("run as root (inside `unshare -m --propagation private`)", file=sys.stderr)
+    from bench_rootless import USER, bench_user, user_fuse, user_pids
+    found = bench_user()
+    if found is None:
         return 2
-    user = pwd.getpwnam(USER)
-    from tests.users import User, _Interpreter
-    interpreter = _Interpreter()
-    interpreter.setup(User(USER, user.pw_uid, user.pw_gid, user.pw_dir or "/"))
-    if not interpreter.argv:
-        print(f"no Python interpreter {USER} may run with aufs importable", file=sys.stderr)
-        return 2
+    user, interpreter = found
     before = user_pids(user.pw_uid)
     work = Path(tempfile.mkdtemp(prefix="aufs-bench-rlreads-", dir="/dev/shm"))
     os.chmod(work, 0o755)
