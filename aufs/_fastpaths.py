@@ -116,7 +116,7 @@ class Extractor:
 
     def __init__(self, archive: int, api: "dict[str, int]", root_fd: int, *,
                  max_bytes: Optional[int] = None, report_all: bool = False,
-                 rootless: bool = False) -> None:
+                 rootless: "bool | str" = False) -> None:
         self._api = ffi.new("struct aufs_xapi *")
         for name in EXTRACT_API_NAMES:
             setattr(self._api, name, ffi.cast("void *", api[name]))
@@ -125,7 +125,8 @@ class Extractor:
         ctx.archive = ffi.cast("void *", archive)
         ctx.root_fd = root_fd
         ctx.flags = (lib.AUFS_X_FLAG_REPORT_ALL if report_all else 0) | \
-            (lib.AUFS_X_FLAG_ROOTLESS if rootless else 0)
+            (lib.AUFS_X_FLAG_ROOTLESS if rootless else 0) | \
+            (lib.AUFS_X_FLAG_USERNS if rootless == "userns" else 0)
         ctx.max_bytes = -1 if max_bytes is None else max_bytes
         ctx.parent_fd = -1
         self._dirbuf = ffi.new("char[]", _DIRBUF_SIZE)

@@ -43,6 +43,10 @@ __all__ = [
     "FEATURE_BITS",
     "rename_exchange",
     "rename_noreplace",
+    "NS_USER",
+    "NS_MOUNT",
+    "unshare",
+    "setns",
 ]
 
 # The compiled module has no type information: everything from it is Any until wrapped here.
@@ -103,6 +107,29 @@ def umount(target: StrPath, lazy: bool = False) -> None:
     rc = lib.aufs_umount(fspath_bytes(target), 1 if lazy else 0)
     if rc < 0:
         raise oserror(rc, target)
+
+
+NS_USER: int = lib.AUFS_NS_USER
+"""A user namespace."""
+NS_MOUNT: int = lib.AUFS_NS_MOUNT
+"""A mount namespace."""
+
+
+def unshare(which: int) -> None:
+    """unshare(2) of a new user (:data:`NS_USER`) and/or mount (:data:`NS_MOUNT`) namespace.
+    Raises ``OSError`` (``EINVAL`` for a user namespace in a multithreaded process)."""
+    rc = lib.aufs_unshare(which)
+    if rc < 0:
+        raise oserror(rc)
+
+
+def setns(fd: int, which: int) -> None:
+    """setns(2) into the namespace open as ``fd``, of kind :data:`NS_USER` or :data:`NS_MOUNT`.
+    Raises ``OSError`` (``EINVAL`` joining a user namespace from a multithreaded process or
+    with the wrong kind of fd, ``EPERM`` without the right in the target)."""
+    rc = lib.aufs_setns(fd, which)
+    if rc < 0:
+        raise oserror(rc)
 
 
 def overlay_mount(target: StrPath, lowerdirs: Sequence[StrPath], upperdir: Optional[StrPath],

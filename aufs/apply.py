@@ -493,7 +493,7 @@ def _os_error(err: int, path: bytes) -> Exception:
 
 
 def _extract(la: Libarchive, archive: int, root_fd: int, fmt: WhiteoutFormat,
-             max_bytes: int | None, track: bool, rootless: bool = False) -> list[bytes]:
+             max_bytes: int | None, track: bool, rootless: bool | str = False) -> list[bytes]:
     ex = _fastpaths.Extractor(archive, la.addresses(_fastpaths.EXTRACT_API_NAMES), root_fd,
                               max_bytes=max_bytes, report_all=track, rootless=rootless)
 
@@ -567,7 +567,7 @@ def _harmless_warning(message: str) -> bool:
 
 
 def _read_archive(la: Libarchive, in_fd: int, root_fd: int, fmt: WhiteoutFormat,
-                  max_bytes: int | None, track: bool, rootless: bool = False) -> list[bytes]:
+                  max_bytes: int | None, track: bool, rootless: bool | str = False) -> list[bytes]:
     archive = int(la.read_new() or 0)
     if not archive:
         raise MemoryError("archive_read_new failed")
@@ -586,7 +586,7 @@ def _read_archive(la: Libarchive, in_fd: int, root_fd: int, fmt: WhiteoutFormat,
 def apply_tar(target_dir: str | os.PathLike[str], source: LayerSource, fmt: WhiteoutFormat,
               *, max_bytes: int | None = None,
               template_dir: str | os.PathLike[str] | None = None,
-              rootless: bool = False) -> list[str]:
+              rootless: bool | str = False) -> list[str]:
     """Extract the layer tar ``source`` into the directory ``target_dir``, whiteouts in ``fmt``.
 
     ``source`` is a path, the bytes, or a readable binary file object (read as a stream, never
@@ -604,8 +604,12 @@ def apply_tar(target_dir: str | os.PathLike[str], source: LayerSource, fmt: Whit
     :class:`aufs.ArchiveError` for a corrupt, truncated or non-tar input (from the cause), and
     :class:`aufs.NoSpace` when the filesystem runs out of space or quota.
 
-    ``rootless``: write as a rootless store does (:mod:`aufs.rootless`): nothing chowned, no
-    device made, owners, modes, types and privileged xattrs recorded in user.* xattrs.
+    ``rootless``: write as a rootless store does (:mod:`aufs.rootless`): ``True`` (or
+    ``"override_stat"``): nothing chowned, no device made, owners, modes, types and privileged
+    xattrs recorded in user.* xattrs; ``"userns"`` (a process in a userns store's namespace,
+    :mod:`aufs.userns`): owners and modes set and fifos and whiteouts made for real where the
+    namespace maps the ids, only what it cannot hold (unmapped ids, devices, privileged xattrs)
+    recorded.
     """
     implied = _apply(target_dir, source, fmt, max_bytes, rootless)
     if template_dir is not None and implied:
@@ -683,7 +687,7 @@ def stamp_implied_dirs(target_dir: str | os.PathLike[str], paths: Iterable[str |
 
 
 def _apply(target_dir: str | os.PathLike[str], source: LayerSource, fmt: WhiteoutFormat,
-           max_bytes: int | None, rootless: bool = False) -> list[bytes]:
+           max_bytes: int | None, rootless: bool | str = False) -> list[bytes]:
     la = _libarchive()
     root_fd = os.open(target_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     plain_fd, feeder, owned = -1, None, None

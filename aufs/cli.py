@@ -32,6 +32,7 @@ import argparse
 import errno
 import json
 import os
+import subprocess
 import sys
 import traceback
 from collections.abc import Iterator, Sequence
@@ -101,7 +102,9 @@ def default_home() -> Path:
     env = os.environ.get("AUFS_HOME")
     if env:
         return Path(env)
-    if os.geteuid() == 0:
+    from .kernel import in_user_namespace
+
+    if os.geteuid() == 0 and not in_user_namespace():  # root of a namespace is still its user
         return Path("/var/lib/aufs")
     data = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
     return Path(data) / "aufs"
@@ -249,7 +252,8 @@ def _open_driver(args: argparse.Namespace, *, create: bool = False, holder: str 
     """The store at ``--home``; only the commands that fill a store (create, import, serve) make one."""
     from .store import Driver
 
-    return Driver(args.home, backend=args.backend, create=create, holder=holder)
+    return Driver(args.home, backend=args.backend, create=create, holder=holder,
+                  rootless=args.rootless or None)
 
 
 def _close(driver: Driver) -> None:
@@ -518,6 +522,27 @@ def cmd_status(args: argparse.Namespace, out: _Output) -> int:
     return EXIT_OK
 
 
+def cmd_unshare(args: argparse.Namespace, out: _Output) -> int:
+    driver = _open_driver(args)
+    try:
+        if driver.status()["rootless_kind"] != "userns":
+            raise _UsageError(f"aufs unshare: {driver.home} is not a userns store: its mounts are seen "
+                              "from every process already")
+    finally:
+        _close(driver)
+    argv = list(args.argv)
+    if argv[:1] == ["--"]:
+        del argv[0]
+    argv = argv or [os.environ.get("SHELL") or "/bin/sh"]
+    env = dict(os.environ, AUFS_HOME=str(driver.home))
+    try:
+        # a child, not exec: this process stays in the namespace's count until it ends, then
+        # stops the holder if nothing is mounted
+        return subprocess.call(argv, env=env)
+    except FileNotFoundError:
+        raise _UsageError(f"aufs unshare: no such command: {argv[0]}") from None
+
+
 def cmd_cleanup(args: argparse.Namespace, out: _Output) -> int:
     driver = _open_driver(args)
     try:
@@ -577,7 +602,7 @@ def cmd_serve_docker(args: argparse.Namespace, out: _Output) -> int:
 def cmd_demo(args: argparse.Namespace, out: _Output) -> int:
     from .demo import run_demo
 
-    return run_demo(backend=args.backend, stdout=out.stdout, keep=args.keep)
+    return run_demo(backend=args.backend, stdout=out.stdout, keep=args.keep, rootless=args.rootless or None)
 
 
 # ---------------------------------------------------------------- parser
@@ -597,6 +622,14 @@ def _common(parser: argparse.ArgumentParser, defaults: bool) -> None:
         choices=("auto", "aufs", "overlay", "fuse-overlayfs"),
         default="auto" if defaults else argparse.SUPPRESS,
         help="union backend (default: auto)",
+    )
+    parser.add_argument(
+        "--rootless",
+        choices=("override_stat", "userns"),
+        default=os.environ.get("AUFS_ROOTLESS") or None if defaults else argparse.SUPPRESS,
+        help="for a new store of an ordinary user: owners recorded in xattrs, mounted with fuse-overlayfs "
+        "(override_stat, the default) or real in a user namespace of the user's subordinate ids, kernel "
+        "overlayfs, mounts seen through `aufs unshare` (userns) (default: $AUFS_ROOTLESS)",
     )
     parser.add_argument("--json", action="store_true", default=False if defaults else suppress, help="machine-readable output")
     parser.add_argument("--debug", action="store_true", default=False if defaults else suppress, help="show tracebacks")
@@ -707,6 +740,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", "-f", action="store_true", help="unmount and remove even while the layer is held")
 
     add("status", cmd_status, "show the store's backend, home and counts")
+    p = add("unshare", cmd_unshare, "run a command (default: $SHELL) in a userns store's namespace, "
+            "where its mounts are and its owners read as in the image")
+    p.add_argument("argv", nargs=argparse.REMAINDER, metavar="command")
     add("cleanup", cmd_cleanup, "unmount everything under the store's home")
 
     p = add("check", cmd_check, "report inconsistencies of the store (exit 11 if any remain)")

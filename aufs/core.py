@@ -80,10 +80,12 @@ class StoreCore:
 
     def __init__(self, layout: Layout, fmt: WhiteoutFormat, backend: Backend, *,
                  read_only: bool = False, tightened: Sequence[str] = (),
-                 rootless_owner: tuple[int, int] | None = None) -> None:
+                 rootless_owner: tuple[int, int] | None = None, rootless_kind: str | None = None) -> None:
         self.layout = layout
         self.rootless_owner = rootless_owner
         """A rootless store's (uid, gid) owning its files (see :mod:`aufs.rootless`), else None."""
+        self.rootless_kind = rootless_kind
+        """``"override_stat"`` (:mod:`aufs.rootless`), ``"userns"`` (:mod:`aufs.userns`) or None."""
         self.format = fmt
         self.backend = backend
         self.read_only = read_only

@@ -146,8 +146,10 @@ def _tree_lines(root: Path, origin: dict[str, str]) -> list[tuple[str, str, str]
     return rows
 
 
-def run_demo(*, backend: str = "auto", stdout: IO[str] | None = None, keep: bool = False) -> int:
-    """Run the tour; return 0. Everything it creates is removed before it returns."""
+def run_demo(*, backend: str = "auto", stdout: IO[str] | None = None, keep: bool = False,
+             rootless: str | None = None) -> int:
+    """Run the tour; return 0. Everything it creates is removed before it returns.
+    ``rootless``: the kind of store an ordinary user gets (see :class:`aufs.Driver`)."""
     from rich.console import Console
     from rich.table import Table
 
@@ -173,7 +175,7 @@ def run_demo(*, backend: str = "auto", stdout: IO[str] | None = None, keep: bool
 
         console.print("[bold]2. Import[/] into a new store: every digest is verified, layer ids are")
         console.print("   OCI chainIDs, and the layers are decompressed and applied in parallel.")
-        driver = Driver(workdir / "store", backend=backend)
+        driver = Driver(workdir / "store", backend=backend, rootless=rootless)
         ids = import_image(driver, layout)
         names = [name for name, _ in layers]
         for name, layer_id in zip(names, ids):

@@ -72,7 +72,7 @@ class LayerDiffs:
                     empty = next(it, None) is None
                 clone_tree(diff_dir, stage, empty=empty)
                 implied = _apply.apply_tar(stage, diff, core.format,
-                                           rootless=core.rootless_owner is not None)
+                                           rootless=core.rootless_kind or False)
                 if implied and meta["ancestors"]:
                     if before_copy_up is not None:
                         before_copy_up()

@@ -47,6 +47,8 @@ __all__ = [
     "grow_pipe",
     "has_cap_sys_admin",
     "in_user_namespace",
+    "release",
+    "userns_overlay_reason",
     "lowerdir_plus",
     "page_size",
 ]
@@ -164,6 +166,24 @@ def has_cap_sys_admin(status: str = "/proc/self/status") -> bool:
     except OSError:
         pass
     return os.geteuid() == 0
+
+
+@functools.lru_cache(maxsize=1)
+def release() -> tuple[int, int]:
+    """The running kernel's (major, minor) version, (0, 0) if unreadable."""
+    try:
+        major, minor = os.uname().release.split(".")[:2]
+        return int(major), int("".join(c for c in minor if c.isdigit()) or 0)
+    except ValueError:
+        return (0, 0)
+
+
+def userns_overlay_reason(version: tuple[int, int] | None = None) -> str | None:
+    """Why kernel overlayfs cannot mount in a user namespace on a kernel of ``version``
+    (default: this one), or None: it needs Linux 5.11 (unprivileged overlay, ``userxattr``)."""
+    if (version or release()) < (5, 11):
+        return "kernel overlayfs in a user namespace needs Linux 5.11 or later (userxattr)"
+    return None
 
 
 def in_user_namespace(uid_map: str = "/proc/self/uid_map") -> bool:

@@ -5,6 +5,7 @@
     HOME/
       aufs-store.json        store metadata: layout version and whiteout format (written once)
       .lock                  the store lock (create, remove, cleanup, sweep)
+      userns.json            a userns store's namespace holder (aufs.userns), .userns.lock its lock
       layers/ID/             one committed layer (appears by rename, disappears by rename)
         layer.json           {"parent": ID or null, "ancestors": [parent, its parent, ...]}
         diff/                the layer's own content: what users see as the layer
@@ -90,6 +91,10 @@ class Layout:
         self.home = os.path.abspath(os.fspath(home))
         self.meta_file = self.home + "/" + STORE_META_NAME
         self.store_lock = self.home + "/.lock"
+        self.userns_record = self.home + "/userns.json"
+        """A userns store's namespace holder: pid, start time, namespace (aufs.userns)."""
+        self.userns_lock = self.home + "/.userns.lock"
+        """Starting and stopping that holder (exclusive); every process in the namespace (shared)."""
         self.layers_dir = self.home + "/layers"
         self.mnt_dir = self.home + "/mnt"
         self.state_dir = self.home + "/state"

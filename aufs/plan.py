@@ -19,6 +19,7 @@ from typing import NamedTuple
 __all__ = [
     "OVERLAY_MAX_LOWERS",
     "OVERLAY_OPTIONS",
+    "USERNS_OVERLAY_OPTIONS",
     "Mount",
     "fit_lowers",
     "escape_option",
@@ -38,6 +39,11 @@ OVERLAY_OPTIONS = ("index=off", "redirect_dir=off", "metacopy=off")
 """Pinned overlayfs features: with these off a diff dir holds complete files and whiteouts only
 (no ``redirect`` xattrs on renamed directories, no metacopy files whose data stays below, no
 inode index)."""
+
+USERNS_OVERLAY_OPTIONS = ("userxattr", "index=off", "metacopy=off")
+"""The same in a user namespace: ``userxattr`` (whiteout and opaque markers in ``user.overlay.*``;
+the kernel refuses ``trusted.*`` there), which itself keeps ``redirect_dir`` at ``nofollow``
+(renamed directories are copied, no redirect written) and refuses ``redirect_dir=off``."""
 
 
 class Mount(NamedTuple):

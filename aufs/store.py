@@ -21,7 +21,8 @@ import uuid
 from collections.abc import Iterator
 from typing import Any, Union
 
-from . import _syscalls, mounts, rootless
+from . import _syscalls, mounts, userns
+from . import rootless as records
 from .backends import BACKENDS, Backend
 from .backends.base import detach
 from .changes import Change
@@ -110,7 +111,7 @@ class Driver:
     """
 
     def __init__(self, home: PathArg, *, backend: str = "auto", holder: str | None = None,
-                 create: bool = True) -> None:
+                 create: bool = True, rootless: str | None = None) -> None:
         """Open the store under ``home``, creating it there if ``create`` (the default).
 
         ``backend`` is ``"auto"`` (kernel AUFS if the kernel has it, else kernel overlayfs if
@@ -120,6 +121,14 @@ class Driver:
         references are counted under that name and survive the process, so a restarted
         server that opens the store with the same name can ``put`` what it ``get`` before.
 
+        ``rootless`` says how a new store made by an ordinary user keeps the owners it cannot
+        give away: ``"override_stat"`` (the default: every owner, mode and device recorded in
+        xattrs, mounts with fuse-overlayfs that all the user's processes see; see
+        :mod:`aufs.rootless`) or ``"userns"`` (owners real, in a user namespace of the user's
+        subordinate ids, kernel overlayfs, mounts seen inside that namespace; see
+        :mod:`aufs.userns`: this process joins the namespace, so it must be single-threaded
+        then). For an existing store it is None or the store's own kind.
+
         A new store is made only in a directory that is missing or empty; its directories are
         private to the store's owner (0700: a mounted root filesystem must not be reachable by
         other users, nor its setuid programs runnable by them), and opening an older store
@@ -127,8 +136,8 @@ class Driver:
         reading: ``layers``, ``status``, ``diff``, ``changes``, ``diff_size``, ``check``
         work, every change raises :class:`aufs.StoreReadOnly`.
 
-        Raises ``ValueError`` for an empty ``home``, an unknown backend or a malformed holder
-        name, :class:`aufs.StoreNotFound` if there is no store and ``create`` is false (nothing
+        Raises ``ValueError`` for an empty ``home``, an unknown backend or rootless kind, or a
+        malformed holder name, :class:`aufs.StoreNotFound` if there is no store and ``create`` is false (nothing
         is created), :class:`aufs.StoreFormatMismatch` if ``home`` is a non-empty directory
         holding no store or a store ``backend`` cannot read, :class:`aufs.BackendUnavailable`
         saying what is missing if no usable backend exists. Takes the store lock; opening
@@ -140,6 +149,8 @@ class Driver:
             raise ValueError(f"unknown backend {backend!r}; use one of {', '.join(BACKEND_NAMES)}")
         if holder is not None and (not isinstance(holder, str) or not _HOLDER_RE.match(holder)):
             raise ValueError(f"invalid holder name {holder!r}: use 1 to 64 characters of [A-Za-z0-9_.-]")
+        if rootless not in (None, records.FORMAT, userns.FORMAT):
+            raise ValueError(f"unknown rootless kind {rootless!r}; use {records.FORMAT!r} or {userns.FORMAT!r}")
         layout = Layout(home)
         self._persistent_holder = None if holder is None else PERSISTENT_PREFIX + holder
         self._holder_lock = threading.Lock()
@@ -156,15 +167,21 @@ class Driver:
         with contextlib.ExitStack() as stack:
             if made_home:  # nothing half-created: a refused new home goes again
                 stack.callback(_remove_if_refused, layout, opened)
+            kind = _rootless_kind(layout, _read_store_meta(layout) if exists else None, rootless)
+            idmap = None
+            if kind == userns.FORMAT:
+                # the store's files belong to ids of its namespace: everything happens in there
+                idmap = _userns_map(layout, _read_store_meta(layout) if exists else None)
+                userns.enter(layout, idmap)
             stack.enter_context(_hold(layout.store_lock))
             meta = _read_store_meta(layout)
             if meta is None and read_only:
                 raise StoreReadOnly(f"cannot create a store in {layout.home}: its filesystem is read-only",
                                     path=layout.home)
             fmt = None if meta is None else WhiteoutFormat(meta["format"])
-            owner = _rootless_owner(layout, meta, read_only)
-            backend_cls, fmt, self._backend_reason = _choose_backend(backend, fmt, owner is not None)
-            if fmt is WhiteoutFormat.OVERLAY and not read_only:
+            owner = records.Owner(0, 0) if kind == userns.FORMAT else _rootless_owner(layout, meta, read_only)
+            backend_cls, fmt, self._backend_reason = _choose_backend(backend, fmt, owner is not None, kind)
+            if fmt is WhiteoutFormat.OVERLAY and not read_only and kind != userns.FORMAT:
                 _require_trusted_xattrs(layout.home)
             tightened: list[str] = []
             if not read_only:
@@ -172,12 +189,14 @@ class Driver:
                     os.makedirs(directory, mode=0o700, exist_ok=True)
                 tightened = _make_private(layout)
                 if meta is None:
-                    _write_store_meta(layout, fmt, backend_cls.name, owner)
+                    _write_store_meta(layout, fmt, backend_cls.name, owner, idmap)
                     tightened = []  # a new store is private from the start
             backend_obj = backend_cls(layout, fmt)
-            backend_obj.rootless = owner is not None
+            backend_obj.rootless = owner is not None and kind != userns.FORMAT
+            backend_obj.userxattr = kind == userns.FORMAT
             self._core = StoreCore(layout, fmt, backend_obj, read_only=read_only,
-                                   tightened=tightened, rootless_owner=owner)
+                                   tightened=tightened, rootless_owner=owner,
+                                   rootless_kind=kind if owner is not None else None)
             self._diffs = LayerDiffs(self._core)
             if not read_only:
                 self._core.sweep()
@@ -299,7 +318,9 @@ class Driver:
 
     def status(self) -> dict[str, str | int | bool]:
         """Facts about the store: ``backend``, ``backend_reason`` (why this backend),
-        ``home``, ``whiteout_format``, ``rootless`` (bool: owners recorded in xattrs),
+        ``home``, ``whiteout_format``, ``rootless`` (bool: an ordinary user's store),
+        ``rootless_kind`` (``"override_stat"``, ``"userns"`` or ``""``), ``userns_holder`` (the
+        pid keeping a userns store's namespace and mounts, else 0),
         ``backing_filesystem`` (str); ``layers``, ``mounted``, ``max_depth`` (the longest chain,
         top layer included) (int); ``read_only`` (bool). Takes no lock."""
         home = self._core.home
@@ -316,6 +337,10 @@ class Driver:
             "backend": self.backend,
             "backend_reason": self._backend_reason,
             "rootless": self._core.rootless_owner is not None,
+            "rootless_kind": self._core.rootless_kind or "",
+            # a userns store's mounts are in its namespace: /proc/PID/root/... or `aufs unshare`
+            "userns_holder": (userns.holder_pid(self._core.layout) or 0)
+            if self._core.rootless_kind == userns.FORMAT else 0,
             "home": home,
             "whiteout_format": self.whiteout_format.value,
             "layers": len(layer_ids),
@@ -606,23 +631,23 @@ def _read_store_meta(layout: Layout) -> dict[str, Any] | None:
         raise StoreFormatMismatch(f"{layout.meta_file} is not an aufs store description", path=layout.meta_file)
     version = meta.get("version", 1)
     if not isinstance(version, int) or version > ROOTLESS_STORE_VERSION or \
-            meta.get("rootless", None) not in (None, rootless.FORMAT):
+            meta.get("rootless", None) not in (None, records.FORMAT, userns.FORMAT):
         raise StoreFormatMismatch(f"{layout.home} is a store of a newer aufs (version {version!r}, rootless "
                                   f"{meta.get('rootless')!r}): this aufs would misread it; upgrade aufs",
                                   path=layout.meta_file)
     return meta
 
 
-def _rootless_owner(layout: Layout, meta: dict[str, Any] | None, read_only: bool) -> rootless.Owner | None:
+def _rootless_owner(layout: Layout, meta: dict[str, Any] | None, read_only: bool) -> records.Owner | None:
     """The ids owning a rootless store's files (None for a store with real owners).
 
     A new store made by an unprivileged process is rootless. A store with real owners is
     refused to such a process (it could not write what it imports there); a rootless store
     opened by root stays rootless (its records keep being written and read)."""
     if meta is None:
-        return rootless.Owner(os.geteuid(), os.getegid()) if rootless.unprivileged() else None
+        return records.Owner(os.geteuid(), os.getegid()) if records.unprivileged() else None
     if meta.get("rootless") is None:
-        if rootless.unprivileged() and not read_only:
+        if records.unprivileged() and not read_only:
             raise StoreFormatMismatch(
                 f"{layout.home} keeps real file owners (made by root): an ordinary user cannot write it; "
                 "use a store of your own (the default home, ~/.local/share/aufs, is rootless)", path=layout.home)
@@ -630,16 +655,72 @@ def _rootless_owner(layout: Layout, meta: dict[str, Any] | None, read_only: bool
     uid, gid = meta.get("owner", (None, None))
     if not isinstance(uid, int) or not isinstance(gid, int):
         raise StoreFormatMismatch(f"{layout.meta_file} names no owner for its rootless records", path=layout.meta_file)
-    return rootless.Owner(uid, gid)
+    return records.Owner(uid, gid)
+
+
+def _rootless_kind(layout: Layout, meta: dict[str, Any] | None, asked: str | None) -> str | None:
+    """How the store keeps owners: None (real owners, a root store), ``"override_stat"`` or
+    ``"userns"``; a new store is what was ``asked`` for, else override_stat for an ordinary
+    user. An existing store is what it is: asking for another kind is StoreFormatMismatch."""
+    if meta is None:
+        if asked == userns.FORMAT:
+            return asked
+        return records.FORMAT if records.unprivileged() else None
+    kind = meta.get("rootless")
+    if asked is not None and asked != kind:
+        raise StoreFormatMismatch(f"{layout.home} is {_kind_name(kind)}, not {_kind_name(asked)}: "
+                                  "the kind of a store is fixed when it is made", path=layout.home)
+    if kind == userns.FORMAT and os.geteuid() == 0 and not records.unprivileged():
+        raise StoreFormatMismatch(
+            f"{layout.home} is a userns store of uid {meta.get('owner', ['?'])[0]}: its files belong to ids of "
+            "that user's namespace, which root would misread; open it as that user", path=layout.home)
+    return kind
+
+
+def _kind_name(kind: str | None) -> str:
+    return {None: "a store with real owners", records.FORMAT: "an override_stat rootless store",
+            userns.FORMAT: "a userns store"}.get(kind, repr(kind))
+
+
+def _userns_map(layout: Layout, meta: dict[str, Any] | None) -> userns.IdMap:
+    """The id map of the store's namespace: this user's now, which must be the one the store
+    was made with (its files' ids mean that)."""
+    if meta is not None and userns.inside(layout):
+        # a process of the namespace (`aufs unshare`): it is root there, the map is the store's
+        try:
+            return userns.IdMap.from_json(meta.get("idmap"))
+        except (ValueError, KeyError, TypeError):
+            raise StoreFormatMismatch(f"{layout.meta_file} records no valid id map for its userns store",
+                                      path=layout.meta_file) from None
+    idmap = userns.id_map()
+    if meta is not None:
+        try:
+            recorded = userns.IdMap.from_json(meta.get("idmap"))
+        except (ValueError, KeyError, TypeError):
+            raise StoreFormatMismatch(f"{layout.meta_file} records no valid id map for its userns store",
+                                      path=layout.meta_file) from None
+        if meta.get("owner") != [os.getuid(), os.getgid()]:
+            raise StoreFormatMismatch(f"{layout.home} is the userns store of uid {meta.get('owner', ['?'])[0]}, "
+                                      f"not of uid {os.getuid()}", path=layout.home)
+        if recorded != idmap:
+            raise StoreFormatMismatch(
+                f"{layout.home} keeps its files under the id map {recorded.to_json()}, but /etc/subuid and "
+                f"/etc/subgid now give {idmap.to_json()}: its owners would be misread; restore the old ranges",
+                path=layout.home)
+    return idmap
 
 
 def _write_store_meta(layout: Layout, fmt: WhiteoutFormat, backend: str,
-                      owner: rootless.Owner | None = None) -> None:
+                      owner: records.Owner | None = None, idmap: userns.IdMap | None = None) -> None:
     meta: dict[str, Any] = {"version": STORE_VERSION, "format": fmt.value, "created_with": backend}
-    if owner is not None:
+    if idmap is not None:
+        # owners real in the store's user namespace (the host ids are shifted), the rest recorded
+        meta.update(version=ROOTLESS_STORE_VERSION, rootless=userns.FORMAT,
+                    owner=[idmap.uids[0][1], idmap.gids[0][1]], idmap=idmap.to_json())
+    elif owner is not None:
         # version 2: an aufs that knows no rootless records must not open it (it would export
         # every file as the user's, with no device or setuid bit)
-        meta.update(version=ROOTLESS_STORE_VERSION, rootless=rootless.FORMAT, owner=list(owner))
+        meta.update(version=ROOTLESS_STORE_VERSION, rootless=records.FORMAT, owner=list(owner))
     tmp = Layout.tmp_sibling(layout.meta_file)
     with open(tmp, "w", encoding="ascii") as f:
         json.dump(meta, f)
@@ -647,14 +728,25 @@ def _write_store_meta(layout: Layout, fmt: WhiteoutFormat, backend: str,
     os.replace(tmp, layout.meta_file)
 
 
-def _choose_backend(name: str, fmt: WhiteoutFormat | None,
-                    rootless_store: bool = False) -> tuple[type[Backend], WhiteoutFormat, str]:
+def _choose_backend(name: str, fmt: WhiteoutFormat | None, rootless_store: bool = False,
+                    kind: str | None = None) -> tuple[type[Backend], WhiteoutFormat, str]:
     """The backend class, the whiteout format and why that backend (for ``status``).
 
-    A rootless store mounts with fuse-overlayfs only: it alone shows the recorded owners."""
+    An override_stat store mounts with fuse-overlayfs only: it alone shows the recorded
+    owners. A userns store mounts with kernel overlayfs (userxattr) in its namespace."""
+    if kind == userns.FORMAT:
+        if name not in ("auto", "overlay"):
+            raise StoreFormatMismatch(f"a userns store mounts with kernel overlayfs in its user namespace; "
+                                      f"the {name} backend cannot mount it")
+        cls = BACKENDS["overlay"]
+        reason = cls.unavailable_reason()
+        if reason is not None:
+            raise BackendUnavailable(f"a userns store needs kernel overlayfs in a user namespace: {reason}")
+        return cls, WhiteoutFormat.OVERLAY, \
+            "userns store: kernel overlayfs with userxattr in the store's user namespace"
     if rootless_store and name not in ("auto", "fuse-overlayfs"):
         raise StoreFormatMismatch(
-            f"this store is rootless (owners recorded in {rootless.OVERRIDE_XATTR}): only the fuse-overlayfs "
+            f"this store is rootless (owners recorded in {records.OVERRIDE_XATTR}): only the fuse-overlayfs "
             f"backend shows them; the {name} backend would misread it")
     if name != "auto":
         cls = BACKENDS[name]
@@ -690,7 +782,7 @@ def _choose_backend(name: str, fmt: WhiteoutFormat | None,
 # written) counts as empty, not as someone else's directory
 _STORE_ENTRIES = frozenset({
     ".lock", "aufs-store.json", "aufs-store.json.tmp", "layers", "mnt", "state", "l", "empty", "tmp",
-    "image-imports", "images", "snapshotter",
+    "image-imports", "images", "snapshotter", "userns.json", "userns.json.tmp", ".userns.lock",
 })
 
 
@@ -749,7 +841,9 @@ def _describe_holders(holders: dict[str, int]) -> str:
 def _remove_if_refused(layout: Layout, opened: list[bool]) -> None:
     """Undo the home this Driver made if opening failed (only the lock file is in it)."""
     if not opened:
-        unlink_quietly(layout.store_lock)
+        userns.leave(layout)  # a namespace started for the new store ends with it
+        for path in (layout.store_lock, layout.userns_lock, layout.userns_record):
+            unlink_quietly(path)
         rmdir_quietly(layout.home)
 
 

@@ -29,6 +29,8 @@ import os
 import stat
 from typing import NamedTuple, Union
 
+from .kernel import in_user_namespace
+
 __all__ = [
     "AUFS_WHITEOUT_MODE",
     "META_PREFIX",
@@ -66,7 +68,10 @@ OPAQUE_NAME = ".wh..wh..opq"
 OVERLAY_OPAQUE_XATTR = "trusted.overlay.opaque"
 """The xattr kernel overlayfs (and fuse-overlayfs as root) reads for an opaque directory."""
 
-OPAQUE_XATTRS = (OVERLAY_OPAQUE_XATTR, "user.overlay.opaque", "user.fuseoverlayfs.opaque")
+USER_OPAQUE_XATTR = "user.overlay.opaque"
+"""What kernel overlayfs mounted with ``userxattr`` (in a user namespace) reads instead."""
+
+OPAQUE_XATTRS = (OVERLAY_OPAQUE_XATTR, USER_OPAQUE_XATTR, "user.fuseoverlayfs.opaque")
 """Every xattr that marks a directory opaque (read in both formats; the first one is written)."""
 
 PRIVATE_XATTR_PREFIXES = ("trusted.overlay.", "user.overlay.", "user.fuseoverlayfs.")
@@ -259,19 +264,21 @@ def _fd_path(fd: int) -> str:
 def make_opaque(dir_fd: int, fmt: WhiteoutFormat) -> None:
     """Mark the directory open as ``dir_fd`` opaque (it hides everything below the layer).
 
-    AUFS: creates the file ``.wh..wh..opq`` in it. OVERLAY: sets ``trusted.overlay.opaque=y``.
+    AUFS: creates the file ``.wh..wh..opq`` in it. OVERLAY: sets ``trusted.overlay.opaque=y``,
+    or in a user namespace (a userns store, mounted with ``userxattr``) ``user.overlay.opaque=y``.
     Idempotent. ``dir_fd`` may be an ``O_PATH`` descriptor.
     """
     if fmt is WhiteoutFormat.AUFS:
         _make_marker_file(dir_fd, OPAQUE_NAME)
         return
+    attr = USER_OPAQUE_XATTR if in_user_namespace() else OVERLAY_OPAQUE_XATTR
     try:
-        os.setxattr(dir_fd, OVERLAY_OPAQUE_XATTR, b"y")
+        os.setxattr(dir_fd, attr, b"y")
     except OSError as exc:
         if exc.errno != errno.EBADF:
             raise
         # O_PATH descriptors refuse fsetxattr; the magic link reaches the same inode
-        os.setxattr(_fd_path(dir_fd), OVERLAY_OPAQUE_XATTR, b"y")
+        os.setxattr(_fd_path(dir_fd), attr, b"y")
 
 
 def _has_opaque_xattr(target: FdOrPath) -> bool:

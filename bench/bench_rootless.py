@@ -11,8 +11,9 @@ the user ``aufs-test`` (``runuser``), as a whole process, so each side pays its 
 * umoci: ``umoci unpack --rootless --image IMG:bench DEST``;
 * podman: ``podman --root R --runroot RR load -i docker.tar`` (a fresh rootless storage each
   round; podman maps ids through /etc/subuid in its user namespace);
-* aufs: a Python process that opens a fresh store, ``aufs.import_image`` and ``get`` (a
-  fuse-overlayfs mount), then ``put``.
+* aufs: a Python process that opens a fresh store, ``aufs.import_image`` and ``get``, then
+  ``put``: an override_stat store (owners recorded, a fuse-overlayfs mount) and a userns store
+  (owners real in the store's user namespace, a kernel overlayfs mount there).
 
 Run as root (it sets up a 0666 /dev/fuse in a private mount namespace, as Debian ships it)::
 
@@ -46,7 +47,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 _AUFS = r'''
 import os, sys, aufs
-d = aufs.Driver(sys.argv[1])
+d = aufs.Driver(sys.argv[1], rootless=sys.argv[3])
 ids = aufs.import_image(d, sys.argv[2])
 root = d.get(ids[-1])
 assert os.path.isdir(os.path.join(root, "usr"))
@@ -144,9 +145,13 @@ def main() -> int:
                             "--storage-driver", "overlay", "load", "-q", "-i", str(docker)], env)
 
         def aufs_() -> float:
-            return as_user([*interpreter.argv, "-c", _AUFS, str(fresh("aufs")), str(image)], env)
+            return as_user([*interpreter.argv, "-c", _AUFS, str(fresh("aufs")), str(image), "override_stat"], env)
 
-        timers = [("umoci unpack --rootless", umoci), ("aufs import+mount (rootless)", aufs_)]
+        def aufs_userns() -> float:
+            return as_user([*interpreter.argv, "-c", _AUFS, str(fresh("aufs-userns")), str(image), "userns"], env)
+
+        timers = [("umoci unpack --rootless", umoci), ("aufs import+mount (rootless)", aufs_),
+                  ("aufs import+mount (userns)", aufs_userns)]
         podman_note = ""
         if shutil.which("podman"):
             try:
@@ -166,10 +171,11 @@ def main() -> int:
         print(f"as user {USER}, tmpfs, {args.rounds} rounds, medians (all runs in seconds):")
         for name, values in runs.items():
             print(f"  {name:32} {med[name]:6.2f} s   {' '.join(f'{v:.2f}' for v in values)}")
-        mine = med["aufs import+mount (rootless)"]
-        for name in med:
-            if name != "aufs import+mount (rootless)":
-                print(f"ratio {name} / aufs: {med[name] / mine:.2f}x")
+        for kind in ("rootless", "userns"):
+            mine = med[f"aufs import+mount ({kind})"]
+            for name in med:
+                if not name.startswith("aufs "):
+                    print(f"ratio {name} / aufs ({kind}): {med[name] / mine:.2f}x")
         if podman_note:
             print(podman_note)
     finally:

@@ -7,8 +7,9 @@ every layer adds 100 small files (4 KiB) to one directory ``small/`` that is the
 across all 20 layers: 2000 small files, half of them found 10 or more layers down.
 
 * root store: made and mounted (``get``) by root, kernel overlayfs;
-* rootless store: made and mounted by the user ``aufs-test`` (fuse-overlayfs, /dev/fuse 0666 as
-  on stock Debian), in the process that then reads.
+* rootless stores, made and mounted by the user ``aufs-test`` in the process that then reads:
+  an override_stat store (fuse-overlayfs, /dev/fuse 0666 as on stock Debian) and a userns store
+  (kernel overlayfs in the store's user namespace, which the reader joins).
 
 That one process, run as ``aufs-test`` with ``runuser``, reads through both mounts, alternating
 which goes first each round: the 64 MiB file in 1 MiB ``read`` calls; the 2000 small files
@@ -66,17 +67,18 @@ def fill(driver: aufs.Driver) -> str:
     return parent
 
 
-# run by aufs-test: argv = bench dir, rootless store home, root mount, rounds
+# run by aufs-test: argv = bench dir, rootless store home, root mount, rounds, rootless kind
 _READER = r'''
 import json, os, sys, time
 sys.path.insert(0, sys.argv[1])
 import aufs
 from bench_rootless_reads import fill, read_big, read_small
-d = aufs.Driver(sys.argv[2])
+d = aufs.Driver(sys.argv[2], rootless=sys.argv[5])
 top = "l19" if d.exists("l19") else fill(d)
 mine = d.get(top)
 try:
-    assert d.status()["backend"] == "fuse-overlayfs", d.status()
+    want = "fuse-overlayfs" if sys.argv[5] == "override_stat" else "overlay"
+    assert d.status()["backend"] == want, d.status()
     mounts = {"rootless": mine, "root": sys.argv[3]}
     rounds = []
     for r in range(int(sys.argv[4])):
@@ -160,24 +162,32 @@ def main() -> int:
         for name in ("bench_rootless_reads.py",):
             shutil.copy(Path(__file__).resolve().parent / name, bench_dir / name)
         os.chmod(bench_dir, 0o755)
-        argv = ["runuser", "-u", USER, "--", "env", "-i", *(f"{k}={v}" for k, v in env.items()),
-                *interpreter.argv, "-c", _READER, str(bench_dir), str(play / "store"), root_mount, str(args.rounds)]
+        def argv(kind: str) -> list[str]:
+            return ["runuser", "-u", USER, "--", "env", "-i", *(f"{k}={v}" for k, v in env.items()),
+                    *interpreter.argv, "-c", _READER, str(bench_dir), str(play / f"store-{kind}"), root_mount,
+                    str(args.rounds), kind]
         cold: dict[str, list[float]] = {}
         warm: dict[str, list[float]] = {}
         for cycle in range(args.cycles):
-            if cycle:  # both mounts fresh each cycle: the reader mounts its own, root remounts
+            # both mounts fresh each cycle: the reader mounts its own, root remounts; the
+            # override_stat store (fuse-overlayfs) and the userns store (kernel overlayfs in
+            # its user namespace) each in a reader of its own, each compared with root's mount
+            for kind, side in (("override_stat", "fuse"), ("userns", "userns")):
                 root_driver.put(top)
                 assert root_driver.get(top) == root_mount
-            proc = subprocess.run(argv, capture_output=True, text=True)
-            if proc.returncode != 0:
-                print(proc.stderr[-3000:], file=sys.stderr)
-                return 1
-            rounds = json.loads(proc.stdout)
-            for key, value in rounds[0].items():
-                cold.setdefault(key, []).append(value)
-            for later in rounds[1:]:
-                for key, value in later.items():
-                    warm.setdefault(key, []).append(value)
+                proc = subprocess.run(argv(kind), capture_output=True, text=True)
+                if proc.returncode != 0:
+                    print(proc.stderr[-3000:], file=sys.stderr)
+                    return 1
+                rounds = json.loads(proc.stdout)
+                rename = {"rootless": side, "root": f"root ({side} run)"}
+                for key, value in rounds[0].items():
+                    name, what = key.split(" ")
+                    cold.setdefault(f"{rename[name]} {what}", []).append(value)
+                for later in rounds[1:]:
+                    for key, value in later.items():
+                        name, what = key.split(" ")
+                        warm.setdefault(f"{rename[name]} {what}", []).append(value)
         print(f"{LAYERS} layers; big: {BIG_SIZE >> 20} MiB in layer 1 of {LAYERS}; small: "
               f"{LAYERS * SMALL_PER_LAYER} files of {SMALL_SIZE} B, {SMALL_PER_LAYER} per layer, one merged dir")
         print(f"read by {USER}, tmpfs, {args.cycles} mount cycles x {args.rounds} rounds; cold = first round "
@@ -185,15 +195,18 @@ def main() -> int:
         print("| what | cold median (s) | warm median (s) | cold runs (s) |")
         print("|---|---|---|---|")
         med = statistics.median
+        sides = ("root (fuse run)", "fuse", "root (userns run)", "userns")
         for what in ("big", "small"):
-            for side in ("root", "rootless"):
+            for side in sides:
                 key = f"{side} {what}"
                 print(f"| {key} | {med(cold[key]):.4f} | {med(warm[key]):.4f} | "
                       f"{' '.join(f'{v:.4f}' for v in cold[key])} |")
-        for what in ("big", "small"):
-            print(f"ratio rootless / root, {what}: cold {med(cold['rootless ' + what]) / med(cold['root ' + what]):.2f}x,"
-                  f" warm {med(warm['rootless ' + what]) / med(warm['root ' + what]):.2f}x")
-        for side in ("root", "rootless"):
+        for side in ("fuse", "userns"):
+            for what in ("big", "small"):
+                root = f"root ({side} run) {what}"
+                print(f"ratio {side} / root, {what}: cold {med(cold[f'{side} {what}']) / med(cold[root]):.2f}x,"
+                      f" warm {med(warm[f'{side} {what}']) / med(warm[root]):.2f}x")
+        for side in sides:
             print(f"{side} big read: cold {BIG_SIZE / 1e6 / med(cold[side + ' big']):.0f} MB/s, "
                   f"warm {BIG_SIZE / 1e6 / med(warm[side + ' big']):.0f} MB/s")
     finally:

@@ -28,6 +28,12 @@ int aufs_rename_noreplace(const char *oldpath, const char *newpath);
 int aufs_mount(const char *source, const char *target, const char *fstype,
                unsigned long flags, const char *data);
 int aufs_umount(const char *target, int lazy);
+/* user and mount namespaces (aufs.userns): unshare(2) and setns(2) of CLONE_NEWUSER /
+ * CLONE_NEWNS only; 0 or -errno */
+#define AUFS_NS_USER 1
+#define AUFS_NS_MOUNT 2
+int aufs_unshare(int which);
+int aufs_setns(int fd, int which);
 
 /* ---- overlay.c: overlayfs through the new mount API ---- */
 int aufs_overlay_mount(const char *target, const char *const *lowerdirs, size_t nlower,
@@ -79,6 +85,8 @@ int aufs_probe_features(void);
 #define AUFS_X_DIR_RECORD_HEAD 20 /* a dirbuf record's head: int64 sec, int64 nsec, uint32 length */
 #define AUFS_X_FLAG_REPORT_ALL 1 /* ctx->flags: return AUFS_X_DONE after every entry written */
 #define AUFS_X_FLAG_ROOTLESS 2   /* ctx->flags: record owners, modes, devices in xattrs (rootless store) */
+#define AUFS_X_FLAG_USERNS 4     /* with ROOTLESS: set owners and make nodes for real where this user
+                                    namespace can, record only the rest (a userns store) */
 #define AUFS_X_EOF 0        /* end of archive */
 #define AUFS_X_DIR 1        /* a directory was written (its mtime is the caller's to set last) */
 #define AUFS_X_SPECIAL 2    /* a reserved .wh. name: nothing written, the caller decides */

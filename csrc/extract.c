@@ -557,6 +557,35 @@ static int x_rootless_meta(struct aufs_xctx *ctx, int fd, const char *type)
     return 0;
 }
 
+/* A userns store (AUFS_X_FLAG_USERNS): the entry's owner set for real when this user
+ * namespace maps both ids. 0 done, 1 to be recorded instead (not a userns store, or an id
+ * the namespace does not map: EINVAL), -errno. `fd` or else `name` in `dir_fd`, unfollowed. */
+static int x_userns_chown(struct aufs_xctx *ctx, int fd, int dir_fd, const char *name)
+{
+    int r;
+    if (!(ctx->flags & AUFS_X_FLAG_USERNS))
+        return 1;
+    if (fd >= 0)
+        r = fchown(fd, (uid_t)ctx->uid, (gid_t)ctx->gid);
+    else
+        r = fchownat(dir_fd, name, (uid_t)ctx->uid, (gid_t)ctx->gid, AT_SYMLINK_NOFOLLOW);
+    if (r == 0)
+        return 0;
+    return errno == EINVAL ? 1 : -errno;
+}
+
+/* A userns store, owner set for real: the full mode too, and no record left from an entry
+ * this one replaces (a directory is kept, not made again). */
+static int x_userns_mode(struct aufs_xctx *ctx, int fd)
+{
+    if (fchmod(fd, (mode_t)(ctx->mode & 07777)) < 0)
+        return -errno;
+    if ((ctx->mode & S_IFMT) == S_IFDIR && fremovexattr(fd, AUFS_ROOTLESS_OVERRIDE) < 0 &&
+        errno != ENODATA && errno != ENOTSUP)
+        return -errno;
+    return 0;
+}
+
 /* Owner before mode (chown clears setuid/setgid), xattrs after both (chown clears
  * security.capability). */
 static int x_meta_fd(struct aufs_xctx *ctx, int fd, int set_times)
@@ -564,7 +593,11 @@ static int x_meta_fd(struct aufs_xctx *ctx, int fd, int set_times)
     struct timespec ts[2];
     int r;
     if (ctx->flags & AUFS_X_FLAG_ROOTLESS) {
-        r = x_rootless_meta(ctx, fd, NULL);
+        r = x_userns_chown(ctx, fd, -1, NULL);
+        if (r == 0)
+            r = x_userns_mode(ctx, fd);
+        else if (r == 1)
+            r = x_rootless_meta(ctx, fd, NULL);
         if (r < 0)
             return r;
     } else if (fchown(fd, (uid_t)ctx->uid, (gid_t)ctx->gid) < 0) {
@@ -589,8 +622,8 @@ static int x_meta_at(struct aufs_xctx *ctx, int dir_fd, const char *name, int ch
 {
     struct timespec ts[2];
     int r;
-    /* rootless: only symlinks come here (a symlink's mode means nothing; its owner is the
-     * store owner's, exported as root) */
+    /* rootless: the owner is set (userns store) or recorded by the caller; only symlinks
+     * and a userns store's nodes come here */
     if (!(ctx->flags & AUFS_X_FLAG_ROOTLESS) &&
         fchownat(dir_fd, name, (uid_t)ctx->uid, (gid_t)ctx->gid, AT_SYMLINK_NOFOLLOW) < 0)
         return -errno;
@@ -754,14 +787,15 @@ static int x_directory(struct aufs_xctx *ctx, int dir_fd, const char *name)
 }
 
 /* Rootless: record a symlink's owner on its directory (dir_fd may be an O_PATH fd: through
- * its magic link), or drop a stale record for a 0:0 one. */
-static int x_rootless_link_owner(struct aufs_xctx *ctx, int dir_fd, const char *name)
+ * its magic link), or drop a stale record for a 0:0 one or (`record` 0) one whose owner
+ * was set for real. */
+static int x_rootless_link_owner(struct aufs_xctx *ctx, int dir_fd, const char *name, int record)
 {
     char key[256], dirpath[64], value[48];
     if (snprintf(key, sizeof key, AUFS_ROOTLESS_LINK_OWNER "%s", name) >= (int)sizeof key)
-        return ctx->uid == 0 && ctx->gid == 0 ? 0 : -ENAMETOOLONG;
+        return !record || (ctx->uid == 0 && ctx->gid == 0) ? 0 : -ENAMETOOLONG;
     snprintf(dirpath, sizeof dirpath, "/proc/self/fd/%d", dir_fd);
-    if (ctx->uid == 0 && ctx->gid == 0) {
+    if (!record || (ctx->uid == 0 && ctx->gid == 0)) {
         if (removexattr(dirpath, key) < 0 && errno != ENODATA && errno != ENOTSUP)
             return -errno;
         return 0;
@@ -792,7 +826,9 @@ static int x_symlink(struct aufs_xctx *ctx, int dir_fd, const char *name)
             return -errno;
     }
     if (ctx->flags & AUFS_X_FLAG_ROOTLESS) {
-        r = x_rootless_link_owner(ctx, dir_fd, name);
+        r = x_userns_chown(ctx, -1, dir_fd, name);
+        if (r >= 0)
+            r = x_rootless_link_owner(ctx, dir_fd, name, r == 1);
         if (r < 0)
             return r;
     }
@@ -853,16 +889,32 @@ static int x_node(struct aufs_xctx *ctx, int dir_fd, const char *name)
     int r;
     if (type != S_IFIFO)
         dev = makedev(major_fn(ctx->entry), minor_fn(ctx->entry));
-    if (ctx->flags & AUFS_X_FLAG_ROOTLESS)
+    if ((ctx->flags & AUFS_X_FLAG_ROOTLESS) && !(ctx->flags & AUFS_X_FLAG_USERNS))
         return x_rootless_node(ctx, dir_fd, name, type, dev);
     if (mknodat(dir_fd, name, type | 0600, dev) < 0) {
-        if (errno != EEXIST)
-            return -errno;
-        r = aufs_x_remove(dir_fd, name);
+        if (errno == EEXIST) {
+            r = aufs_x_remove(dir_fd, name);
+            if (r < 0)
+                return r;
+            if (mknodat(dir_fd, name, type | 0600, dev) == 0)
+                goto made;
+        }
+        /* a user namespace may make fifos and 0/0 whiteouts, no other device */
+        if (errno == EPERM && (ctx->flags & AUFS_X_FLAG_USERNS))
+            return x_rootless_node(ctx, dir_fd, name, type, dev);
+        return -errno;
+    }
+made:
+    if (ctx->flags & AUFS_X_FLAG_USERNS) {
+        r = x_userns_chown(ctx, -1, dir_fd, name);
+        if (r == 1) { /* an owner the namespace does not map: recorded on an empty file */
+            r = aufs_x_remove(dir_fd, name);
+            if (r == 0)
+                r = x_rootless_node(ctx, dir_fd, name, type, dev);
+            return r;
+        }
         if (r < 0)
             return r;
-        if (mknodat(dir_fd, name, type | 0600, dev) < 0)
-            return -errno;
     }
     return x_meta_at(ctx, dir_fd, name, 1);
 }

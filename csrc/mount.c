@@ -1,6 +1,7 @@
 /* mount.c: mount(2) that never lets the kernel truncate its data, and umount2(2). */
 #include "aufs_sys.h"
 
+#include <sched.h>
 #include <string.h>
 #include <sys/mount.h>
 
@@ -25,4 +26,25 @@ int aufs_umount(const char *target, int lazy)
     if (umount2(target, flags) != 0)
         return -errno;
     return 0;
+}
+
+static int ns_flags(int which)
+{
+    return ((which & AUFS_NS_USER) ? CLONE_NEWUSER : 0) | ((which & AUFS_NS_MOUNT) ? CLONE_NEWNS : 0);
+}
+
+/* unshare(2) of a new user and/or mount namespace (nothing else may be asked for) */
+int aufs_unshare(int which)
+{
+    if (which <= 0 || (which & ~(AUFS_NS_USER | AUFS_NS_MOUNT)))
+        return -EINVAL;
+    return unshare(ns_flags(which)) == 0 ? 0 : -errno;
+}
+
+/* setns(2) into the namespace `fd` names, which must be of the one kind asked for */
+int aufs_setns(int fd, int which)
+{
+    if (which != AUFS_NS_USER && which != AUFS_NS_MOUNT)
+        return -EINVAL;
+    return setns(fd, ns_flags(which)) == 0 ? 0 : -errno;
 }

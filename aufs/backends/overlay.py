@@ -15,7 +15,8 @@ from collections.abc import Callable, Sequence
 
 from .. import kernel
 from ..whiteouts import WhiteoutFormat
-from ..plan import OVERLAY_MAX_LOWERS, OVERLAY_OPTIONS, Mount, fit_lowers, legacy_overlay_max_depth, overlay_mount
+from ..plan import (OVERLAY_MAX_LOWERS, OVERLAY_OPTIONS, USERNS_OVERLAY_OPTIONS, Mount, fit_lowers,
+                    legacy_overlay_max_depth, overlay_mount)
 from .base import Backend, has_cap_sys_admin, kernel_filesystems
 
 __all__ = ["MOUNT_OPTIONS", "OVERLAY_MAX_LOWERS", "OverlayBackend"]
@@ -28,6 +29,12 @@ class OverlayBackend(Backend):
 
     name = "overlay"
     formats = (WhiteoutFormat.OVERLAY,)
+    userxattr = False
+    """Set by the store for a userns store (:mod:`aufs.userns`): mounted with ``userxattr``."""
+
+    @property
+    def options(self) -> tuple[str, ...]:
+        return USERNS_OVERLAY_OPTIONS if self.userxattr else MOUNT_OPTIONS
 
     @classmethod
     def unavailable_reason(cls) -> str | None:
@@ -36,8 +43,7 @@ class OverlayBackend(Backend):
         if not has_cap_sys_admin():
             return "kernel overlayfs needs CAP_SYS_ADMIN (run as root) to mount"
         if kernel.in_user_namespace():
-            # the store's options (redirect_dir=off) and trusted.* markers are refused there
-            return "kernel overlayfs in a user namespace needs userxattr, which aufs does not use yet"
+            return kernel.userns_overlay_reason()
         return None
 
     def _legacy(self) -> bool:
@@ -50,7 +56,7 @@ class OverlayBackend(Backend):
             return OVERLAY_MAX_LOWERS + 1
         # legacy mount(2), as Docker's overlay2 does it: lowers named by short links
         return legacy_overlay_max_depth(kernel.page_size(), len(self.layout.short_link("x")),
-                                        len(self.layout.diff_dir("x" * 128)), MOUNT_OPTIONS)
+                                        len(self.layout.diff_dir("x" * 128)), self.options)
 
     def pick_lowers(self, full: Sequence[str], short: Callable[[], Sequence[str]],
                     upper: str | None, work: str | None) -> Sequence[str]:
@@ -64,4 +70,4 @@ class OverlayBackend(Backend):
         if upper is None and len(lowers) == 1:
             # overlayfs refuses a single lower without an upper: the empty dir makes a second
             lowers.append(self.layout.empty_dir)
-        return [overlay_mount(lowers, upper, work, MOUNT_OPTIONS)]
+        return [overlay_mount(lowers, upper, work, self.options)]

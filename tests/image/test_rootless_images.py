@@ -1,5 +1,5 @@
 """Images made by umoci, skopeo and buildah, imported and exported by an ordinary user's
-(rootless) store: the export equals a root store's export of the same image, digest for
+(rootless) store, of both kinds (owners recorded; owners real in a user namespace): the export equals a root store's export of the same image, digest for
 digest (same chainIDs, owners, modes, device numbers, xattrs, content; issue 10)."""
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ import pytest
 import aufs
 
 from ..rootless.conftest import user_dir, user_fuse, user_processes  # noqa: F401 (fixtures)
+from ..rootless.test_userns_store import holders, no_holder_left  # noqa: F401 (fixture)
 from ..users import User
 from .conftest import _repack, _write
 from .helpers import have, run
@@ -95,8 +96,9 @@ def _layers(layout: Path) -> list[list[tuple]]:
     return out
 
 
+@pytest.mark.parametrize("kind", ["override_stat", "userns"])
 @pytest.mark.parametrize("which", ["special", "umoci", "umoci-docker", "buildah"])
-def test_rootless_import_export_equals_root(which: str, request: pytest.FixtureRequest, test_user: User,
+def test_rootless_import_export_equals_root(which: str, kind: str, request: pytest.FixtureRequest, test_user: User,
                                             user_fuse: None, user_dir: Path, ramdir: Path,  # noqa: F811
                                             monkeypatch: pytest.MonkeyPatch) -> None:
     # exports stamp new history entries with the time unless told which: the same for both
@@ -110,7 +112,7 @@ def test_rootless_import_export_equals_root(which: str, request: pytest.FixtureR
         image = request.getfixturevalue("umoci_image")["docker" if which == "umoci-docker" else "oci"]
     mine = _give(image, user_dir / "image", test_user)
     home = str(user_dir / "store")
-    proc = test_user.python(_AUFS, "--home", home, "import", str(mine), timeout=300)
+    proc = test_user.python(_AUFS, "--home", home, "--rootless", kind, "import", str(mine), timeout=300)
     assert proc.returncode == 0, proc.stderr.decode()[-3000:]
     top = proc.stdout.decode().split()[-1]
     proc = test_user.python(_AUFS, "--home", home, "export", top, str(user_dir / "export"), timeout=300,
@@ -129,6 +131,7 @@ def test_rootless_import_export_equals_root(which: str, request: pytest.FixtureR
         proc = test_user.python(_AUFS, "--home", home, *argv)
         assert proc.returncode == 0, (argv, proc.stderr.decode()[-2000:])
     assert user_processes(test_user, "fuse-overlayfs") == []
+    assert holders(test_user) == []
     with open("/proc/self/mountinfo") as f:
         assert not [line for line in f if str(user_dir) in line]
 

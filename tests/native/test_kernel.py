@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import mmap
 import pathlib
 
@@ -83,3 +84,12 @@ def test_in_user_namespace_reads_the_uid_map(tmp_path) -> None:  # type: ignore[
     assert in_user_namespace(str(mapped))
     assert not in_user_namespace(str(tmp_path / "missing"))  # no procfs: assume the initial one
     assert in_user_namespace() is False  # this test runs as root of the initial namespace
+
+
+def test_userns_overlay_needs_5_11() -> None:
+    assert kernel.userns_overlay_reason((5, 10)) == \
+        "kernel overlayfs in a user namespace needs Linux 5.11 or later (userxattr)"
+    assert kernel.userns_overlay_reason((5, 11)) is None
+    assert kernel.userns_overlay_reason((6, 1)) is None
+    major, minor = (int(x) for x in os.uname().release.split(".")[:2])
+    assert kernel.release() == (major, minor)

@@ -23,8 +23,9 @@ import pathlib
 import random
 import shutil
 import tarfile
+import time
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from .trees import (
@@ -96,7 +97,32 @@ def generated_seeds() -> list[bytes]:
     seeds.append(build_tar([("dir", "x" * 99), ("file", "x" * 99 + "/" + "y" * 150, b"long")], fmt=tarfile.GNU_FORMAT))
     seeds.append(build_tar([("file", "u", b"ustar")], fmt=tarfile.USTAR_FORMAT))
     seeds.append(gzip.compress(sample_layers()[1], mtime=0))
+    seeds.append(_owners_seed())
     return seeds
+
+
+def _owners_seed() -> bytes:
+    """Owners a user namespace maps and does not, devices, fifos, links of others, xattrs:
+    the cases a userns store's extraction sets or records."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for name, kind, uid, extra in (("d", tarfile.DIRTYPE, 70000, {}), ("d/f", tarfile.REGTYPE, 1000, {}),
+                                       ("d/far", tarfile.REGTYPE, 3000000, {}),
+                                       ("d/l", tarfile.SYMTYPE, 3000001, {"linkname": "f"}),
+                                       ("d/m", tarfile.SYMTYPE, 7, {"linkname": "far"}),
+                                       ("p", tarfile.FIFOTYPE, 3000000, {}), ("q", tarfile.FIFOTYPE, 5, {}),
+                                       ("c", tarfile.CHRTYPE, 0, {"devmajor": 1, "devminor": 3}),
+                                       ("b", tarfile.BLKTYPE, 6, {"devmajor": 8, "devminor": 1}),
+                                       ("w", tarfile.CHRTYPE, 0, {}),
+                                       ("x", tarfile.REGTYPE, 0, {"pax_headers": {
+                                           "SCHILY.xattr.trusted.t": "1", "SCHILY.xattr.user.u": "2",
+                                           "SCHILY.xattr.security.capability": "\x01\x00\x00\x02" + "\x00" * 16}})):
+            info = tarfile.TarInfo(name)
+            info.type, info.uid, info.gid, info.mode = kind, uid, uid, 0o4755 if kind == tarfile.REGTYPE else 0o755
+            for key, value in extra.items():
+                setattr(info, key, value)
+            tar.addfile(info, io.BytesIO(b"") if kind == tarfile.REGTYPE else None)
+    return buf.getvalue()
 
 
 # ----------------------------------------------------------------------------- mutation
@@ -263,16 +289,45 @@ def _outside(root: pathlib.Path) -> Tree:
     return snapshot(root, times=True, skip=["layer"])
 
 
-def _extract_in_child(sandbox: Sandbox, data: bytes, fmt_name: str, result_w: int) -> None:
+USERNS_MAP = "0 0 65536\n"
+"""The map of :func:`run_case`'s user namespace: ids from 65536 on (and every device) are
+what a userns store records instead of setting."""
+
+
+def _wait_for(predicate: Callable[[], bool], timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.0002)
+    return True
+
+
+def _map_child(pid: int) -> None:
+    """Write the child's id maps once it is in its new user namespace (root may, from outside)."""
+    own = os.stat("/proc/self/ns/user").st_ino
+    if not _wait_for(lambda: os.stat(f"/proc/{pid}/ns/user").st_ino != own):
+        return
+    for name in ("uid_map", "gid_map"):
+        with open(f"/proc/{pid}/{name}", "w") as f:
+            f.write(USERNS_MAP)
+
+
+def _extract_in_child(sandbox: Sandbox, data: bytes, fmt_name: str, result_w: int, userns: bool = False) -> None:
     code = "ok"
     try:
-        from aufs import apply
+        from aufs import _syscalls, apply
         from aufs.errors import ArchiveError, NoSpace, UnsafeArchive
         from aufs.whiteouts import WhiteoutFormat
 
+        if userns:  # a userns store's extraction: real owners where mapped, records elsewhere
+            _syscalls.unshare(_syscalls.NS_USER)
+            if not _wait_for(lambda: open("/proc/self/uid_map").read().strip() != ""):
+                raise RuntimeError("the parent never mapped the user namespace")
         os.chdir(sandbox.root / "cwd")
         try:
-            apply.apply_tar(str(sandbox.layer), data, WhiteoutFormat(fmt_name))
+            apply.apply_tar(str(sandbox.layer), data, WhiteoutFormat(fmt_name),
+                            rootless="userns" if userns else False)
         except UnsafeArchive:
             code = "UnsafeArchive"
         except ArchiveError:
@@ -287,8 +342,11 @@ def _extract_in_child(sandbox: Sandbox, data: bytes, fmt_name: str, result_w: in
 
 
 def run_case(sandbox: Sandbox, data: bytes, fmt_name: str, *, prefill: bool = False,
-             timeout: float = 20.0) -> tuple[str, str | None]:
-    """Extract ``data`` into a fresh ``layer/``: (outcome, None if all is well else what went wrong)."""
+             timeout: float = 20.0, userns: bool = False) -> tuple[str, str | None]:
+    """Extract ``data`` into a fresh ``layer/``: (outcome, None if all is well else what went wrong).
+
+    ``userns``: as a userns store extracts (``rootless="userns"``), in a user namespace that
+    maps ids 0 to 65535 only."""
     layer = sandbox.layer
     if layer.exists():
         shutil.rmtree(layer)
@@ -297,7 +355,9 @@ def run_case(sandbox: Sandbox, data: bytes, fmt_name: str, *, prefill: bool = Fa
         (layer / "etc").mkdir()
         (layer / "etc" / "passwd").write_bytes(b"old")
         (layer / "app").mkdir()
-    pid, read_fd = fork_with_pipe(lambda write_fd: _extract_in_child(sandbox, data, fmt_name, write_fd))
+    pid, read_fd = fork_with_pipe(lambda write_fd: _extract_in_child(sandbox, data, fmt_name, write_fd, userns))
+    if userns:
+        _map_child(pid)
     status = wait_or_kill(pid, timeout, poll=0.0005)
     if status is None:
         os.close(read_fd)
@@ -319,7 +379,7 @@ def run_case(sandbox: Sandbox, data: bytes, fmt_name: str, *, prefill: bool = Fa
 
 
 def fuzz(sandbox: Sandbox, seeds: list[bytes], cases: int, rng: random.Random,
-         log: list[str] | None = None) -> dict[str, int]:
+         log: list[str] | None = None, userns: bool = False) -> dict[str, int]:
     """Run ``cases`` random mutations; counts per outcome, and ``failed`` for the findings."""
     counts: dict[str, int] = {}
     for index in range(cases):
@@ -327,7 +387,7 @@ def fuzz(sandbox: Sandbox, seeds: list[bytes], cases: int, rng: random.Random,
         ops = random_ops(rng)
         data = mutate(seeds[seed_index], ops)
         fmt_name = rng.choice(("overlay", "aufs"))
-        outcome, problem = run_case(sandbox, data, fmt_name, prefill=rng.random() < 0.3)
+        outcome, problem = run_case(sandbox, data, fmt_name, prefill=rng.random() < 0.3, userns=userns)
         counts[outcome] = counts.get(outcome, 0) + 1
         if problem:
             counts["failed"] = counts.get("failed", 0) + 1

@@ -12,6 +12,7 @@ import os
 import pathlib
 import random
 import signal
+import stat
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -67,14 +68,30 @@ def test_random_mutations(sandbox: fk.Sandbox) -> None:
     assert counts.get("ok", 0) > 60 and counts.get("ArchiveError", 0) > 60, counts
 
 
+def test_every_seed_and_random_mutations_in_a_user_namespace(sandbox: fk.Sandbox) -> None:
+    """The userns store's extraction (issue 10): owners set where the namespace maps them,
+    recorded where not, devices recorded, nothing written outside."""
+    outcomes: dict[str, int] = {}
+    for index, data in enumerate(SEEDS):
+        outcome, problem = fk.run_case(sandbox, data, "overlay", userns=True)
+        assert problem is None, f"seed {index}: {problem}"
+        outcomes[outcome] = outcomes.get(outcome, 0) + 1
+    assert outcomes.get("ok", 0) > 10 and outcomes.get("UnsafeArchive", 0) > 0, outcomes
+    log: list[str] = []
+    counts = fk.fuzz(sandbox, SEEDS, 300, random.Random(2027), log, userns=True)
+    assert not log, "\n".join(log[:5])
+    assert counts.get("ok", 0) > 30 and counts.get("ArchiveError", 0) > 30, counts
+
+
 ops = st.lists(st.tuples(st.integers(0, fk.N_OPS - 1), st.integers(0, 1 << 20), st.integers(0, 1 << 20)),
                min_size=1, max_size=6)
 
 
-@given(st.integers(0, len(SEEDS) - 1), ops, st.sampled_from(["overlay", "aufs"]), st.booleans())
+@given(st.integers(0, len(SEEDS) - 1), ops, st.sampled_from(["overlay", "aufs"]), st.booleans(), st.booleans())
 def test_structure_aware_mutations(sandbox: fk.Sandbox, seed: int, mutation: list[tuple[int, int, int]],
-                                   fmt_name: str, prefill: bool) -> None:
-    _, problem = fk.run_case(sandbox, fk.mutate(SEEDS[seed], mutation), fmt_name, prefill=prefill)
+                                   fmt_name: str, prefill: bool, userns: bool) -> None:
+    _, problem = fk.run_case(sandbox, fk.mutate(SEEDS[seed], mutation), fmt_name, prefill=prefill,
+                             userns=userns)
     assert problem is None, problem
 
 
@@ -151,3 +168,28 @@ FOUND = [
 def test_cases_found_by_fuzzing(sandbox: fk.Sandbox, name: str, make: Callable[[], bytes], fmt_name: str) -> None:
     _, problem = fk.run_case(sandbox, make(), fmt_name)
     assert problem is None, problem
+
+
+def test_a_user_namespace_extraction_sets_what_it_can_and_records_the_rest(sandbox: fk.Sandbox) -> None:
+    outcome, problem = fk.run_case(sandbox, fk._owners_seed(), "overlay", userns=True)
+    assert (outcome, problem) == ("ok", None)
+    layer = sandbox.layer
+
+    def record(path: str) -> bytes | None:
+        try:
+            return os.getxattr(layer / path, "user.containers.override_stat", follow_symlinks=False)
+        except OSError:
+            return None
+    st = {name: os.lstat(layer / name) for name in ("d", "d/f", "d/far", "d/l", "d/m", "p", "q", "c", "b", "w", "x")}
+    assert (st["d"].st_uid, st["d/f"].st_uid, st["d/m"].st_uid, st["q"].st_uid) == (0, 1000, 7, 5)
+    assert record("d") == b"70000:70000:0755:dir"  # beyond the map's 65536 ids
+    assert record("d/far") == b"3000000:3000000:04755:file" and st["d/far"].st_uid == 0
+    assert record("d/f") is None and st["d/f"].st_mode & 0o7777 == 0o4755  # set for real, setuid kept
+    assert os.getxattr(layer / "d", "user.aufs.lowner.l") == b"3000001:3000001"
+    assert stat.S_ISFIFO(st["q"].st_mode) and record("q") is None
+    assert stat.S_ISREG(st["p"].st_mode) and record("p") == b"3000000:3000000:0755:pipe"
+    assert stat.S_ISREG(st["c"].st_mode) and record("c") == b"0:0:0755:char-1-3"
+    assert stat.S_ISREG(st["b"].st_mode) and record("b") == b"6:6:0755:block-8-1"
+    assert stat.S_ISCHR(st["w"].st_mode) and st["w"].st_rdev == 0  # the overlay whiteout, made for real
+    assert os.getxattr(layer / "x", "user.aufs.xattr.trusted.t") == b"1"
+    assert os.getxattr(layer / "x", "user.u") == b"2"

@@ -1,0 +1,479 @@
+"""Userns stores: an ordinary user's store that keeps real owners, as podman's does.
+
+Where ``/etc/subuid`` and ``/etc/subgid`` give the user subordinate ids and ``newuidmap`` /
+``newgidmap`` exist (Debian package ``uidmap``), a store made with ``rootless="userns"``
+(``aufs --rootless userns``) lives in a user namespace of its own, with a mount namespace:
+
+* the namespace maps the user to 0 and every subordinate range after it, in file order
+  (a user with ``100000:65536`` has ids 0 to 65536; with a second range, up to 131072);
+* files are extracted there with their image owners for real (on disk they belong to the
+  matching subordinate id), setuid bits and fifos too; what the namespace cannot hold (an
+  owner beyond the mapped ids, such as 3000000, a device node, ``trusted.*`` or ``security.*``
+  xattrs) is recorded as in an override_stat store (:mod:`aufs.rootless`), so that ``diff``
+  and ``export`` give back exactly what a root store gives;
+* layers mount with kernel overlayfs and ``userxattr`` (whiteouts are 0/0 devices, opaque
+  directories carry ``user.overlay.opaque``): no FUSE daemon, kernel speed.
+
+The mounts live in the namespace's mount namespace, which a small *holder* process (``ps``
+shows ``aufs-userns HOME``) keeps alive between commands. Every aufs process that opens the
+store joins it (``setns``: the process must be single-threaded then); the last one to leave
+stops the holder when nothing of the store is mounted. Outside, a mount is reached through
+``aufs unshare`` (a shell or command in the namespace) or ``/proc/HOLDER/root/PATH``, as with
+``podman unshare``. The store description records the mapping; a store whose mapping changed
+(``/etc/subuid`` edited) is refused, as its ids would be misread.
+"""
+from __future__ import annotations
+
+import atexit
+import dataclasses
+import errno
+import fcntl
+import json
+import os
+import pwd
+import select
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from . import _syscalls, kernel, mounts
+from .errors import BackendUnavailable, StoreFormatMismatch
+from .layout import Layout
+
+__all__ = ["FORMAT", "IdMap", "enter", "holder_pid", "id_map", "inside", "leave", "unavailable_reason"]
+
+FORMAT = "userns"
+"""The value of ``"rootless"`` in a userns store's description."""
+
+_HOLDER_NAME = "aufs-userns"
+_START_TIMEOUT = 10.0
+_STOP_TIMEOUT = 10.0
+
+Ranges = tuple[tuple[int, int, int], ...]
+"""(first id inside, first id outside, count) triples, as in /proc/PID/uid_map."""
+
+
+@dataclasses.dataclass(frozen=True)
+class IdMap:
+    """The ids a userns store's namespace maps: the user to 0, then the subordinate ranges."""
+
+    uids: Ranges
+    gids: Ranges
+
+    @property
+    def size(self) -> int:
+        """How many ids (from 0) both maps cover: owners below it are stored for real."""
+        return min(sum(r[2] for r in self.uids), sum(r[2] for r in self.gids))
+
+    def to_json(self) -> dict[str, list[list[int]]]:
+        return {"uid": [list(r) for r in self.uids], "gid": [list(r) for r in self.gids]}
+
+    @classmethod
+    def from_json(cls, value: Any) -> IdMap:
+        """The map a store description records; ``ValueError`` if it is malformed."""
+        def ranges(key: str) -> Ranges:
+            items = value[key]
+            out = tuple((int(a), int(b), int(c)) for a, b, c in items)
+            if not out or any(c <= 0 or a < 0 or b < 0 for a, b, c in out):
+                raise ValueError(f"bad {key} ranges {items!r}")
+            return out
+        if not isinstance(value, dict):
+            raise ValueError("the id map is not an object")
+        return cls(ranges("uid"), ranges("gid"))
+
+
+def _subordinate(path: str, name: str, ident: int) -> list[tuple[int, int]]:
+    """The (start, count) ranges ``path`` (/etc/subuid or /etc/subgid) gives a user, in file
+    order; lines name the user or their numeric id."""
+    out = []
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                fields = line.strip().split(":")
+                if len(fields) != 3 or fields[0] not in (name, str(ident)):
+                    continue
+                try:
+                    start, count = int(fields[1]), int(fields[2])
+                except ValueError:
+                    continue
+                if start > 0 and count > 0:
+                    out.append((start, count))
+    except FileNotFoundError:
+        pass
+    return out
+
+
+def _chain(own: int, ranges: Sequence[tuple[int, int]]) -> Ranges:
+    out = [(0, own, 1)]
+    inside = 1
+    for start, count in ranges:
+        out.append((inside, start, count))
+        inside += count
+    return tuple(out)
+
+
+def id_map(subuid: str = "/etc/subuid", subgid: str = "/etc/subgid") -> IdMap:
+    """The map this user's namespace gets: themself as 0, then every subordinate range.
+
+    Raises :class:`aufs.BackendUnavailable` saying what is missing (no range, no
+    ``newuidmap``/``newgidmap``)."""
+    reason = unavailable_reason(subuid, subgid)
+    if reason is not None:
+        raise BackendUnavailable(f"a userns store is not possible here: {reason}")
+    uid, gid = os.getuid(), os.getgid()
+    name = pwd.getpwuid(uid).pw_name
+    return IdMap(_chain(uid, _subordinate(subuid, name, uid)), _chain(gid, _subordinate(subgid, name, uid)))
+
+
+def unavailable_reason(subuid: str = "/etc/subuid", subgid: str = "/etc/subgid") -> str | None:
+    """Why this process cannot make or use a userns store, or None."""
+    uid = os.getuid()
+    if uid == 0:
+        return "root keeps real owners without a user namespace: open a store without rootless='userns'"
+    if _syscalls is None:  # pragma: no cover - the C core is always there
+        return "the C core is missing"
+    for tool in ("newuidmap", "newgidmap"):
+        if shutil.which(tool, path=os.environ.get("PATH", "") + ":/usr/bin:/bin") is None:
+            return f"{tool} is not installed (Debian package uidmap)"
+    try:
+        name = pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return f"uid {uid} has no name in the password database, which /etc/subuid needs"
+    for path in (subuid, subgid):
+        if not _subordinate(path, name, uid):
+            return (f"{path} gives user {name} no subordinate ids (add a line such as "
+                    f"`{name}:100000:65536`, e.g. with `usermod --add-subuids/--add-subgids`)")
+    if not os.path.exists("/proc/self/ns/user"):
+        return "this kernel has no user namespaces"
+    return None
+
+
+# ---------------------------------------------------------------------- the namespace
+
+
+def _ns_ino(pid: int | str, kind: str) -> int:
+    return os.stat(f"/proc/{pid}/ns/{kind}").st_ino
+
+
+def _start_time(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except OSError:
+        return None
+    return int(data[data.rindex(b")") + 2:].split()[19])
+
+
+def _read_record(layout: Layout) -> dict[str, int] | None:
+    try:
+        with open(layout.userns_record, encoding="ascii") as f:
+            rec = json.load(f)
+        return {k: int(rec[k]) for k in ("pid", "started", "userns", "mntns")}
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _write_record(layout: Layout, rec: dict[str, int] | None) -> None:
+    if rec is None:
+        try:
+            os.unlink(layout.userns_record)
+        except FileNotFoundError:
+            pass
+        return
+    tmp = Layout.tmp_sibling(layout.userns_record)
+    with open(tmp, "w", encoding="ascii") as f:
+        json.dump(rec, f)
+    os.replace(tmp, layout.userns_record)
+
+
+def _alive(rec: dict[str, int] | None) -> bool:
+    """True if the recorded holder still runs and still is in its namespace."""
+    if rec is None or _start_time(rec["pid"]) != rec["started"]:
+        return False
+    try:
+        return _ns_ino(rec["pid"], "user") == rec["userns"] and _ns_ino(rec["pid"], "mnt") == rec["mntns"]
+    except OSError:
+        return False
+
+
+def holder_pid(layout: Layout) -> int | None:
+    """The pid of the process keeping the store's namespace (and its mounts), or None."""
+    rec = _read_record(layout)
+    return rec["pid"] if _alive(rec) else None
+
+
+def inside(layout: Layout) -> bool:
+    """True if this process is in the store's namespace (its user and mount namespaces)."""
+    rec = _read_record(layout)
+    try:
+        return rec is not None and _ns_ino("self", "user") == rec["userns"] and \
+            _ns_ino("self", "mnt") == rec["mntns"]
+    except OSError:
+        return False
+
+
+_HOLDER_CODE = r"""
+import os, sys
+sys.path.insert(0, sys.argv[1])
+from aufs import _syscalls
+try:
+    _syscalls.unshare(_syscalls.NS_USER | _syscalls.NS_MOUNT)
+except OSError as exc:
+    sys.stdout.write(f"error {exc}\n"); sys.stdout.flush(); os._exit(1)
+sys.stdout.write("unshared\n"); sys.stdout.flush()
+if sys.stdin.readline().strip() != "mapped":
+    os._exit(1)
+null = os.open("/dev/null", os.O_RDWR)
+for fd in (0, 1, 2):
+    os.dup2(null, fd)
+os.execv(sys.argv[2], [sys.argv[3], "infinity"])
+"""
+
+
+def _map_args(pid: int, ranges: Ranges) -> list[str]:
+    return [str(pid), *(str(n) for r in ranges for n in r)]
+
+
+def _spawn_holder(layout: Layout, idmap: IdMap) -> dict[str, int]:
+    """Start a holder in a new user and mount namespace mapped by ``idmap``."""
+    sleep = shutil.which("sleep") or "/bin/sleep"
+    package_parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _HOLDER_CODE, package_parent, sleep, f"{_HOLDER_NAME} {layout.home}"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, start_new_session=True, close_fds=True)
+    assert proc.stdin is not None and proc.stdout is not None
+    try:
+        line = proc.stdout.readline().decode(errors="replace").strip()
+        if line != "unshared":
+            raise BackendUnavailable(f"cannot make a user namespace for the store: {line or 'the holder died'} "
+                                     "(are unprivileged user namespaces disabled? see "
+                                     "/proc/sys/kernel/unprivileged_userns_clone, /proc/sys/user/max_user_namespaces)")
+        for tool, ranges in (("newuidmap", idmap.uids), ("newgidmap", idmap.gids)):
+            done = subprocess.run([tool, *_map_args(proc.pid, ranges)], stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, timeout=_START_TIMEOUT)
+            if done.returncode != 0:
+                raise BackendUnavailable(f"{tool} refused the store's id map {ranges}: "
+                                         f"{done.stderr.decode(errors='replace').strip()}")
+        proc.stdin.write(b"mapped\n")
+        proc.stdin.close()
+        deadline = time.monotonic() + _START_TIMEOUT
+        # the holder is ready once it runs `sleep` (its name changed): its namespaces are final
+        while _comm(proc.pid) not in ("sleep", ""):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise BackendUnavailable("the store's namespace holder did not start")
+            time.sleep(0.002)
+        started = _start_time(proc.pid)
+        if proc.poll() is not None or started is None:
+            raise BackendUnavailable("the store's namespace holder died at start")
+        rec = {"pid": proc.pid, "started": started, "userns": _ns_ino(proc.pid, "user"),
+               "mntns": _ns_ino(proc.pid, "mnt")}
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
+    finally:
+        proc.stdout.close()
+    _children.append(proc)
+    return rec
+
+
+def _comm(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/comm", encoding="utf-8", errors="replace") as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
+def _spawn_keeper(layout: Layout) -> dict[str, int]:
+    """Start a holder in this process's namespaces (they hold mounts, and their holder died)."""
+    sleep = shutil.which("sleep") or "/bin/sleep"
+    proc = subprocess.Popen([f"{_HOLDER_NAME} {layout.home}", "infinity"], executable=sleep,
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True, close_fds=True)
+    started = None
+    deadline = time.monotonic() + _START_TIMEOUT
+    while started is None and time.monotonic() < deadline:
+        started = _start_time(proc.pid)
+    _children.append(proc)
+    return {"pid": proc.pid, "started": started or 0, "userns": _ns_ino("self", "user"),
+            "mntns": _ns_ino("self", "mnt")}
+
+
+_children: list[subprocess.Popen[bytes]] = []
+_joined: dict[str, dict[str, int] | None] = {}  # home -> holder record, of each store joined
+
+
+def _threads() -> int:
+    try:
+        return len(os.listdir("/proc/self/task"))
+    except OSError:
+        return 1
+
+
+class _Lock:
+    """The store's namespace lock (``HOME/.userns.lock``), exclusive: start, join, stop."""
+
+    def __init__(self, layout: Layout) -> None:
+        self.path = layout.userns_lock
+
+    def __enter__(self) -> None:
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        fcntl.flock(self.fd, fcntl.LOCK_EX)
+
+    def __exit__(self, *exc: object) -> None:
+        os.close(self.fd)
+
+
+def enter(layout: Layout, idmap: IdMap) -> None:
+    """Join the store's namespace, starting its holder if none runs; idempotent.
+
+    The process must be single-threaded (the kernel lets only such a process join a user
+    namespace): open userns stores before starting threads. Raises
+    :class:`aufs.BackendUnavailable` saying why the namespace cannot be made or joined."""
+    if inside(layout):
+        _note_joined(layout, _read_record(layout))
+        return
+    if kernel.in_user_namespace():
+        others = sorted(set(_joined) - {layout.home})
+        where = f"the namespace of the userns store {others[0]}" if others else "a user namespace already"
+        raise BackendUnavailable(
+            f"{layout.home} is a userns store, and this process runs in {where}: a process works in one "
+            "userns store's namespace, entered from outside any; open this store from another process")
+    if _threads() > 1:
+        raise BackendUnavailable(
+            f"{layout.home} is a userns store: a process joins its user namespace only while it runs one "
+            f"thread (this one runs {_threads()}); open the store before starting threads, or run inside "
+            "`aufs unshare`")
+    with _Lock(layout):
+        rec = _read_record(layout)
+        if not _alive(rec):
+            rec = _spawn_holder(layout, idmap)
+            _write_record(layout, rec)
+        assert rec is not None
+        _join(rec)
+    _note_joined(layout, rec)
+
+
+def _note_joined(layout: Layout, rec: dict[str, int] | None) -> None:
+    if not _joined:
+        atexit.register(leave_all)
+    _joined[layout.home] = rec
+
+
+def _join(rec: dict[str, int]) -> None:
+    pid = rec["pid"]
+    user_fd = os.open(f"/proc/{pid}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        mnt_fd = os.open(f"/proc/{pid}/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            if os.fstat(user_fd).st_ino != rec["userns"] or os.fstat(mnt_fd).st_ino != rec["mntns"]:
+                raise BackendUnavailable(f"the store's namespace holder (pid {pid}) changed under us; retry")
+            cwd = _cwd()
+            try:
+                _syscalls.setns(user_fd, _syscalls.NS_USER)
+            except OSError as exc:
+                if exc.errno == errno.EINVAL:
+                    raise BackendUnavailable(f"cannot join the store's user namespace: {exc} (a process "
+                                             "in another user namespace, or running threads)") from None
+                raise BackendUnavailable(f"cannot join the store's user namespace: {exc}") from None
+            _syscalls.setns(mnt_fd, _syscalls.NS_MOUNT)
+            if cwd is not None:
+                try:
+                    os.chdir(cwd)
+                except OSError:
+                    pass
+        finally:
+            os.close(mnt_fd)
+    finally:
+        os.close(user_fd)
+
+
+def _cwd() -> str | None:
+    try:
+        return os.getcwd()
+    except OSError:
+        return None
+
+
+def _store_mounts(layout: Layout) -> Iterator[str]:
+    """Mountpoints of the store in this process's mount namespace."""
+    prefix = layout.home.rstrip("/") + "/"
+    for info in mounts.mount_table():
+        if info.mountpoint.startswith(prefix):
+            yield info.mountpoint
+
+
+def leave(layout: Layout) -> None:
+    """This process is done with the store: if no other process is in the store's namespace
+    and nothing of the store is mounted there, stop the holder; if mounts are left and their
+    holder died, start another. The process stays in the namespace. Idempotent."""
+    if layout.home not in _joined:
+        return
+    joined = _joined.pop(layout.home)
+    if not os.path.isdir(layout.home):
+        # the store was deleted from inside (a demo's temporary store): its holder goes too
+        if joined is not None and _alive(joined) and _ns_ino("self", "user") == joined["userns"] and \
+                not any(True for _ in _store_mounts(layout)) and _last_member(joined):
+            _stop(joined)
+        return
+    if not inside(layout):
+        return
+    with _Lock(layout):
+        rec = _read_record(layout)
+        mounted = any(True for _ in _store_mounts(layout))
+        if mounted and not _alive(rec):
+            _write_record(layout, _spawn_keeper(layout))
+        elif not mounted and _alive(rec) and _last_member(rec):
+            assert rec is not None
+            _stop(rec)
+            _write_record(layout, None)
+
+
+def _last_member(rec: dict[str, int]) -> bool:
+    """True if no other process runs in the store's namespace (the holder aside): another
+    aufs, a shell of ``aufs unshare``, a container."""
+    me = os.getpid()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) in (me, rec["pid"]):
+            continue
+        try:
+            if _ns_ino(entry, "user") == rec["userns"]:
+                return False
+        except OSError:
+            continue
+    return True
+
+
+def _stop(rec: dict[str, int]) -> None:
+    pid = rec["pid"]
+    for child in _children:
+        if child.pid == pid:
+            child.kill()
+            child.wait()
+            _children.remove(child)
+            return
+    try:
+        pidfd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return
+    try:
+        if _start_time(pid) != rec["started"]:
+            return
+        signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+        select.select([pidfd], [], [], _STOP_TIMEOUT)
+    finally:
+        os.close(pidfd)
+
+
+def leave_all() -> None:
+    """:func:`leave` every store this process joined (run at exit)."""
+    for home in list(_joined):
+        try:
+            leave(Layout(home))
+        except OSError:
+            pass

@@ -1,0 +1,30 @@
+"""The union model (``tests/store/test_union_model.py``) in a userns store, as ``aufs-test``:
+random layer stacks and operations through the kernel overlay mount in the store's user
+namespace, chown to ids of both subordinate ranges included; the view must equal the model's
+(issue 10)."""
+from __future__ import annotations
+
+import pathlib
+
+from ..users import ROOT, User
+from .test_userns_store import holders, no_holder_left  # noqa: F401 (fixture)
+
+_RUN = r'''
+import pathlib, sys
+sys.path.insert(0, sys.argv[2])
+from hypothesis import HealthCheck, settings
+from hypothesis.stateful import run_state_machine_as_test
+from tests.store.test_union_model import make_machine
+machine = make_machine(pathlib.Path(sys.argv[1]), "auto", rootless="userns")
+run_state_machine_as_test(machine, settings=settings(stateful_step_count=30, max_examples=int(sys.argv[3]),
+                                                     deadline=None, database=None,
+                                                     suppress_health_check=list(HealthCheck)))
+print("ok")
+'''
+
+
+def test_userns_union_view_matches_model(test_user: User, user_dir: pathlib.Path) -> None:
+    proc = test_user.python(_RUN, str(user_dir / "store"), str(ROOT), "60", timeout=900)
+    assert proc.returncode == 0, proc.stderr.decode()[-6000:]
+    assert proc.stdout.decode().split() == ["ok"]
+    assert holders(test_user) == []

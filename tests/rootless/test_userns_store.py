@@ -1,0 +1,398 @@
+"""Userns stores (issue 10), as the unprivileged ``aufs-test`` with its subordinate ids: owners
+really stored (shifted into the user's range on disk), what the namespace cannot hold recorded,
+kernel overlayfs mounts kept by a holder between commands and seen through ``aufs unshare``,
+and nothing left once the last mount is gone. Without a subordinate range (``/etc/subuid``
+shadowed by an empty file in this test's mount namespace only) the mode is refused with the
+reason, and the default override_stat store still works."""
+from __future__ import annotations
+
+import io
+import json
+import os
+import pathlib
+import subprocess
+import tarfile
+from collections.abc import Iterator
+
+import pytest
+
+from ..users import User
+
+_AUFS = "import sys, aufs.cli; sys.exit(aufs.cli.main(sys.argv[1:]))"
+EPOCH = 1_600_000_000
+
+
+def _info(name: str, kind: bytes, mode: int, uid: int = 0, gid: int = 0, **extra: object) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type, info.mode, info.uid, info.gid, info.mtime = kind, mode, uid, gid, EPOCH
+    for key, value in extra.items():
+        setattr(info, key, value)
+    return info
+
+
+def base_layer() -> bytes:
+    """Root-owned files, ids inside and outside aufs-test's 131,073 mapped ids, setuid and
+    setgid files, a fifo, devices, symlinks of other owners, xattrs of every namespace."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        def add(info: tarfile.TarInfo, data: bytes = b"") -> None:
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data) if info.type == tarfile.REGTYPE else None)
+        add(_info("etc", tarfile.DIRTYPE, 0o755))
+        add(_info("etc/passwd", tarfile.REGTYPE, 0o644), b"root:x:0:0::/root:/bin/sh\n")
+        add(_info("etc/shadow", tarfile.REGTYPE, 0o640, 0, 42), b"root:*:1::::::\n")
+        add(_info("usr", tarfile.DIRTYPE, 0o755))
+        add(_info("usr/bin", tarfile.DIRTYPE, 0o755))
+        add(_info("usr/bin/su", tarfile.REGTYPE, 0o4755), b"su")
+        add(_info("usr/bin/wall", tarfile.REGTYPE, 0o2755, 0, 5), b"wall")
+        ping = _info("usr/bin/ping", tarfile.REGTYPE, 0o755)
+        ping.pax_headers = {"SCHILY.xattr.security.capability": "\x01\x00\x00\x02\x00\x20" + "\x00" * 14,
+                            "SCHILY.xattr.user.note": "kept", "SCHILY.xattr.trusted.odd": "t"}
+        add(ping, b"ping")
+        add(_info("home", tarfile.DIRTYPE, 0o755))
+        add(_info("home/user", tarfile.DIRTYPE, 0o700, 1000, 1000))
+        add(_info("home/user/notes", tarfile.REGTYPE, 0o600, 1000, 1000), b"mine")
+        add(_info("home/high", tarfile.DIRTYPE, 0o750, 70000, 70001))  # in the second subuid range
+        add(_info("home/far", tarfile.DIRTYPE, 0o700, 3000000, 3000000))  # mapped by no range
+        add(_info("home/far/notes", tarfile.REGTYPE, 0o600, 3000000, 3000000), b"far away")
+        add(_info("home/far/link", tarfile.SYMTYPE, 0o777, 3000001, 3000001, linkname="notes"))
+        add(_info("home/user/link", tarfile.SYMTYPE, 0o777, 1000, 1000, linkname="notes"))
+        add(_info("dev", tarfile.DIRTYPE, 0o755))
+        add(_info("dev/null", tarfile.CHRTYPE, 0o666, devmajor=1, devminor=3))
+        add(_info("dev/sda", tarfile.BLKTYPE, 0o660, 0, 6, devmajor=8, devminor=0))
+        add(_info("dev/initctl", tarfile.FIFOTYPE, 0o600))
+        add(_info("dev/farfifo", tarfile.FIFOTYPE, 0o600, 3000000, 0))
+        add(_info("tmp", tarfile.DIRTYPE, 0o1777))
+        add(_info("gone", tarfile.DIRTYPE, 0o755))
+        add(_info("gone/file", tarfile.REGTYPE, 0o644), b"x")
+    return buf.getvalue()
+
+
+def top_layer() -> bytes:
+    """Whiteouts and an opaque directory over :func:`base_layer`."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for info in (_info("etc", tarfile.DIRTYPE, 0o755), _info("etc/.wh.shadow", tarfile.REGTYPE, 0o644),
+                     _info("gone", tarfile.DIRTYPE, 0o755), _info("gone/.wh..wh..opq", tarfile.REGTYPE, 0o644),
+                     _info("gone/new", tarfile.REGTYPE, 0o644, 7, 7)):
+            tar.addfile(info, io.BytesIO(b""))
+    return buf.getvalue()
+
+
+def members(data: bytes) -> list[tuple]:
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        return [(m.name, m.type, m.mode, m.uid, m.gid, m.size, m.mtime, m.linkname, m.devmajor, m.devminor,
+                 tuple(sorted(m.pax_headers.items())), tar.extractfile(m).read() if m.isfile() else None)
+                for m in tar.getmembers()]
+
+
+def holders(user: User) -> list[str]:
+    """``user``'s live namespace holders (``ps`` shows ``aufs-userns HOME infinity``)."""
+    proc = subprocess.run(["ps", "-u", str(user.uid), "-o", "pid=,stat=,args="], capture_output=True, text=True)
+    return [line.strip() for line in proc.stdout.splitlines()
+            if "aufs-userns" in line and line.split()[1][:1] != "Z"]
+
+
+def no_mounts_under(path: pathlib.Path) -> None:
+    with open("/proc/self/mountinfo") as f:
+        assert not [line for line in f if str(path) in line]
+
+
+@pytest.fixture(autouse=True)
+def no_holder_left(test_user: User) -> Iterator[None]:
+    """Whatever a failed test left: the user's namespace holders go (their mounts with them)."""
+    yield
+    for line in holders(test_user):
+        try:
+            os.kill(int(line.split()[0]), 9)
+        except ProcessLookupError:
+            pass
+
+
+class Cli:
+    """``aufs --home HOME`` as the test user."""
+
+    def __init__(self, user: User, home: pathlib.Path) -> None:
+        self.user, self.home = user, home
+
+    def __call__(self, *argv: str, ok: bool = True, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[bytes]:
+        proc = self.user.python(_AUFS, "--home", str(self.home), *argv, env=env, timeout=300)
+        if ok:
+            assert proc.returncode == 0, (argv, proc.stderr.decode()[-3000:])
+        return proc
+
+    def out(self, *argv: str) -> str:
+        return self(*argv).stdout.decode()
+
+
+@pytest.fixture
+def layers(user_dir: pathlib.Path, test_user: User) -> tuple[pathlib.Path, pathlib.Path]:
+    paths = []
+    for name, data in (("base.tar", base_layer()), ("top.tar", top_layer())):
+        path = user_dir / name
+        path.write_bytes(data)
+        os.chown(path, test_user.uid, test_user.gid)
+        paths.append(path)
+    return paths[0], paths[1]
+
+
+@pytest.fixture
+def no_subids(ramdir: pathlib.Path) -> Iterator[None]:
+    """/etc/subuid and /etc/subgid empty, for this test's mount namespace only (bind mounts of
+    empty files over them: the host's files are never touched)."""
+    bound = []
+    try:
+        for name in ("subuid", "subgid"):
+            empty = ramdir / f"empty-{name}"
+            empty.write_bytes(b"")
+            os.chmod(empty, 0o644)
+            subprocess.run(["mount", "--bind", str(empty), f"/etc/{name}"], check=True)
+            bound.append(f"/etc/{name}")
+        yield
+    finally:
+        for path in bound:
+            subprocess.run(["umount", path], check=True)
+
+
+def _subid_start(user: User) -> int:
+    with open("/etc/subuid") as f:
+        for line in f:
+            name, start, _count = line.strip().split(":")
+            if name == user.name:
+                return int(start)
+    pytest.skip(f"{user.name} has no subordinate ids (scripts/bootstrap gives it some)")
+
+
+def test_userns_store_round_trip_with_real_owners(test_user: User, user_dir: pathlib.Path,
+                                                  layers: tuple[pathlib.Path, pathlib.Path], ramdir: pathlib.Path) -> None:
+    base_tar, top_tar = layers
+    home = user_dir / "store"
+    aufs_ = Cli(test_user, home)
+    aufs_("--rootless", "userns", "create", "base")
+    aufs_("apply", "base", str(base_tar))
+    aufs_("create", "top", "--parent", "base")
+    aufs_("apply", "top", str(top_tar))
+    # nothing runs between commands while nothing is mounted
+    assert holders(test_user) == []
+
+    # on disk: ids shifted into the user's ranges for real, the rest recorded
+    start = _subid_start(test_user)
+    diff = pathlib.Path(aufs_.out("--json", "status") and home / "layers" / "base" / "diff")
+    assert (os.stat(diff / "etc" / "passwd").st_uid, os.stat(diff / "etc" / "passwd").st_gid) == (test_user.uid, test_user.gid)
+    assert os.stat(diff / "etc" / "shadow").st_gid == start + 41
+    assert os.stat(diff / "home" / "user" / "notes").st_uid == start + 999
+    assert os.stat(diff / "usr" / "bin" / "su").st_mode & 0o7777 == 0o4755
+    assert os.lstat(diff / "home" / "user" / "link").st_uid == start + 999
+    assert (os.stat(diff / "dev" / "initctl").st_mode & 0o170000) == 0o010000  # a real fifo
+    assert os.stat(diff / "home" / "far" / "notes").st_uid == test_user.uid  # 3000000: recorded
+    assert os.getxattr(diff / "home" / "far" / "notes", "user.containers.override_stat") == b"3000000:3000000:0600:file"
+    assert os.getxattr(diff / "dev" / "sda", "user.containers.override_stat") == b"0:6:0660:block-8-0"
+    top = home / "layers" / "top" / "diff"
+    assert os.getxattr(top / "gone", "user.overlay.opaque") == b"y"
+    assert os.stat(top / "etc" / "shadow").st_rdev == 0 and (os.stat(top / "etc" / "shadow").st_mode & 0o170000) == 0o020000
+
+    # what went in comes out, entry by entry, as a root store gives it
+    for layer, tar_path in (("base", base_tar), ("top", top_tar)):
+        out = user_dir / f"{layer}-out.tar"
+        aufs_("diff", layer, "-o", str(out))
+        import aufs
+        root_store = aufs.Driver(ramdir / f"root-{layer}")
+        root_store.create(layer)
+        root_store.apply_diff(layer, tar_path.read_bytes())
+        want = io.BytesIO()
+        root_store.diff(layer, want)
+        assert members(out.read_bytes()) == members(want.getvalue())
+    assert aufs_.out("changes", "top").split() == ["C", "/etc", "D", "/etc/shadow", "C", "/gone", "D", "/gone/file",
+                                                  "A", "/gone/new"]
+
+    # mount: the view in the namespace shows the image's owners; writes go to the top layer
+    path = aufs_.out("mount", "top").strip()
+    status = json.loads(aufs_.out("--json", "status"))
+    assert status["rootless_kind"] == "userns" and status["backend"] == "overlay" and status["mounted"] == 1
+    pid = status["userns_holder"]
+    assert pid > 0 and len(holders(test_user)) == 1
+    shown = aufs_("unshare", "--", "sh", "-c",
+                  f'cd "{path}" && stat -c "%n %u:%g %a %F" etc/passwd usr/bin/su home/user/notes home/high '
+                  f'home/far/notes dev/initctl && ls gone && echo written > new && rm home/user/notes && '
+                  f'[ ! -e etc/shadow ]').stdout.decode().split("\n")
+    assert shown[:6] == ["etc/passwd 0:0 644 regular file", "usr/bin/su 0:0 4755 regular file",
+                         "home/user/notes 1000:1000 600 regular file", "home/high 70000:70001 750 directory",
+                         # beyond the mapped ids: the kernel shows the namespace's overflow id
+                         "home/far/notes 0:0 600 regular file", "dev/initctl 0:0 600 fifo"], shown
+    assert shown[6:] == ["new", ""]  # the opaque directory hides gone/file
+    # the host reaches the namespace's mounts through the holder
+    assert (pathlib.Path(f"/proc/{pid}/root{path}") / "new").read_bytes() == b"written\n"
+    no_mounts_under(user_dir)  # none in the host's (here: the test's) mount namespace
+    aufs_("umount", "top")
+    assert aufs_.out("changes", "top").split() == [
+        "C", "/etc", "D", "/etc/shadow", "C", "/gone", "D", "/gone/file", "A", "/gone/new",
+        "C", "/home/user", "D", "/home/user/notes", "A", "/new"]
+    out = user_dir / "top-after.tar"
+    aufs_("diff", "top", "-o", str(out))
+    names = [m[0] for m in members(out.read_bytes())]
+    assert "new" in names and "home/user/.wh.notes" in names and "gone/.wh..wh..opq" in names
+    assert holders(test_user) == []
+
+    # an exported image, and removal: nothing left, no process, no mount
+    aufs_("rm", "top", "base")
+    assert aufs_.out("ls").strip() == "(no layers)"
+    assert holders(test_user) == []
+    no_mounts_under(user_dir)
+
+
+def test_userns_mounts_outlive_the_command_and_ctrl_c_leaves_nothing(test_user: User, user_dir: pathlib.Path,
+                                                                      layers: tuple[pathlib.Path, pathlib.Path]) -> None:
+    base_tar, _ = layers
+    home = user_dir / "store"
+    aufs_ = Cli(test_user, home)
+    aufs_("--rootless", "userns", "create", "base")
+    aufs_("apply", "base", str(base_tar))
+    for i in range(3):
+        aufs_("create", f"c{i}", "--parent", "base")
+        aufs_("mount", f"c{i}")
+    assert len(holders(test_user)) == 1  # one namespace for the store
+    aufs_("unshare", "--", "sh", "-c", f'test -f "{home}/mnt/c2/etc/passwd"')
+    # a Python program of the user: get/put in a loop, interrupted
+    from .conftest import user_popen
+    loop = user_popen(test_user, r'''
+import os, sys, aufs
+d = aufs.Driver(sys.argv[1])
+n = 0
+while True:
+    with d.mount("c0") as root:
+        open(os.path.join(root, "f%d" % (n % 3)), "w").write("x")
+    n += 1
+    if n == 3:
+        print("ready", flush=True)
+''', str(home))
+    assert loop.stdout.readline() == b"ready\n", loop.stderr.read().decode()[-2000:]
+    import signal
+    os.killpg(loop.pid, signal.SIGINT)
+    loop.wait(timeout=60)
+    assert b"KeyboardInterrupt" in loop.stderr.read()
+    assert len(holders(test_user)) == 1  # the CLI's mounts are still held
+    for i in range(3):
+        aufs_("umount", f"c{i}")
+    assert holders(test_user) == []
+    aufs_("rm", "c0", "c1", "c2", "base")
+    state = json.loads(aufs_.out("--json", "status"))
+    assert state["layers"] == 0 and state["mounted"] == 0
+    assert os.listdir(home / "tmp") == []
+    no_mounts_under(user_dir)
+
+
+def test_ctrl_c_in_a_userns_import_leaves_nothing(test_user: User, user_dir: pathlib.Path) -> None:
+    import threading
+    import time
+    from .conftest import user_popen
+    from .test_rootless_interrupts import _big_layer, _interrupt
+    home = user_dir / "store"
+    Cli(test_user, home)("--rootless", "userns", "create", "victim")
+    data = _big_layer()
+    proc = user_popen(test_user, r'''
+import sys, aufs
+d = aufs.Driver(sys.argv[1])
+print("ready", flush=True)
+d.apply_diff("victim", sys.stdin.buffer)
+print("finished", flush=True)
+''', str(home), stdin=-1)
+    assert proc.stdout.readline() == b"ready\n", proc.stderr.read().decode()[-2000:]
+
+    def feed() -> None:
+        try:
+            for at in range(0, len(data), 65536):
+                proc.stdin.write(data[at:at + 65536])
+                proc.stdin.flush()
+                time.sleep(0.01)
+            proc.stdin.close()
+        except (BrokenPipeError, ValueError, OSError):
+            pass
+
+    feeder = threading.Thread(target=feed, daemon=True)
+    feeder.start()
+    time.sleep(0.5)
+    _interrupt(proc)
+    feeder.join(timeout=30)
+    assert proc.returncode != 0 and b"finished" not in proc.stdout.read()
+    assert holders(test_user) == []
+    listing = Cli(test_user, home)("unshare", "--", "ls", "-A", str(home / "layers" / "victim" / "diff"),
+                                   str(home / "tmp")).stdout.decode().split()
+    assert listing == [f"{home}/layers/victim/diff:", f"{home}/tmp:"], listing
+    assert holders(test_user) == []
+    no_mounts_under(user_dir)
+
+
+def test_a_userns_store_refuses_to_be_misread(test_user: User, user_dir: pathlib.Path, ramdir: pathlib.Path) -> None:
+    home = user_dir / "store"
+    aufs_ = Cli(test_user, home)
+    aufs_("--rootless", "userns", "create", "base")
+    # another kind asked for
+    proc = aufs_("--rootless", "override_stat", "ls", ok=False)
+    assert proc.returncode == 1 and b"is a userns store, not an override_stat rootless store" in proc.stderr
+    # root would read the shifted ids as they are on disk
+    import aufs
+    with pytest.raises(aufs.StoreFormatMismatch, match="userns store of uid"):
+        aufs.Driver(home)
+    # the id map changed since the store was made (as if /etc/subuid had been edited)
+    meta_path = home / "aufs-store.json"
+    meta = json.loads(meta_path.read_text())
+    meta["idmap"]["uid"][1][1] += 1
+    meta_path.write_text(json.dumps(meta))
+    proc = aufs_("ls", ok=False)
+    assert proc.returncode == 1 and b"its owners would be misread" in proc.stderr, proc.stderr
+    assert holders(test_user) == []
+
+
+def test_userns_needs_subordinate_ids_and_one_thread(test_user: User, user_dir: pathlib.Path, user_fuse: None,
+                                                     layers: tuple[pathlib.Path, pathlib.Path],
+                                                     no_subids: None) -> None:
+    base_tar, _ = layers
+    home = user_dir / "store"
+    proc = Cli(test_user, home)("--rootless", "userns", "create", "base", ok=False)
+    assert proc.returncode == 8
+    assert proc.stderr.decode().strip() == (
+        "aufs create: a userns store is not possible here: /etc/subuid gives user aufs-test no subordinate ids "
+        "(add a line such as `aufs-test:100000:65536`, e.g. with `usermod --add-subuids/--add-subgids`)")
+    assert not home.exists()  # nothing half-made
+    # without a range the default store (owners recorded) works, and loses nothing
+    aufs_ = Cli(test_user, home)
+    aufs_("create", "base")
+    aufs_("apply", "base", str(base_tar))
+    out = user_dir / "out.tar"
+    aufs_("diff", "base", "-o", str(out))
+    assert sorted(m[:10] for m in members(out.read_bytes())) == sorted(m[:10] for m in members(base_tar.read_bytes()))
+    assert json.loads(aufs_.out("--json", "status"))["rootless_kind"] == "override_stat"
+
+
+def test_a_threaded_program_is_told_to_open_the_store_first(test_user: User, user_dir: pathlib.Path) -> None:
+    home = user_dir / "store"
+    Cli(test_user, home)("--rootless", "userns", "create", "base")
+    proc = test_user.python(r'''
+import sys, threading, aufs
+stop = threading.Event()
+t = threading.Thread(target=stop.wait); t.start()
+try:
+    aufs.Driver(sys.argv[1])
+except aufs.BackendUnavailable as exc:
+    print(exc)
+finally:
+    stop.set(); t.join()
+d = aufs.Driver(sys.argv[1])  # single-threaded again: joins
+print(d.layers())
+''', str(home))
+    assert proc.returncode == 0, proc.stderr.decode()[-2000:]
+    lines = proc.stdout.decode().splitlines()
+    assert "joins its user namespace only while it runs one thread (this one runs 2)" in lines[0]
+    assert lines[1] == "['base']"
+    assert holders(test_user) == []
+
+
+def test_demo_in_a_userns_store(test_user: User, user_dir: pathlib.Path) -> None:
+    proc = test_user.python(_AUFS, "demo", env={"TMPDIR": str(user_dir), "COLUMNS": "100",
+                                                "AUFS_ROOTLESS": "userns"}, timeout=300)
+    assert proc.returncode == 0, (proc.stdout.decode()[-2000:], proc.stderr.decode()[-2000:])
+    text = proc.stdout.decode()
+    assert "backend: overlay" in text and "nothing left behind" in text
+    assert list(user_dir.iterdir()) == []
+    assert holders(test_user) == []
+    no_mounts_under(user_dir)
