@@ -11,7 +11,9 @@ keeps every layer's files owned by the store's owner and records what the image 
   none: the store's owner stands for root, as in a rootless container.
 * xattrs outside ``user.*`` under ``user.aufs.xattr.`` + their name;
 * the owner of a symlink that is not ``0:0`` on its directory, as ``user.aufs.lowner.`` +
-  its name = ``UID:GID`` (a symlink can carry no user.* xattr).
+  its name = ``UID:GID:TARGET`` (a symlink can carry no user.* xattr; the target tells the
+  recorded symlink from one put in its place through a mount, whose copy-up carries the
+  directory's xattrs along; records of older stores, ``UID:GID``, still count).
 
 Why this xattr and not umoci's ``user.rootlesscontainers`` (a protobuf of uid and gid only):
 containers/storage writes the same one, and fuse-overlayfs (``-o xattr_permissions=2``) shows

@@ -786,12 +786,13 @@ static int x_directory(struct aufs_xctx *ctx, int dir_fd, const char *name)
     return r < 0 ? r : x_note_dir(ctx);
 }
 
-/* Rootless: record a symlink's owner on its directory (dir_fd may be an O_PATH fd: through
- * its magic link), or drop a stale record for a 0:0 one or (`record` 0) one whose owner
- * was set for real. */
-static int x_rootless_link_owner(struct aufs_xctx *ctx, int dir_fd, const char *name, int record)
+/* Rootless: record a symlink's owner and target on its directory, as UID:GID:TARGET (dir_fd
+ * may be an O_PATH fd: through its magic link), or drop a stale record for a 0:0 one or
+ * (`record` 0) one whose owner was set for real. */
+static int x_rootless_link_owner(struct aufs_xctx *ctx, int dir_fd, const char *name,
+                                 const char *target, int record)
 {
-    char key[256], dirpath[64], value[48];
+    char key[256], dirpath[64], value[48 + AUFS_X_PATH_MAX];
     if (snprintf(key, sizeof key, AUFS_ROOTLESS_LINK_OWNER "%s", name) >= (int)sizeof key)
         return !record || (ctx->uid == 0 && ctx->gid == 0) ? 0 : -ENAMETOOLONG;
     snprintf(dirpath, sizeof dirpath, "/proc/self/fd/%d", dir_fd);
@@ -800,7 +801,9 @@ static int x_rootless_link_owner(struct aufs_xctx *ctx, int dir_fd, const char *
             return -errno;
         return 0;
     }
-    snprintf(value, sizeof value, "%lld:%lld", (long long)ctx->uid, (long long)ctx->gid);
+    /* with the target: a symlink put in its place later (through a mount, whose copy-up
+     * carries the directory's xattrs along) points elsewhere and is not taken for this one */
+    snprintf(value, sizeof value, "%lld:%lld:%s", (long long)ctx->uid, (long long)ctx->gid, target);
     return setxattr(dirpath, key, value, strlen(value), 0) < 0 ? -errno : 0;
 }
 
@@ -828,7 +831,7 @@ static int x_symlink(struct aufs_xctx *ctx, int dir_fd, const char *name)
     if (ctx->flags & AUFS_X_FLAG_ROOTLESS) {
         r = x_userns_chown(ctx, -1, dir_fd, name);
         if (r >= 0)
-            r = x_rootless_link_owner(ctx, dir_fd, name, r == 1);
+            r = x_rootless_link_owner(ctx, dir_fd, name, target, r == 1);
         if (r < 0)
             return r;
     }

@@ -489,13 +489,25 @@ int aufs_w_out_close(struct aufs_wout *out, size_t block, size_t last_block)
     return aufs_w_out_flush(out);
 }
 
+/* True if the symlink `name` in `dir_fd` points at `target` (a rootless link-owner record
+ * names the target it was made for; records of older stores name none). */
+static int w_link_is(int dir_fd, const char *name, const char *target)
+{
+    char now[4097];
+    ssize_t n = readlinkat(dir_fd, name, now, sizeof now - 1);
+    if (n < 0)
+        return 0;
+    now[n] = 0;
+    return strcmp(now, target) == 0;
+}
+
 /* Rootless: the entry as the image has it. A file or directory with the override xattr
  * gets its owner, mode and type from it (a device or fifo is stored as an empty file); any
  * other entry the store's owner owns is root's. Returns 0 or -errno. */
 static int w_rootless(struct aufs_wctx *ctx, int dir_fd, int fd, const char *name,
                       unsigned int *mode, int64_t *uid, int64_t *gid, int64_t *size, uint64_t *rdev)
 {
-    char value[128], path[64 + 256];
+    char value[128 + 4096], path[64 + 256];
     long long u, g;
     unsigned int perm, maj, min;
     int used = 0;
@@ -521,12 +533,16 @@ static int w_rootless(struct aufs_wctx *ctx, int dir_fd, int fd, const char *nam
                 return -errno;
             if (n >= 0) {
                 value[n] = 0;
-                if (sscanf(value, "%lld:%lld", &u, &g) != 2 || u < 0 || g < 0 ||
+                if (sscanf(value, "%lld:%lld%n", &u, &g, &used) != 2 || u < 0 || g < 0 ||
                     u > 0xffffffffLL || g > 0xffffffffLL)
                     return -EBADMSG;
-                *uid = u;
-                *gid = g;
-                return 0;
+                if (value[used] == ':' && !w_link_is(dir_fd, name, value + used + 1))
+                    n = -1; /* another symlink took the name since: the store owner's */
+                else {
+                    *uid = u;
+                    *gid = g;
+                    return 0;
+                }
             }
         }
     }

@@ -41,7 +41,7 @@ from google.protobuf import empty_pb2, timestamp_pb2
 
 from ..errors import AufsError, LayerNotFound
 from ..plan import Mount
-from .sockets import SocketRefused, claim_socket_path
+from .sockets import SocketRefused, claim_socket_path, require_servable
 from ._proto import mount_pb2, snapshots_pb2, snapshots_pb2_grpc
 from .snapshotter import (
     ACTIVE,
@@ -216,6 +216,7 @@ class ContainerdServer:
 
     def __init__(self, driver: Driver, socket: PathArg, *, group: str | int | None = None,
                  workers: int = 8) -> None:
+        require_servable(driver, "containerd")
         self.driver = driver
         self.socket = os.path.abspath(os.fspath(socket))
         self.group = None if group is None else _group_id(group)

@@ -43,6 +43,7 @@ from ..errors import (
     LayerNotFound,
 )
 from ..layout import is_valid_layer_id
+from .sockets import require_servable
 from .unixhttp import (
     READ_CHUNK,
     ChunkedResponse,
@@ -516,6 +517,7 @@ class DockerPluginServer(UnixHTTPServer):
     def __init__(self, driver: Driver, path: str | os.PathLike[str], *, name: str | None = None) -> None:
         if name is None:
             name = os.path.basename(os.fspath(path)).removesuffix(".sock")
+        require_servable(driver, "Docker")
         self.plugin = GraphDriverPlugin(driver, name=check_plugin_name(name))
         super().__init__(path, _Handler)
 

@@ -12,8 +12,12 @@ import errno
 import os
 import socket
 import stat
+from typing import TYPE_CHECKING
 
-from ..errors import AufsError
+from ..errors import AufsError, BackendUnavailable
+
+if TYPE_CHECKING:
+    from ..store import Driver
 
 __all__ = ["SocketRefused", "claim_socket_path"]
 
@@ -62,3 +66,11 @@ def claim_socket_path(path: str, *, make_parents: bool = False) -> None:
     finally:
         probe.close()
     os.unlink(path)  # stale: left by a server that was killed
+
+
+def require_servable(driver: "Driver", engine: str) -> None:
+    """Refuse a store an engine cannot use: a userns store's layers belong to ids of its own user
+    namespace and its mounts live there, where the engine does not run."""
+    if driver.status()["rootless_kind"] == "userns":
+        raise BackendUnavailable(f"{engine} cannot use the userns store {driver.home}: its files belong to ids "
+                                 "of the store's user namespace and its mounts live there; serve a root store")

@@ -64,7 +64,7 @@ def test_everything_a_user_cannot_make_round_trips(ramdir: pathlib.Path) -> None
     assert os.getxattr(disk / "bin" / "ping", XATTR_PREFIX + "security.capability") == CAP
     assert OVERRIDE_XATTR not in os.listxattr(disk / "bin" / "ping")  # 0:0 0644: nothing to record
     assert os.lstat(disk / "home" / "far" / "n").st_mode & 0o777 == 0o600
-    assert os.getxattr(disk / "bin", "user.aufs.lowner.theirs") == b"1000:3000000"
+    assert os.getxattr(disk / "bin", "user.aufs.lowner.theirs") == b"1000:3000000:sh"
     assert "user.aufs.lowner.sh" not in os.listxattr(disk / "bin")
 
 
@@ -80,6 +80,27 @@ def test_a_symlink_replaced_by_a_root_one_loses_its_record(ramdir: pathlib.Path)
     write_diff(ramdir / "t1", want, WhiteoutFormat.AUFS)
     write_diff(ramdir / "t0", got, WhiteoutFormat.AUFS, rootless_owner=(os.geteuid(), os.getegid()))
     assert got.getvalue() == want.getvalue()
+
+
+def test_a_symlink_put_in_place_through_a_mount_is_not_taken_for_the_recorded_one(ramdir: pathlib.Path) -> None:
+    """A mount's copy-up carries the directory's records along: a new symlink under the same
+    name (what the user wrote, theirs, exported as root's) must not inherit the old owner."""
+    d = ramdir / "layer"
+    d.mkdir()
+    apply_tar(d, make_tar([entry("dir", "dir"), entry("dir/l", "symlink", link="a", uid=7, gid=7),
+                           entry("dir/same", "symlink", link="a", uid=8, gid=8)]),
+              WhiteoutFormat.AUFS, rootless=True)
+    os.unlink(d / "dir" / "l")
+    os.symlink("elsewhere", d / "dir" / "l")
+    # a record of an older store names no target: it still counts
+    os.setxattr(d / "dir", "user.aufs.lowner.old", b"9:9")
+    os.symlink("x", d / "dir" / "old")
+    out = io.BytesIO()
+    write_diff(d, out, WhiteoutFormat.AUFS, rootless_owner=(os.geteuid(), os.getegid()))
+    import tarfile
+    with tarfile.open(fileobj=io.BytesIO(out.getvalue())) as tar:
+        owners = {m.name: (m.uid, m.gid, m.linkname) for m in tar.getmembers() if m.issym()}
+    assert owners == {"dir/l": (0, 0, "elsewhere"), "dir/same": (8, 8, "a"), "dir/old": (9, 9, "x")}
 
 
 def test_a_malformed_record_is_an_error_not_a_guess(ramdir: pathlib.Path) -> None:

@@ -185,7 +185,7 @@ def test_a_user_namespace_extraction_sets_what_it_can_and_records_the_rest(sandb
     assert record("d") == b"70000:70000:0755:dir"  # beyond the map's 65536 ids
     assert record("d/far") == b"3000000:3000000:04755:file" and st["d/far"].st_uid == 0
     assert record("d/f") is None and st["d/f"].st_mode & 0o7777 == 0o4755  # set for real, setuid kept
-    assert os.getxattr(layer / "d", "user.aufs.lowner.l") == b"3000001:3000001"
+    assert os.getxattr(layer / "d", "user.aufs.lowner.l") == b"3000001:3000001:f"
     assert stat.S_ISFIFO(st["q"].st_mode) and record("q") is None
     assert stat.S_ISREG(st["p"].st_mode) and record("p") == b"3000000:3000000:0755:pipe"
     assert stat.S_ISREG(st["c"].st_mode) and record("c") == b"0:0:0755:char-1-3"

@@ -233,7 +233,14 @@ def test_userns_store_round_trip_with_real_owners(test_user: User, user_dir: pat
     assert "new" in names and "home/user/.wh.notes" in names and "gone/.wh..wh..opq" in names
     assert holders(test_user) == []
 
-    # an exported image, and removal: nothing left, no process, no mount
+    # check, with a mount held by `aufs mount` and without
+    aufs_("mount", "base")
+    assert aufs_.out("check", "--repair").strip() == f"{home}: consistent"
+    assert aufs_("unshare", "--", "sh", "-c", f'test -d "{home}/mnt/base/etc"').returncode == 0  # left alone
+    aufs_("umount", "base")
+    assert aufs_.out("check").strip() == f"{home}: consistent"
+
+    # removal: nothing left, no process, no mount
     aufs_("rm", "top", "base")
     assert aufs_.out("ls").strip() == "(no layers)"
     assert holders(test_user) == []
@@ -396,3 +403,49 @@ def test_demo_in_a_userns_store(test_user: User, user_dir: pathlib.Path) -> None
     assert list(user_dir.iterdir()) == []
     assert holders(test_user) == []
     no_mounts_under(user_dir)
+
+
+@pytest.mark.parametrize("kind", ["override_stat", "userns"])
+def test_a_symlink_replaced_through_a_mount_is_the_users(kind: str, test_user: User, user_dir: pathlib.Path,
+                                                         user_fuse: None,
+                                                         layers: tuple[pathlib.Path, pathlib.Path]) -> None:
+    """The mount's copy-up carries the directory's owner records along: the user's new symlink
+    under a recorded name must export as theirs (root's in the image), not the old owner's."""
+    base_tar, _ = layers
+    aufs_ = Cli(test_user, user_dir / "store")
+    aufs_("--rootless", kind, "create", "base")
+    aufs_("apply", "base", str(base_tar))
+    aufs_("create", "top", "--parent", "base")
+    path = aufs_.out("mount", "top").strip()
+    script = f'cd "{path}/home/far" && ln -sfn elsewhere link && readlink link'
+    if kind == "userns":
+        proc = aufs_("unshare", "--", "sh", "-c", script)
+    else:
+        proc = test_user.run(["sh", "-c", script])
+    assert proc.returncode == 0 and proc.stdout == b"elsewhere\n", proc.stderr.decode()
+    aufs_("umount", "top")
+    out = user_dir / "top.tar"
+    aufs_("diff", "top", "-o", str(out))
+    links = {m[0]: (m[3], m[4], m[7]) for m in members(out.read_bytes()) if m[1] == tarfile.SYMTYPE}
+    assert links == {"home/far/link": (0, 0, "elsewhere")}
+    # the layer below still exports its own
+    aufs_("diff", "base", "-o", str(out))
+    links = {m[0]: (m[3], m[4], m[7]) for m in members(out.read_bytes()) if m[1] == tarfile.SYMTYPE}
+    assert links == {"home/far/link": (3000001, 3000001, "notes"), "home/user/link": (1000, 1000, "notes")}
+    aufs_("rm", "top", "base")
+    assert holders(test_user) == []
+
+
+@pytest.mark.parametrize("engine", ["docker", "containerd"])
+def test_engines_are_not_served_a_userns_store(engine: str, test_user: User, user_dir: pathlib.Path) -> None:
+    aufs_ = Cli(test_user, user_dir / "store")
+    aufs_("--rootless", "userns", "create", "base")
+    proc = aufs_("serve", engine, "--socket", str(user_dir / "engine.sock"), ok=False)
+    if engine == "containerd" and b"needs grpcio" in proc.stderr:
+        pytest.skip("grpcio is not installed")
+    assert proc.returncode == 8, proc.stderr.decode()
+    assert proc.stderr.decode().strip().endswith(
+        f"cannot use the userns store {user_dir / 'store'}: its files belong to ids of the store's user "
+        "namespace and its mounts live there; serve a root store")
+    assert not (user_dir / "engine.sock").exists()
+    assert holders(test_user) == []
