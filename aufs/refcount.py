@@ -19,7 +19,23 @@ import os
 from .layout import Layout
 from .owners import ProcessToken
 
-__all__ = ["PERSISTENT_PREFIX", "RefTable", "holder_alive"]
+__all__ = ["PERSISTENT_PREFIX", "RefTable", "holder_alive", "save_state"]
+
+
+def save_state(path: str, value: object) -> None:
+    """Replace the small JSON state file ``path`` with ``value`` (through a ``.tmp`` sibling and
+    a rename: readers see the old or the new whole), or delete it for None. Not fsync'd: state
+    that a crash loses is rebuilt from the live processes and mounts."""
+    if value is None:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+        return
+    tmp = Layout.tmp_sibling(path)
+    with open(tmp, "w", encoding="ascii") as f:
+        json.dump(value, f)
+    os.replace(tmp, path)
 
 PERSISTENT_PREFIX = "@"
 """Marks a persistent holder's name in a reference table."""
@@ -80,13 +96,4 @@ class RefTable:
 
     def save(self) -> None:
         """Write the table (or delete the file when nobody holds a reference)."""
-        if not self.holders:
-            try:
-                os.unlink(self.path)
-            except FileNotFoundError:
-                pass
-            return
-        tmp = Layout.tmp_sibling(self.path)
-        with open(tmp, "w", encoding="ascii") as f:
-            json.dump({"holders": self.holders}, f)
-        os.replace(tmp, self.path)
+        save_state(self.path, {"holders": self.holders} if self.holders else None)

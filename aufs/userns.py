@@ -41,8 +41,10 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from . import _syscalls, kernel, mounts
-from .errors import BackendUnavailable, StoreFormatMismatch
+from .errors import BackendUnavailable
 from .layout import Layout
+from .owners import process_alive, process_start_time
+from .refcount import save_state
 
 __all__ = ["FORMAT", "IdMap", "enter", "holder_pid", "id_map", "inside", "leave", "unavailable_reason"]
 
@@ -159,15 +161,6 @@ def _ns_ino(pid: int | str, kind: str) -> int:
     return os.stat(f"/proc/{pid}/ns/{kind}").st_ino
 
 
-def _start_time(pid: int) -> int | None:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read()
-    except OSError:
-        return None
-    return int(data[data.rindex(b")") + 2:].split()[19])
-
-
 def _read_record(layout: Layout) -> dict[str, int] | None:
     try:
         with open(layout.userns_record, encoding="ascii") as f:
@@ -178,21 +171,12 @@ def _read_record(layout: Layout) -> dict[str, int] | None:
 
 
 def _write_record(layout: Layout, rec: dict[str, int] | None) -> None:
-    if rec is None:
-        try:
-            os.unlink(layout.userns_record)
-        except FileNotFoundError:
-            pass
-        return
-    tmp = Layout.tmp_sibling(layout.userns_record)
-    with open(tmp, "w", encoding="ascii") as f:
-        json.dump(rec, f)
-    os.replace(tmp, layout.userns_record)
+    save_state(layout.userns_record, rec)
 
 
 def _alive(rec: dict[str, int] | None) -> bool:
     """True if the recorded holder still runs and still is in its namespace."""
-    if rec is None or _start_time(rec["pid"]) != rec["started"]:
+    if rec is None or not process_alive(rec["pid"], rec["started"]):
         return False
     try:
         return _ns_ino(rec["pid"], "user") == rec["userns"] and _ns_ino(rec["pid"], "mnt") == rec["mntns"]
@@ -203,7 +187,7 @@ def _alive(rec: dict[str, int] | None) -> bool:
 def holder_pid(layout: Layout) -> int | None:
     """The pid of the process keeping the store's namespace (and its mounts), or None."""
     rec = _read_record(layout)
-    return rec["pid"] if _alive(rec) else None
+    return rec["pid"] if rec is not None and _alive(rec) else None
 
 
 def inside(layout: Layout) -> bool:
@@ -266,7 +250,7 @@ def _spawn_holder(layout: Layout, idmap: IdMap) -> dict[str, int]:
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise BackendUnavailable("the store's namespace holder did not start")
             time.sleep(0.002)
-        started = _start_time(proc.pid)
+        started = process_start_time(proc.pid)
         if proc.poll() is not None or started is None:
             raise BackendUnavailable("the store's namespace holder died at start")
         rec = {"pid": proc.pid, "started": started, "userns": _ns_ino(proc.pid, "user"),
@@ -298,7 +282,7 @@ def _spawn_keeper(layout: Layout) -> dict[str, int]:
     started = None
     deadline = time.monotonic() + _START_TIMEOUT
     while started is None and time.monotonic() < deadline:
-        started = _start_time(proc.pid)
+        started = process_start_time(proc.pid)
     _children.append(proc)
     return {"pid": proc.pid, "started": started or 0, "userns": _ns_ino("self", "user"),
             "mntns": _ns_ino("self", "mnt")}
@@ -428,8 +412,7 @@ def leave(layout: Layout) -> None:
         mounted = any(True for _ in _store_mounts(layout))
         if mounted and not _alive(rec):
             _write_record(layout, _spawn_keeper(layout))
-        elif not mounted and _alive(rec) and _last_member(rec):
-            assert rec is not None
+        elif not mounted and rec is not None and _alive(rec) and _last_member(rec):
             _stop(rec)
             _write_record(layout, None)
 
@@ -462,7 +445,7 @@ def _stop(rec: dict[str, int]) -> None:
     except ProcessLookupError:
         return
     try:
-        if _start_time(pid) != rec["started"]:
+        if process_start_time(pid) != rec["started"]:
             return
         signal.pidfd_send_signal(pidfd, signal.SIGKILL)
         select.select([pidfd], [], [], _STOP_TIMEOUT)

@@ -116,6 +116,9 @@ class Backend(abc.ABC):
     name: ClassVar[str]
     rootless: bool = False
     """Set by the store for a rootless store (owners recorded in xattrs, see aufs.rootless)."""
+    userxattr: bool = False
+    """Set by the store for a userns store (aufs.userns): kernel overlayfs mounts it with
+    ``userxattr`` in the store's user namespace."""
     formats: ClassVar[tuple[WhiteoutFormat, ...]]
     """Whiteout formats this backend reads; ``formats[0]`` is what a new store is created with."""
 

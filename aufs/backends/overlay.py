@@ -29,9 +29,6 @@ class OverlayBackend(Backend):
 
     name = "overlay"
     formats = (WhiteoutFormat.OVERLAY,)
-    userxattr = False
-    """Set by the store for a userns store (:mod:`aufs.userns`): mounted with ``userxattr``."""
-
     @property
     def options(self) -> tuple[str, ...]:
         return USERNS_OVERLAY_OPTIONS if self.userxattr else MOUNT_OPTIONS

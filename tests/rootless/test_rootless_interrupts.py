@@ -11,25 +11,31 @@ import tarfile
 import threading
 import time
 
+import pytest
+
 from ..users import User
 from .conftest import user_popen, user_processes
+from .test_userns_store import holders, no_holder_left  # noqa: F401 (fixture)
 
 _APPLY = r'''
 import sys, aufs
-d = aufs.Driver(sys.argv[1])
+d = aufs.Driver(sys.argv[1], rootless=sys.argv[2])
 d.create("victim")
 print("ready", flush=True)
 d.apply_diff("victim", sys.stdin.buffer)
 print("finished", flush=True)
 '''
 
-_MOUNT_LOOP = r'''
+# argv: store home, and the layer to mount (default: a new "app" on a new "base")
+MOUNT_LOOP = r'''
 import os, sys, aufs
 d = aufs.Driver(sys.argv[1])
-d.create("base"); d.create("app", parent="base")
+layer = sys.argv[2] if len(sys.argv) > 2 else "app"
+if not d.exists(layer):
+    d.create("base"); d.create(layer, parent="base")
 n = 0
 while True:
-    with d.mount("app") as root:
+    with d.mount(layer) as root:
         open(os.path.join(root, "f%d" % (n % 5)), "w").write("x")
         n += 1
         if n == 3:
@@ -55,28 +61,9 @@ def _big_layer() -> bytes:
     return buf.getvalue()
 
 
-def _interrupt(proc) -> None:  # type: ignore[no-untyped-def]
-    os.killpg(proc.pid, signal.SIGINT)
-    proc.wait(timeout=60)
-
-
-def _clean(user: User, user_dir: pathlib.Path, home: pathlib.Path) -> dict:
-    with open("/proc/self/mountinfo") as f:
-        assert not [line for line in f if str(user_dir) in line]
-    assert user_processes(user, "fuse-overlayfs") == []
-    proc = user.python(_STATE, str(home))
-    assert proc.returncode == 0, proc.stderr.decode()[-2000:]
-    state = json.loads(proc.stdout)
-    assert state["tmp"] == [] and state["status"]["mounted"] == 0
-    return state
-
-
-def test_ctrl_c_in_a_rootless_import(test_user: User, user_fuse: None, user_dir: pathlib.Path) -> None:
-    home = user_dir / "store"
-    data = _big_layer()
-    proc = user_popen(test_user, _APPLY, str(home), stdin=-1)
-    assert proc.stdout.readline() == b"ready\n", proc.stderr.read().decode()[-2000:]
-
+def feed_slowly(proc, data: bytes) -> threading.Thread:  # type: ignore[no-untyped-def]
+    """Write ``data`` to ``proc``'s stdin in 64 KiB pieces, 10 ms apart, from a thread (started),
+    so that an interrupt lands in the middle of the import."""
     def feed() -> None:
         try:
             for at in range(0, len(data), 65536):
@@ -89,12 +76,42 @@ def test_ctrl_c_in_a_rootless_import(test_user: User, user_fuse: None, user_dir:
 
     feeder = threading.Thread(target=feed, daemon=True)
     feeder.start()
+    return feeder
+
+
+def _interrupt(proc) -> None:  # type: ignore[no-untyped-def]
+    os.killpg(proc.pid, signal.SIGINT)
+    proc.wait(timeout=60)
+
+
+def _clean(user: User, user_dir: pathlib.Path, home: pathlib.Path) -> dict:
+    with open("/proc/self/mountinfo") as f:
+        assert not [line for line in f if str(user_dir) in line]
+    assert user_processes(user, "fuse-overlayfs") == []
+    assert holders(user) == []
+    proc = user.python(_STATE, str(home))
+    assert proc.returncode == 0, proc.stderr.decode()[-2000:]
+    assert holders(user) == []
+    state = json.loads(proc.stdout)
+    assert state["tmp"] == [] and state["status"]["mounted"] == 0
+    return state
+
+
+@pytest.mark.parametrize("kind", ["override_stat", "userns"])
+def test_ctrl_c_in_a_rootless_import(kind: str, test_user: User, user_fuse: None, user_dir: pathlib.Path) -> None:
+    home = user_dir / "store"
+    data = _big_layer()
+    proc = user_popen(test_user, _APPLY, str(home), kind, stdin=-1)
+    assert proc.stdout.readline() == b"ready\n", proc.stderr.read().decode()[-2000:]
+
+    feeder = feed_slowly(proc, data)
     time.sleep(0.5)
     _interrupt(proc)
     feeder.join(timeout=30)
     assert proc.returncode != 0 and b"finished" not in proc.stdout.read()
     state = _clean(test_user, user_dir, home)
     assert state["layers"] == ["victim"] and state["victim"] == []  # exactly as it was: empty
+    assert state["status"]["rootless_kind"] == kind
 
 
 def test_ctrl_c_in_a_rootless_mount_loop(test_user: User, user_fuse: None, user_dir: pathlib.Path) -> None:
@@ -104,7 +121,7 @@ def test_ctrl_c_in_a_rootless_mount_loop(test_user: User, user_fuse: None, user_
             proc = test_user.python("import sys, aufs; d = aufs.Driver(sys.argv[1]); d.remove('app'); d.remove('base')",
                                     str(home))
             assert proc.returncode == 0, proc.stderr.decode()[-2000:]
-        proc = user_popen(test_user, _MOUNT_LOOP, str(home))
+        proc = user_popen(test_user, MOUNT_LOOP, str(home))
         assert proc.stdout.readline() == b"ready\n", proc.stderr.read().decode()[-2000:]
         time.sleep(0.2)
         _interrupt(proc)

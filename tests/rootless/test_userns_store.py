@@ -1,7 +1,7 @@
 """Userns stores (issue 10), as the unprivileged ``aufs-test`` with its subordinate ids: owners
 really stored (shifted into the user's range on disk), what the namespace cannot hold recorded,
 kernel overlayfs mounts kept by a holder between commands and seen through ``aufs unshare``,
-and nothing left once the last mount is gone. Without a subordinate range (``/etc/subuid``
+and nothing left once the last mount is gone (Ctrl-C in an import: test_rootless_interrupts). Without a subordinate range (``/etc/subuid``
 shadowed by an empty file in this test's mount namespace only) the mode is refused with the
 reason, and the default override_stat store still works."""
 from __future__ import annotations
@@ -261,17 +261,8 @@ def test_userns_mounts_outlive_the_command_and_ctrl_c_leaves_nothing(test_user: 
     aufs_("unshare", "--", "sh", "-c", f'test -f "{home}/mnt/c2/etc/passwd"')
     # a Python program of the user: get/put in a loop, interrupted
     from .conftest import user_popen
-    loop = user_popen(test_user, r'''
-import os, sys, aufs
-d = aufs.Driver(sys.argv[1])
-n = 0
-while True:
-    with d.mount("c0") as root:
-        open(os.path.join(root, "f%d" % (n % 3)), "w").write("x")
-    n += 1
-    if n == 3:
-        print("ready", flush=True)
-''', str(home))
+    from .test_rootless_interrupts import MOUNT_LOOP
+    loop = user_popen(test_user, MOUNT_LOOP, str(home), "c0")
     assert loop.stdout.readline() == b"ready\n", loop.stderr.read().decode()[-2000:]
     import signal
     os.killpg(loop.pid, signal.SIGINT)
@@ -285,47 +276,6 @@ while True:
     state = json.loads(aufs_.out("--json", "status"))
     assert state["layers"] == 0 and state["mounted"] == 0
     assert os.listdir(home / "tmp") == []
-    no_mounts_under(user_dir)
-
-
-def test_ctrl_c_in_a_userns_import_leaves_nothing(test_user: User, user_dir: pathlib.Path) -> None:
-    import threading
-    import time
-    from .conftest import user_popen
-    from .test_rootless_interrupts import _big_layer, _interrupt
-    home = user_dir / "store"
-    Cli(test_user, home)("--rootless", "userns", "create", "victim")
-    data = _big_layer()
-    proc = user_popen(test_user, r'''
-import sys, aufs
-d = aufs.Driver(sys.argv[1])
-print("ready", flush=True)
-d.apply_diff("victim", sys.stdin.buffer)
-print("finished", flush=True)
-''', str(home), stdin=-1)
-    assert proc.stdout.readline() == b"ready\n", proc.stderr.read().decode()[-2000:]
-
-    def feed() -> None:
-        try:
-            for at in range(0, len(data), 65536):
-                proc.stdin.write(data[at:at + 65536])
-                proc.stdin.flush()
-                time.sleep(0.01)
-            proc.stdin.close()
-        except (BrokenPipeError, ValueError, OSError):
-            pass
-
-    feeder = threading.Thread(target=feed, daemon=True)
-    feeder.start()
-    time.sleep(0.5)
-    _interrupt(proc)
-    feeder.join(timeout=30)
-    assert proc.returncode != 0 and b"finished" not in proc.stdout.read()
-    assert holders(test_user) == []
-    listing = Cli(test_user, home)("unshare", "--", "ls", "-A", str(home / "layers" / "victim" / "diff"),
-                                   str(home / "tmp")).stdout.decode().split()
-    assert listing == [f"{home}/layers/victim/diff:", f"{home}/tmp:"], listing
-    assert holders(test_user) == []
     no_mounts_under(user_dir)
 
 
