@@ -37,6 +37,7 @@ def save_state(path: str, value: object) -> None:
         json.dump(value, f)
     os.replace(tmp, path)
 
+
 PERSISTENT_PREFIX = "@"
 """Marks a persistent holder's name in a reference table."""
 

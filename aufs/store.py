@@ -485,6 +485,9 @@ class Driver:
                 # its daemon died (killed, OOM): the mount is dead for every holder; replace it
                 detach(target)
             if not mounted_or_dead(target):
+                # references recorded for a mount that is gone (unmounted by hand, a reboot, a
+                # userns store's namespace that ended) were to that mount: count from one
+                refs.holders.clear()
                 core.mount_layer(layer_id, meta)
                 try:
                     refs.take(self.holder)

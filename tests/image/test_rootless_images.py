@@ -172,3 +172,29 @@ def test_readme_tour_as_an_ordinary_user(test_user: User, user_fuse: None, user_
     assert user_processes(test_user, "fuse-overlayfs") == []
     with open("/proc/self/mountinfo") as f:
         assert not [line for line in f if str(user_dir) in line]
+
+
+def test_readme_userns_tour_as_an_ordinary_user(test_user: User, user_dir: Path,  # noqa: F811
+                                                umoci_image: dict[str, Path]) -> None:
+    """The README's userns block, as aufs-test, in the default home."""
+    image = _give(umoci_image["docker"], user_dir / "debian.tar", test_user)
+    env = {"HOME": str(user_dir)}
+
+    def aufs_(*argv: str) -> str:
+        proc = test_user.python(_AUFS, *argv, env=env, timeout=300)
+        assert proc.returncode == 0, (argv, proc.stderr.decode()[-2000:])
+        return proc.stdout.decode()
+
+    top = aufs_("--rootless", "userns", "import", str(image)).split()[-1]
+    path = aufs_("mount", top).strip()
+    assert path == f"{user_dir}/.local/share/aufs/mnt/{top}"
+    listing = aufs_("unshare", "--", "ls", "-ln", path)
+    owners = {line.split()[-1]: tuple(line.split()[2:4]) for line in listing.splitlines()[1:]}
+    assert owners["etc"] == ("0", "0") and owners["usr"] == ("0", "0"), listing  # as in the image
+    assert not os.listdir(path)  # outside the namespace the mountpoint is an empty directory
+    assert holders(test_user) != []
+    aufs_("umount", top)
+    aufs_("rm", top)
+    assert holders(test_user) == []
+    with open("/proc/self/mountinfo") as f:
+        assert not [line for line in f if str(user_dir) in line]

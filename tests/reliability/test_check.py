@@ -199,3 +199,19 @@ def test_check_never_reports_work_in_progress(populated: aufs.Driver) -> None:
     assert errors == []
     assert all(r.clean for r in reports), [str(r) for r in reports if not r.clean]
     assert store_state(populated.home).keys() == {"app", "base"}
+
+
+def test_a_mount_that_vanished_takes_its_references_along(populated: aufs.Driver) -> None:
+    """A mount gone from under the store (unmounted by hand, a reboot, a userns store's
+    namespace that ended): the references recorded for it were to that mount. The next get
+    counts from one, so one put unmounts, for a process holder and a persistent one."""
+    keeper = aufs.Driver(populated.home, holder="keeper")
+    for driver in (populated, keeper):
+        path = driver.get("app")
+        driver.get("app")
+        mounts.unmount(path)  # two references to a mount that is no more
+        assert not driver.is_mounted("app")
+        assert driver.get("app") == path
+        driver.put("app")
+        assert not driver.is_mounted("app"), driver.holders("app")
+        assert driver.holders("app") == {}

@@ -399,3 +399,26 @@ def test_engines_are_not_served_a_userns_store(engine: str, test_user: User, use
         "namespace and its mounts live there; serve a root store")
     assert not (user_dir / "engine.sock").exists()
     assert holders(test_user) == []
+
+
+def test_a_killed_holder_takes_its_mounts_and_nothing_else(test_user: User, user_dir: pathlib.Path) -> None:
+    """The holder killed (OOM, a user's kill): the namespace ends with its mounts. The store
+    says so, mounts again from scratch (the old references went with the mount) and cleans up."""
+    home = user_dir / "store"
+    aufs_ = Cli(test_user, home)
+    aufs_("--rootless", "userns", "create", "base")
+    aufs_("create", "top", "--parent", "base")
+    aufs_("mount", "top")
+    [holder] = holders(test_user)
+    os.kill(int(holder.split()[0]), 9)
+    status = json.loads(aufs_.out("--json", "status"))
+    assert status["mounted"] == 0
+    proc = aufs_("check", ok=False)
+    assert proc.returncode == 11 and b"stale-references" in proc.stdout
+    assert aufs_.out("check", "--repair").count("[repaired]") == 2
+    path = aufs_.out("mount", "top").strip()
+    assert aufs_("unshare", "--", "test", "-d", path + "/.").returncode == 0
+    aufs_("umount", "top")
+    assert json.loads(aufs_.out("--json", "status"))["mounted"] == 0
+    aufs_("rm", "top", "base")
+    assert holders(test_user) == []
