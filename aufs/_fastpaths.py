@@ -457,11 +457,16 @@ class EntryWriter:
         ffi.memmove(order, self._scratch_order, 4 * n)
         return ScannedDir(recs, order, n, bool(self._flags[0] & lib.AUFS_W_SCAN_HAS_MARKER))
 
-    def run(self, d: "ScannedDir", dir_fd: int, prefix: bytes) -> int:
+    def run(self, d: "ScannedDir", dir_fd: int, prefix: bytes, whiteouts: bool = True) -> int:
         """Write the entries of ``d`` from its position on, stopping at a directory or an
         inode with more than one link: 0 when all are written, :data:`W_STOP` (then
         :meth:`ScannedDir.take` gives that entry), or :data:`W_ARCHIVE`; ``OSError`` on a
-        failed read."""
+        failed read. ``whiteouts`` false: leave the whiteouts out (the directory is at or
+        below an opaque one of the layer, where they are redundant)."""
+        if whiteouts:
+            self._ctx.flags &= ~lib.AUFS_W_NO_WHITEOUTS
+        else:
+            self._ctx.flags |= lib.AUFS_W_NO_WHITEOUTS
         rc = int(lib.aufs_w_run(self._ctx, dir_fd, d.recs, d.order, d.n, d.pos, prefix,
                                 len(prefix)))
         if rc < 0:

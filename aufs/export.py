@@ -123,7 +123,7 @@ class _Walker:
         """
         if root_opaque:
             self.marker(_OPAQUE_BYTES)
-        stack = [_Dir(self.writer.scan(root_fd), root_fd, b"", b"")]
+        stack = [_Dir(self.writer.scan(root_fd), root_fd, b"", b"", root_opaque)]
         try:
             self._walk(stack)
         finally:
@@ -140,7 +140,9 @@ class _Walker:
             dir_fd = frame.fd
             if dir_fd is None:
                 dir_fd = _dir_fd(stack)
-            rc = run(frame.entries, dir_fd, frame.prefix)
+            # at or below an opaque directory of the layer a whiteout is redundant (a layer an
+            # older aufs stored may hold some): the marker says it all
+            rc = run(frame.entries, dir_fd, frame.prefix, not frame.opaque)
             if rc == 0:  # all of this directory is written
                 stack.pop()
                 if stack and frame.fd is not None:  # never the root: the caller owns it
@@ -173,8 +175,9 @@ class _Walker:
             except BaseException:
                 os.close(fd)
                 raise
-            stack.append(_Dir(children, fd, name, tar_name))
-            if rc == _fastpaths.W_OPAQUE or children.has_marker:
+            opaque = rc == _fastpaths.W_OPAQUE or children.has_marker
+            stack.append(_Dir(children, fd, name, tar_name, opaque or frame.opaque))
+            if opaque:
                 self.marker(tar_name + _OPAQUE_BYTES)
             spare = len(stack) - 1 - _MAX_DIR_FDS
             if spare > 0 and stack[spare].fd is not None:
@@ -184,16 +187,18 @@ class _Walker:
 
 class _Dir:
     """A directory being written: its entries, an fd on it (None while closed to stay under
-    ``_MAX_DIR_FDS``), its name in its parent and its tar name (with the slash)."""
+    ``_MAX_DIR_FDS``), its name in its parent, its tar name (with the slash), and whether it
+    is at or below an opaque directory of the layer."""
 
-    __slots__ = ("entries", "fd", "name", "prefix")
+    __slots__ = ("entries", "fd", "name", "prefix", "opaque")
 
     def __init__(self, entries: _fastpaths.ScannedDir, fd: int | None, name: bytes,
-                 prefix: bytes) -> None:
+                 prefix: bytes, opaque: bool = False) -> None:
         self.entries = entries
         self.fd = fd
         self.name = name
         self.prefix = prefix
+        self.opaque = opaque
 
 
 def _dir_fd(stack: list[_Dir]) -> int:

@@ -250,6 +250,8 @@ struct aufs_wctx {
     uint32_t own_gid;
 };
 #define AUFS_W_ROOTLESS 1
+#define AUFS_W_NO_WHITEOUTS 2 /* aufs_w_run: the directory is at or below an opaque one of the
+                                 layer: its whiteouts are redundant, written not */
 
 /* aufs_w_changes: change kinds, Docker's values */
 #define AUFS_W_MODIFY 0

@@ -1332,6 +1332,8 @@ int aufs_w_run(struct aufs_wctx *ctx, int dir_fd, const char *recs, const uint32
         memcpy(tar + prefix_len, AUFS_WHITEOUT_PREFIX, extra);
         memcpy(tar + prefix_len + extra, name, r->namelen + 1);
         if (r->kind != AUFS_W_K_CONTENT) {
+            if (ctx->flags & AUFS_W_NO_WHITEOUTS)
+                continue;
             if (i > 0) { /* ".wh.X" beside an X device: one whiteout is enough */
                 const struct aufs_wrec *p = (const struct aufs_wrec *)(recs + order[i - 1]);
                 if (p->kind != AUFS_W_K_CONTENT && w_tar_cmp(&p, &r) == 0)

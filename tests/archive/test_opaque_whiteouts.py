@@ -105,3 +105,38 @@ def test_whiteout_outside_the_opaque_dir_stays(driver: aufs.Driver) -> None:
     driver.diff("top", out)
     names = members(out.getvalue())
     assert {"d/.wh.gone", "d/sub/.wh.x", "d/sub2/.wh..wh..opq"} <= set(names)
+
+
+def _whiteout(layer: pathlib.Path, path: str, fmt: aufs.WhiteoutFormat) -> None:
+    fd = os.open(layer / os.path.dirname(path), os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        aufs.whiteouts.make_whiteout(fd, os.path.basename(path), fmt)
+    finally:
+        os.close(fd)
+
+
+def test_a_layer_an_older_aufs_stored_exports_without_the_redundant_whiteouts(driver: aufs.Driver) -> None:
+    """Layers stored before issue 9 may keep whiteouts at and below an opaque directory (or
+    under an opaque layer root): ``diff`` leaves them out, wherever they are on disk."""
+    driver.create("top", parent="base")
+    driver.apply_diff("top", make_tar([entry("d", "dir"), entry("d/.wh..wh..opq"), entry("d/sub", "dir"),
+                                       entry("d/new", data=b"new"), entry("e", "dir")]))
+    diff = pathlib.Path(driver.diff_dir("top"))
+    # what an older version left: whiteouts in and below the opaque d, one outside it
+    for name in ("d/gone", "d/sub/x", "e/y"):
+        _whiteout(diff, name, driver.whiteout_format)
+    out = io.BytesIO()
+    driver.diff("top", out)
+    names = members(out.getvalue())
+    assert "d/.wh..wh..opq" in names and "e/.wh.y" in names
+    assert "d/.wh.gone" not in names and "d/sub/.wh.x" not in names, names
+    # an opaque layer root: no whiteout at all
+    driver.create("root-opaque", parent="base")
+    driver.apply_diff("root-opaque", make_tar([entry(".wh..wh..opq"), entry("f", data=b"f"), entry("g", "dir")]))
+    diff = pathlib.Path(driver.diff_dir("root-opaque"))
+    for name in ("gone", "g/x"):
+        _whiteout(diff, name, driver.whiteout_format)
+    out = io.BytesIO()
+    driver.diff("root-opaque", out)
+    names = members(out.getvalue())
+    assert ".wh..wh..opq" in names and not [n for n in names if ".wh." in n and "opq" not in n], names
