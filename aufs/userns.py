@@ -244,12 +244,9 @@ def _spawn_holder(layout: Layout, idmap: IdMap) -> dict[str, int]:
                                          f"{done.stderr.decode(errors='replace').strip()}")
         proc.stdin.write(b"mapped\n")
         proc.stdin.close()
-        deadline = time.monotonic() + _START_TIMEOUT
-        # the holder is ready once it runs `sleep` (its name changed): its namespaces are final
-        while _comm(proc.pid) not in ("sleep", ""):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise BackendUnavailable("the store's namespace holder did not start")
-            time.sleep(0.002)
+        # the holder lets go of its end of the pipe when it is done (just before it becomes
+        # `sleep`): its namespaces are final then
+        proc.stdout.read()
         started = process_start_time(proc.pid)
         if proc.poll() is not None or started is None:
             raise BackendUnavailable("the store's namespace holder died at start")
@@ -263,14 +260,6 @@ def _spawn_holder(layout: Layout, idmap: IdMap) -> dict[str, int]:
         proc.stdout.close()
     _children.append(proc)
     return rec
-
-
-def _comm(pid: int) -> str:
-    try:
-        with open(f"/proc/{pid}/comm", encoding="utf-8", errors="replace") as f:
-            return f.read().strip()
-    except OSError:
-        return ""
 
 
 def _spawn_keeper(layout: Layout) -> dict[str, int]:
