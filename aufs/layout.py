@@ -5,7 +5,8 @@
     HOME/
       aufs-store.json        store metadata: layout version and whiteout format (written once)
       .lock                  the store lock (create, remove, cleanup, sweep)
-      userns.json            a userns store's namespace holder (aufs.userns), .userns.lock its lock
+      userns.json            a userns store's namespace holder (aufs.userns); .userns.lock (start,
+                             join, stop) and .userns.members (held by each process inside) its locks
       layers/ID/             one committed layer (appears by rename, disappears by rename)
         layer.json           {"parent": ID or null, "ancestors": [parent, its parent, ...]}
         diff/                the layer's own content: what users see as the layer
@@ -94,7 +95,9 @@ class Layout:
         self.userns_record = self.home + "/userns.json"
         """A userns store's namespace holder: pid, start time, namespace (aufs.userns)."""
         self.userns_lock = self.home + "/.userns.lock"
-        """Starting and stopping that holder (exclusive); every process in the namespace (shared)."""
+        """Starting, joining and stopping that holder (exclusive)."""
+        self.userns_members = self.home + "/.userns.members"
+        """Every aufs process in that namespace holds it shared; the last one out stops the holder."""
         self.layers_dir = self.home + "/layers"
         self.mnt_dir = self.home + "/mnt"
         self.state_dir = self.home + "/state"

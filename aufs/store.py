@@ -785,7 +785,7 @@ def _choose_backend(name: str, fmt: WhiteoutFormat | None, rootless_store: bool 
 # written) counts as empty, not as someone else's directory
 _STORE_ENTRIES = frozenset({
     ".lock", "aufs-store.json", "aufs-store.json.tmp", "layers", "mnt", "state", "l", "empty", "tmp",
-    "image-imports", "images", "snapshotter", "userns.json", "userns.json.tmp", ".userns.lock",
+    "image-imports", "images", "snapshotter", "userns.json", "userns.json.tmp", ".userns.lock", ".userns.members",
 })
 
 
@@ -845,7 +845,7 @@ def _remove_if_refused(layout: Layout, opened: list[bool]) -> None:
     """Undo the home this Driver made if opening failed (only the lock file is in it)."""
     if not opened:
         userns.leave(layout)  # a namespace started for the new store ends with it
-        for path in (layout.store_lock, layout.userns_lock, layout.userns_record):
+        for path in (layout.store_lock, layout.userns_lock, layout.userns_members, layout.userns_record):
             unlink_quietly(path)
         rmdir_quietly(layout.home)
 

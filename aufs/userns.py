@@ -278,7 +278,8 @@ def _spawn_keeper(layout: Layout) -> dict[str, int]:
 
 
 _children: list[subprocess.Popen[bytes]] = []
-_joined: dict[str, dict[str, int] | None] = {}  # home -> holder record, of each store joined
+_joined: dict[str, tuple[dict[str, int] | None, int]] = {}
+"""home -> (the holder's record at joining, the fd holding the members lock shared)"""
 
 
 def _threads() -> int:
@@ -309,7 +310,9 @@ def enter(layout: Layout, idmap: IdMap) -> None:
     namespace): open userns stores before starting threads. Raises
     :class:`aufs.BackendUnavailable` saying why the namespace cannot be made or joined."""
     if inside(layout):
-        _note_joined(layout, _read_record(layout))
+        if layout.home not in _joined:
+            with _Lock(layout):
+                _note_joined(layout, _read_record(layout))
         return
     if kernel.in_user_namespace():
         others = sorted(set(_joined) - {layout.home})
@@ -329,13 +332,28 @@ def enter(layout: Layout, idmap: IdMap) -> None:
             _write_record(layout, rec)
         assert rec is not None
         _join(rec)
-    _note_joined(layout, rec)
+        _note_joined(layout, rec)
 
 
 def _note_joined(layout: Layout, rec: dict[str, int] | None) -> None:
+    """A member of the namespace until :func:`leave` (or death: the kernel drops the lock)."""
+    member = os.open(layout.userns_members, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    fcntl.flock(member, fcntl.LOCK_SH)
     if not _joined:
         atexit.register(leave_all)
-    _joined[layout.home] = rec
+    _joined[layout.home] = (rec, member)
+
+
+def _no_other_member(layout: Layout) -> bool:
+    """True if no process holds the members lock (this one has let go of its own)."""
+    fd = os.open(layout.userns_members, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(fd)
 
 
 def _join(rec: dict[str, int]) -> None:
@@ -387,11 +405,12 @@ def leave(layout: Layout) -> None:
     holder died, start another. The process stays in the namespace. Idempotent."""
     if layout.home not in _joined:
         return
-    joined = _joined.pop(layout.home)
+    joined, member = _joined.pop(layout.home)
+    os.close(member)  # no longer a member: the last one out finds the lock free
     if not os.path.isdir(layout.home):
-        # the store was deleted from inside (a demo's temporary store): its holder goes too
+        # the store was deleted from inside (a demo's temporary store), its locks with it
         if joined is not None and _alive(joined) and _ns_ino("self", "user") == joined["userns"] and \
-                not any(True for _ in _store_mounts(layout)) and _last_member(joined):
+                not any(True for _ in _store_mounts(layout)) and _no_process_inside(joined):
             _stop(joined)
         return
     if not inside(layout):
@@ -401,14 +420,13 @@ def leave(layout: Layout) -> None:
         mounted = any(True for _ in _store_mounts(layout))
         if mounted and not _alive(rec):
             _write_record(layout, _spawn_keeper(layout))
-        elif not mounted and rec is not None and _alive(rec) and _last_member(rec):
+        elif not mounted and rec is not None and _alive(rec) and _no_other_member(layout):
             _stop(rec)
             _write_record(layout, None)
 
 
-def _last_member(rec: dict[str, int]) -> bool:
-    """True if no other process runs in the store's namespace (the holder aside): another
-    aufs, a shell of ``aufs unshare``, a container."""
+def _no_process_inside(rec: dict[str, int]) -> bool:
+    """True if no other process runs in the namespace of ``rec`` (the holder aside)."""
     me = os.getpid()
     for entry in os.listdir("/proc"):
         if not entry.isdigit() or int(entry) in (me, rec["pid"]):

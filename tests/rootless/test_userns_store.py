@@ -422,3 +422,41 @@ def test_a_killed_holder_takes_its_mounts_and_nothing_else(test_user: User, user
     assert json.loads(aufs_.out("--json", "status"))["mounted"] == 0
     aufs_("rm", "top", "base")
     assert holders(test_user) == []
+
+
+_CHURN = r'''
+import os, sys, time, aufs
+home, layer, rounds = sys.argv[1], sys.argv[2], int(sys.argv[3])
+for n in range(rounds):
+    d = aufs.Driver(home)  # each round a fresh open: joins, or starts the namespace again
+    with d.mount(layer) as root:
+        with open(os.path.join(root, "f%d" % (n % 4)), "w") as f:
+            f.write(str(os.getpid()))
+        assert os.path.isdir(os.path.join(root, "etc"))
+print("done", flush=True)
+'''
+
+
+def test_processes_come_and_go_while_the_namespace_starts_and_stops(test_user: User, user_dir: pathlib.Path,
+                                                                     layers: tuple[pathlib.Path, pathlib.Path]) -> None:
+    """Several processes open the store, mount and exit at once, many times: each finds the
+    namespace or starts it, none loses a mount to another's stop, and nothing stays."""
+    from .conftest import user_popen
+    base_tar, _ = layers
+    home = user_dir / "store"
+    aufs_ = Cli(test_user, home)
+    aufs_("--rootless", "userns", "create", "base")
+    aufs_("apply", "base", str(base_tar))
+    for i in range(4):
+        aufs_("create", f"c{i}", "--parent", "base")
+    for wave in range(3):
+        procs = [user_popen(test_user, _CHURN, str(home), f"c{i}", "8") for i in range(4)]
+        for proc in procs:
+            out, err = proc.communicate(timeout=300)
+            assert proc.returncode == 0 and out == b"done\n", err.decode()[-3000:]
+        assert holders(test_user) == [], wave
+    state = json.loads(aufs_.out("--json", "status"))
+    assert state["mounted"] == 0 and os.listdir(home / "tmp") == []
+    assert aufs_.out("check").strip() == f"{home}: consistent"
+    assert holders(test_user) == []
+    no_mounts_under(user_dir)
