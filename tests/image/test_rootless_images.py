@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -136,17 +137,22 @@ def test_rootless_import_export_equals_root(which: str, kind: str, request: pyte
         assert not [line for line in f if str(user_dir) in line]
 
 
+def _tour(user: User, home: Path, umoci_image: dict[str, Path]) -> tuple[Path, Callable[..., str]]:
+    """The image of the README's tours given to ``user``, and ``aufs ARGV`` as that user with
+    ``home`` as HOME (the store in the default ~/.local/share/aufs): its output."""
+    image = _give(umoci_image["docker"], home / "debian.tar", user)
+
+    def aufs_(*argv: str) -> str:
+        proc = user.python(_AUFS, *argv, env={"HOME": str(home)}, timeout=300)
+        assert proc.returncode == 0, (argv, proc.stderr.decode()[-2000:])
+        return proc.stdout.decode()
+    return image, aufs_
+
+
 def test_readme_tour_as_an_ordinary_user(test_user: User, user_fuse: None, user_dir: Path,  # noqa: F811
                                          umoci_image: dict[str, Path]) -> None:
     """The command-line tour of the README, as aufs-test, in the default home (~/.local/share/aufs)."""
-    image = _give(umoci_image["docker"], user_dir / "debian.tar", test_user)
-    env = {"HOME": str(user_dir)}
-
-    def aufs_(*argv: str) -> str:
-        proc = test_user.python(_AUFS, *argv, env=env, timeout=300)
-        assert proc.returncode == 0, (argv, proc.stderr.decode()[-2000:])
-        return proc.stdout.decode()
-
+    image, aufs_ = _tour(test_user, user_dir, umoci_image)
     top = aufs_("import", str(image)).split()[-1]
     assert top in aufs_("ls")
     assert (user_dir / ".local" / "share" / "aufs" / "aufs-store.json").exists()
@@ -177,14 +183,7 @@ def test_readme_tour_as_an_ordinary_user(test_user: User, user_fuse: None, user_
 def test_readme_userns_tour_as_an_ordinary_user(test_user: User, user_dir: Path,  # noqa: F811
                                                 umoci_image: dict[str, Path]) -> None:
     """The README's userns block, as aufs-test, in the default home."""
-    image = _give(umoci_image["docker"], user_dir / "debian.tar", test_user)
-    env = {"HOME": str(user_dir)}
-
-    def aufs_(*argv: str) -> str:
-        proc = test_user.python(_AUFS, *argv, env=env, timeout=300)
-        assert proc.returncode == 0, (argv, proc.stderr.decode()[-2000:])
-        return proc.stdout.decode()
-
+    image, aufs_ = _tour(test_user, user_dir, umoci_image)
     top = aufs_("--rootless", "userns", "import", str(image)).split()[-1]
     path = aufs_("mount", top).strip()
     assert path == f"{user_dir}/.local/share/aufs/mnt/{top}"

@@ -247,15 +247,22 @@ def test_userns_store_round_trip_with_real_owners(test_user: User, user_dir: pat
     no_mounts_under(user_dir)
 
 
-def test_userns_mounts_outlive_the_command_and_ctrl_c_leaves_nothing(test_user: User, user_dir: pathlib.Path,
-                                                                      layers: tuple[pathlib.Path, pathlib.Path]) -> None:
-    base_tar, _ = layers
-    home = user_dir / "store"
-    aufs_ = Cli(test_user, home)
+def _chain(user: User, home: pathlib.Path, base_tar: pathlib.Path, children: int) -> Cli:
+    """A userns store at ``home`` with ``base`` (from ``base_tar``) and ``children`` layers on
+    it, ``c0`` ...; the store's CLI."""
+    aufs_ = Cli(user, home)
     aufs_("--rootless", "userns", "create", "base")
     aufs_("apply", "base", str(base_tar))
-    for i in range(3):
+    for i in range(children):
         aufs_("create", f"c{i}", "--parent", "base")
+    return aufs_
+
+
+def test_userns_mounts_outlive_the_command_and_ctrl_c_leaves_nothing(test_user: User, user_dir: pathlib.Path,
+                                                                      layers: tuple[pathlib.Path, pathlib.Path]) -> None:
+    home = user_dir / "store"
+    aufs_ = _chain(test_user, home, layers[0], 3)
+    for i in range(3):
         aufs_("mount", f"c{i}")
     assert len(holders(test_user)) == 1  # one namespace for the store
     aufs_("unshare", "--", "sh", "-c", f'test -f "{home}/mnt/c2/etc/passwd"')
@@ -442,13 +449,8 @@ def test_processes_come_and_go_while_the_namespace_starts_and_stops(test_user: U
     """Several processes open the store, mount and exit at once, many times: each finds the
     namespace or starts it, none loses a mount to another's stop, and nothing stays."""
     from .conftest import user_popen
-    base_tar, _ = layers
     home = user_dir / "store"
-    aufs_ = Cli(test_user, home)
-    aufs_("--rootless", "userns", "create", "base")
-    aufs_("apply", "base", str(base_tar))
-    for i in range(4):
-        aufs_("create", f"c{i}", "--parent", "base")
+    aufs_ = _chain(test_user, home, layers[0], 4)
     for wave in range(3):
         procs = [user_popen(test_user, _CHURN, str(home), f"c{i}", "8") for i in range(4)]
         for proc in procs:
