@@ -320,7 +320,8 @@ class Driver:
         """Facts about the store: ``backend``, ``backend_reason`` (why this backend),
         ``home``, ``whiteout_format``, ``rootless`` (bool: an ordinary user's store),
         ``rootless_kind`` (``"override_stat"``, ``"userns"`` or ``""``), ``userns_holder`` (the
-        pid keeping a userns store's namespace and mounts, else 0),
+        pid keeping a userns store's mounts, its mounts reachable at ``/proc/PID/root/...``;
+        0 when nothing is mounted, as the namespace then ends with its last process),
         ``backing_filesystem`` (str); ``layers``, ``mounted``, ``max_depth`` (the longest chain,
         top layer included) (int); ``read_only`` (bool). Takes no lock."""
         home = self._core.home
@@ -340,7 +341,7 @@ class Driver:
             "rootless_kind": self._core.rootless_kind or "",
             # a userns store's mounts are in its namespace: /proc/PID/root/... or `aufs unshare`
             "userns_holder": (userns.holder_pid(self._core.layout) or 0)
-            if self._core.rootless_kind == userns.FORMAT else 0,
+            if self._core.rootless_kind == userns.FORMAT and mounted else 0,
             "home": home,
             "whiteout_format": self.whiteout_format.value,
             "layers": len(layer_ids),
@@ -695,6 +696,7 @@ def _userns_map(layout: Layout, meta: dict[str, Any] | None) -> userns.IdMap:
         except (ValueError, KeyError, TypeError):
             raise StoreFormatMismatch(f"{layout.meta_file} records no valid id map for its userns store",
                                       path=layout.meta_file) from None
+    userns.require_outside(layout)
     idmap = userns.id_map()
     if meta is not None:
         try:

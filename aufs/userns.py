@@ -46,7 +46,8 @@ from .layout import Layout
 from .owners import process_alive, process_start_time
 from .refcount import save_state
 
-__all__ = ["FORMAT", "IdMap", "enter", "holder_pid", "id_map", "inside", "leave", "unavailable_reason"]
+__all__ = ["FORMAT", "IdMap", "enter", "holder_pid", "id_map", "inside", "leave", "require_outside",
+           "unavailable_reason"]
 
 FORMAT = "userns"
 """The value of ``"rootless"`` in a userns store's description."""
@@ -314,12 +315,7 @@ def enter(layout: Layout, idmap: IdMap) -> None:
             with _Lock(layout):
                 _note_joined(layout, _read_record(layout))
         return
-    if kernel.in_user_namespace():
-        others = sorted(set(_joined) - {layout.home})
-        where = f"the namespace of the userns store {others[0]}" if others else "a user namespace already"
-        raise BackendUnavailable(
-            f"{layout.home} is a userns store, and this process runs in {where}: a process works in one "
-            "userns store's namespace, entered from outside any; open this store from another process")
+    require_outside(layout)
     if _threads() > 1:
         raise BackendUnavailable(
             f"{layout.home} is a userns store: a process joins its user namespace only while it runs one "
@@ -333,6 +329,17 @@ def enter(layout: Layout, idmap: IdMap) -> None:
         assert rec is not None
         _join(rec)
         _note_joined(layout, rec)
+
+
+def require_outside(layout: Layout) -> None:
+    """Raise :class:`aufs.BackendUnavailable` if this process, not in the store's namespace,
+    runs in some user namespace (another store's, or ``unshare -U``): it cannot join from there."""
+    if kernel.in_user_namespace() and not inside(layout):
+        others = sorted(set(_joined) - {layout.home})
+        where = f"the namespace of the userns store {others[0]}" if others else "a user namespace already"
+        raise BackendUnavailable(
+            f"{layout.home} is a userns store, and this process runs in {where}: a process works in one "
+            "userns store's namespace, entered from outside any; open this store from another process")
 
 
 def _note_joined(layout: Layout, rec: dict[str, int] | None) -> None:

@@ -462,3 +462,15 @@ def test_processes_come_and_go_while_the_namespace_starts_and_stops(test_user: U
     assert aufs_.out("check").strip() == f"{home}: consistent"
     assert holders(test_user) == []
     no_mounts_under(user_dir)
+
+
+def test_a_process_in_another_user_namespace_is_told_why_not(test_user: User, user_dir: pathlib.Path) -> None:
+    home = user_dir / "store"
+    Cli(test_user, home)("--rootless", "userns", "create", "base")
+    proc = test_user.run(["unshare", "-Urm", *test_user._python, "-c", _AUFS, "--home", str(home), "ls"],
+                         env={"PYTHONPATH": test_user._pythonpath, "PYTHONNOUSERSITE": "1"})
+    assert proc.returncode == 8, proc.stderr.decode()
+    assert proc.stderr.decode().strip() == (
+        f"aufs ls: {home} is a userns store, and this process runs in a user namespace already: a process "
+        "works in one userns store's namespace, entered from outside any; open this store from another process")
+    assert holders(test_user) == []
