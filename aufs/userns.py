@@ -223,12 +223,21 @@ def _map_args(pid: int, ranges: Ranges) -> list[str]:
     return [str(pid), *(str(n) for r in ranges for n in r)]
 
 
+def _interpreter() -> str:
+    """This Python (an embedding program may have none to name: then python3 from PATH)."""
+    found = sys.executable or shutil.which("python3")
+    if not found:
+        raise BackendUnavailable("no Python interpreter to start the store's namespace holder with "
+                                 "(sys.executable is empty and python3 is not on PATH)")
+    return found
+
+
 def _spawn_holder(layout: Layout, idmap: IdMap) -> dict[str, int]:
     """Start a holder in a new user and mount namespace mapped by ``idmap``."""
     sleep = shutil.which("sleep") or "/bin/sleep"
     package_parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     proc = subprocess.Popen(
-        [sys.executable, "-c", _HOLDER_CODE, package_parent, sleep, f"{_HOLDER_NAME} {layout.home}"],
+        [_interpreter(), "-c", _HOLDER_CODE, package_parent, sleep, f"{_HOLDER_NAME} {layout.home}"],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, start_new_session=True, close_fds=True)
     assert proc.stdin is not None and proc.stdout is not None
     try:
