@@ -1,7 +1,7 @@
 """Other local users for the tests: run a command or a Python snippet as one of them.
 
-``scripts/bootstrap`` creates two users (issue 9): ``aufs-test``, unprivileged, with a
-subordinate id range in /etc/subuid and /etc/subgid (rootless use through newuidmap), and
+``scripts/bootstrap`` creates two users (issue 9): ``aufs-test``, unprivileged, with two
+subordinate id ranges in /etc/subuid and /etc/subgid (rootless use through newuidmap), and
 ``aufs-other``, a second, unrelated local user. The fixtures :func:`test_user` and
 :func:`other_user` give a :class:`User` that runs things as that user (``runuser``, in this
 test session's mount namespace, so it sees the test's mounts), or skip the test with the reason

@@ -10,7 +10,7 @@ import pathlib
 import pytest
 
 from ..users import ROOT, User
-from .test_userns_store import holders, no_holder_left  # noqa: F401 (fixture)
+from .test_userns_store import holders, no_holder_left, require_two_ranges  # noqa: F401 (fixture)
 
 _RUN = r'''
 import pathlib, sys
@@ -29,6 +29,7 @@ print("ok")
 @pytest.mark.parametrize("kind", ["userns", "override_stat"])
 def test_rootless_union_view_matches_model(kind: str, test_user: User, user_dir: pathlib.Path,
                                            user_fuse: None) -> None:
+    require_two_ranges(test_user)  # the model chowns to 70000
     proc = test_user.python(_RUN, str(user_dir / "store"), str(ROOT), "60", kind, timeout=900)
     assert proc.returncode == 0, proc.stderr.decode()[-6000:]
     assert proc.stdout.decode().split() == ["ok"]

@@ -154,6 +154,15 @@ def no_subids(ramdir: pathlib.Path) -> Iterator[None]:
             subprocess.run(["umount", path], check=True)
 
 
+def require_two_ranges(user: User) -> None:
+    """The tests use ids of the user's second subordinate range (70000 and up): scripts/bootstrap
+    gives aufs-test two ranges of 65536."""
+    for path in ("/etc/subuid", "/etc/subgid"):
+        with open(path) as f:
+            total = sum(int(line.split(":")[2]) for line in f if line.startswith(user.name + ":"))
+        assert total >= 70002, f"{path} gives {user.name} {total} ids; run scripts/bootstrap (it adds a second range)"
+
+
 def _subid_start(user: User) -> int:
     with open("/etc/subuid") as f:
         for line in f:
@@ -165,6 +174,7 @@ def _subid_start(user: User) -> int:
 
 def test_userns_store_round_trip_with_real_owners(test_user: User, user_dir: pathlib.Path,
                                                   layers: tuple[pathlib.Path, pathlib.Path], ramdir: pathlib.Path) -> None:
+    require_two_ranges(test_user)
     base_tar, top_tar = layers
     home = user_dir / "store"
     aufs_ = Cli(test_user, home)
