@@ -484,3 +484,23 @@ def test_a_process_in_another_user_namespace_is_told_why_not(test_user: User, us
         f"aufs ls: {home} is a userns store, and this process runs in a user namespace already: a process "
         "works in one userns store's namespace, entered from outside any; open this store from another process")
     assert holders(test_user) == []
+
+
+def test_another_user_reaches_neither_the_store_nor_its_mounts(test_user: User, other_user: User,
+                                                               user_dir: pathlib.Path,
+                                                               layers: tuple[pathlib.Path, pathlib.Path]) -> None:
+    """aufs-other, a second local user: the store is private (0700), and the holder's
+    /proc/PID/root is the owner's only (another user may not look into its namespace)."""
+    aufs_ = _chain(test_user, user_dir / "store", layers[0], 1)
+    path = aufs_.out("mount", "c0").strip()
+    pid = json.loads(aufs_.out("--json", "status"))["userns_holder"]
+    assert pid > 0
+    assert aufs_("unshare", "--", "test", "-f", path + "/etc/passwd").returncode == 0  # the owner can
+    for argv in (["cat", f"/proc/{pid}/root{path}/etc/passwd"], ["ls", f"/proc/{pid}/root{path}"],
+                 ["ls", str(user_dir / "store" / "layers")]):
+        proc = other_user.run(argv)
+        assert proc.returncode != 0 and b"Permission denied" in proc.stderr, (argv, proc.stderr)
+    proc = other_user.python(_AUFS, "--home", str(user_dir / "store"), "ls")
+    assert proc.returncode != 0 and b"ermission denied" in proc.stderr, proc.stderr
+    aufs_("umount", "c0")
+    assert holders(test_user) == []
