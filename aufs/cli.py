@@ -525,7 +525,7 @@ def cmd_status(args: argparse.Namespace, out: _Output) -> int:
 def cmd_unshare(args: argparse.Namespace, out: _Output) -> int:
     driver = _open_driver(args)
     try:
-        if driver.status()["rootless_kind"] != "userns":
+        if driver.rootless_kind != "userns":
             raise _UsageError(f"aufs unshare: {driver.home} is not a userns store: its mounts are seen "
                               "from every process already")
     finally:

@@ -167,11 +167,12 @@ class Driver:
         with contextlib.ExitStack() as stack:
             if made_home:  # nothing half-created: a refused new home goes again
                 stack.callback(_remove_if_refused, layout, opened)
-            kind = _rootless_kind(layout, _read_store_meta(layout) if exists else None, rootless)
+            before = _read_store_meta(layout) if exists else None
+            kind = _rootless_kind(layout, before, rootless)
             idmap = None
             if kind == userns.FORMAT:
                 # the store's files belong to ids of its namespace: everything happens in there
-                idmap = _userns_map(layout, _read_store_meta(layout) if exists else None)
+                idmap = _userns_map(layout, before)
                 userns.enter(layout, idmap)
             stack.enter_context(_hold(layout.store_lock))
             meta = _read_store_meta(layout)
@@ -192,11 +193,10 @@ class Driver:
                     _write_store_meta(layout, fmt, backend_cls.name, owner, idmap)
                     tightened = []  # a new store is private from the start
             backend_obj = backend_cls(layout, fmt)
-            backend_obj.rootless = owner is not None and kind != userns.FORMAT
+            backend_obj.rootless = kind == records.FORMAT
             backend_obj.userxattr = kind == userns.FORMAT
             self._core = StoreCore(layout, fmt, backend_obj, read_only=read_only,
-                                   tightened=tightened, rootless_owner=owner,
-                                   rootless_kind=kind if owner is not None else None)
+                                   tightened=tightened, rootless_owner=owner, rootless_kind=kind)
             self._diffs = LayerDiffs(self._core)
             if not read_only:
                 self._core.sweep()
@@ -213,6 +213,12 @@ class Driver:
     def backend(self) -> str:
         """The name of the backend in use: ``"aufs"``, ``"overlay"`` or ``"fuse-overlayfs"``."""
         return self._core.backend.name
+
+    @property
+    def rootless_kind(self) -> str:
+        """How this store keeps owners an ordinary user cannot set: ``"override_stat"``
+        (:mod:`aufs.rootless`), ``"userns"`` (:mod:`aufs.userns`), or ``""`` (real owners)."""
+        return self._core.rootless_kind or ""
 
     @property
     def whiteout_format(self) -> WhiteoutFormat:
@@ -338,10 +344,10 @@ class Driver:
             "backend": self.backend,
             "backend_reason": self._backend_reason,
             "rootless": self._core.rootless_owner is not None,
-            "rootless_kind": self._core.rootless_kind or "",
+            "rootless_kind": self.rootless_kind,
             # a userns store's mounts are in its namespace: /proc/PID/root/... or `aufs unshare`
             "userns_holder": (userns.holder_pid(self._core.layout) or 0)
-            if self._core.rootless_kind == userns.FORMAT and mounted else 0,
+            if self.rootless_kind == userns.FORMAT and mounted else 0,
             "home": home,
             "whiteout_format": self.whiteout_format.value,
             "layers": len(layer_ids),
@@ -674,7 +680,7 @@ def _rootless_kind(layout: Layout, meta: dict[str, Any] | None, asked: str | Non
     if asked is not None and asked != kind:
         raise StoreFormatMismatch(f"{layout.home} is {_kind_name(kind)}, not {_kind_name(asked)}: "
                                   "the kind of a store is fixed when it is made", path=layout.home)
-    if kind == userns.FORMAT and os.geteuid() == 0 and not records.unprivileged():
+    if kind == userns.FORMAT and not records.unprivileged():
         raise StoreFormatMismatch(
             f"{layout.home} is a userns store of uid {meta.get('owner', ['?'])[0]}: its files belong to ids of "
             "that user's namespace, which root would misread; open it as that user", path=layout.home)
@@ -689,21 +695,12 @@ def _kind_name(kind: str | None) -> str:
 def _userns_map(layout: Layout, meta: dict[str, Any] | None) -> userns.IdMap:
     """The id map of the store's namespace: this user's now, which must be the one the store
     was made with (its files' ids mean that)."""
-    if meta is not None and userns.inside(layout):
-        # a process of the namespace (`aufs unshare`): it is root there, the map is the store's
-        try:
-            return userns.IdMap.from_json(meta.get("idmap"))
-        except (ValueError, KeyError, TypeError):
-            raise StoreFormatMismatch(f"{layout.meta_file} records no valid id map for its userns store",
-                                      path=layout.meta_file) from None
+    recorded = None if meta is None else _recorded_map(layout, meta)
+    if recorded is not None and userns.inside(layout):
+        return recorded  # a process of the namespace (`aufs unshare`): root there, the map is the store's
     userns.require_outside(layout)
     idmap = userns.id_map()
-    if meta is not None:
-        try:
-            recorded = userns.IdMap.from_json(meta.get("idmap"))
-        except (ValueError, KeyError, TypeError):
-            raise StoreFormatMismatch(f"{layout.meta_file} records no valid id map for its userns store",
-                                      path=layout.meta_file) from None
+    if meta is not None and recorded is not None:
         if meta.get("owner") != [os.getuid(), os.getgid()]:
             raise StoreFormatMismatch(f"{layout.home} is the userns store of uid {meta.get('owner', ['?'])[0]}, "
                                       f"not of uid {os.getuid()}", path=layout.home)
@@ -713,6 +710,14 @@ def _userns_map(layout: Layout, meta: dict[str, Any] | None) -> userns.IdMap:
                 f"/etc/subgid now give {idmap.to_json()}: its owners would be misread; restore the old ranges",
                 path=layout.home)
     return idmap
+
+
+def _recorded_map(layout: Layout, meta: dict[str, Any]) -> userns.IdMap:
+    try:
+        return userns.IdMap.from_json(meta.get("idmap"))
+    except (ValueError, KeyError, TypeError):
+        raise StoreFormatMismatch(f"{layout.meta_file} records no valid id map for its userns store",
+                                  path=layout.meta_file) from None
 
 
 def _write_store_meta(layout: Layout, fmt: WhiteoutFormat, backend: str,

@@ -36,7 +36,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -66,11 +65,6 @@ class IdMap:
 
     uids: Ranges
     gids: Ranges
-
-    @property
-    def size(self) -> int:
-        """How many ids (from 0) both maps cover: owners below it are stored for real."""
-        return min(sum(r[2] for r in self.uids), sum(r[2] for r in self.gids))
 
     def to_json(self) -> dict[str, list[list[int]]]:
         return {"uid": [list(r) for r in self.uids], "gid": [list(r) for r in self.gids]}
@@ -137,8 +131,6 @@ def unavailable_reason(subuid: str = "/etc/subuid", subgid: str = "/etc/subgid")
     uid = os.getuid()
     if uid == 0:
         return "root keeps real owners without a user namespace: open a store without rootless='userns'"
-    if _syscalls is None:  # pragma: no cover - the C core is always there
-        return "the C core is missing"
     for tool in ("newuidmap", "newgidmap"):
         if shutil.which(tool, path=os.environ.get("PATH", "") + ":/usr/bin:/bin") is None:
             return f"{tool} is not installed (Debian package uidmap)"
@@ -232,12 +224,16 @@ def _interpreter() -> str:
     return found
 
 
+def _sleep() -> str:
+    """What a holder runs once its namespaces are set: coreutils' sleep."""
+    return shutil.which("sleep") or "/bin/sleep"
+
+
 def _spawn_holder(layout: Layout, idmap: IdMap) -> dict[str, int]:
     """Start a holder in a new user and mount namespace mapped by ``idmap``."""
-    sleep = shutil.which("sleep") or "/bin/sleep"
     package_parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     proc = subprocess.Popen(
-        [_interpreter(), "-c", _HOLDER_CODE, package_parent, sleep, f"{_HOLDER_NAME} {layout.home}"],
+        [_interpreter(), "-c", _HOLDER_CODE, package_parent, _sleep(), f"{_HOLDER_NAME} {layout.home}"],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, start_new_session=True, close_fds=True)
     assert proc.stdin is not None and proc.stdout is not None
     try:
@@ -274,16 +270,11 @@ def _spawn_holder(layout: Layout, idmap: IdMap) -> dict[str, int]:
 
 def _spawn_keeper(layout: Layout) -> dict[str, int]:
     """Start a holder in this process's namespaces (they hold mounts, and their holder died)."""
-    sleep = shutil.which("sleep") or "/bin/sleep"
-    proc = subprocess.Popen([f"{_HOLDER_NAME} {layout.home}", "infinity"], executable=sleep,
+    proc = subprocess.Popen([f"{_HOLDER_NAME} {layout.home}", "infinity"], executable=_sleep(),
                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True, close_fds=True)
-    started = None
-    deadline = time.monotonic() + _START_TIMEOUT
-    while started is None and time.monotonic() < deadline:
-        started = process_start_time(proc.pid)
-    _children.append(proc)
-    return {"pid": proc.pid, "started": started or 0, "userns": _ns_ino("self", "user"),
+    _children.append(proc)  # Popen returns once it runs: its start time is there
+    return {"pid": proc.pid, "started": process_start_time(proc.pid) or 0, "userns": _ns_ino("self", "user"),
             "mntns": _ns_ino("self", "mnt")}
 
 

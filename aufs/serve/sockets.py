@@ -71,6 +71,6 @@ def claim_socket_path(path: str, *, make_parents: bool = False) -> None:
 def require_servable(driver: "Driver", engine: str) -> None:
     """Refuse a store an engine cannot use: a userns store's layers belong to ids of its own user
     namespace and its mounts live there, where the engine does not run."""
-    if driver.status()["rootless_kind"] == "userns":
+    if driver.rootless_kind == "userns":
         raise BackendUnavailable(f"{engine} cannot use the userns store {driver.home}: its files belong to ids "
                                  "of the store's user namespace and its mounts live there; serve a root store")

@@ -187,7 +187,7 @@ def test_userns_store_round_trip_with_real_owners(test_user: User, user_dir: pat
 
     # on disk: ids shifted into the user's ranges for real, the rest recorded
     start = _subid_start(test_user)
-    diff = pathlib.Path(aufs_.out("--json", "status") and home / "layers" / "base" / "diff")
+    diff = home / "layers" / "base" / "diff"
     assert (os.stat(diff / "etc" / "passwd").st_uid, os.stat(diff / "etc" / "passwd").st_gid) == (test_user.uid, test_user.gid)
     assert os.stat(diff / "etc" / "shadow").st_gid == start + 41
     assert os.stat(diff / "home" / "user" / "notes").st_uid == start + 999
